@@ -1,0 +1,531 @@
+"""Typed, frozen configuration and a strict YAML loader.
+
+A recipe in ``pipelines/`` is a YAML file whose top-level sections map to the
+dataclasses below. Optional sections (``patches``, ``augment``, ``sampling``) are
+``None`` when absent, and ``build_pipeline`` then skips that stage. Unknown keys are
+errors that name the file, the section, the valid keys and the closest match::
+
+    pipelines/x.yaml: unknown key 'stide' in section 'patches'; did you mean 'stride'?
+
+Every command line accepts ``--set section.key=value`` (the value is parsed as YAML).
+
+Example:
+  >>> cfg = load_config_text("data: {source: shapes, num_classes: 3}\\npatches: {patch_size: 32}")
+  >>> cfg.patches.patch_size, cfg.patches.stride, cfg.augment is None
+  ((32, 32), (16, 16), True)
+  >>> load_config_text("patches: {stide: 4}", name="x.yaml")
+  Traceback (most recent call last):
+  ...
+  fcndata.config.ConfigError: x.yaml: unknown key 'stide' in section 'patches'; did you mean 'stride'? Valid keys: ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A recipe or override that cannot be turned into a valid configuration."""
+
+
+def _pair(value, name: str) -> tuple[int, int]:
+    """Normalises an int or [h, w] to a (height, width) tuple of positive ints."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value, value)
+    value = tuple(value)
+    if len(value) != 2 or not all(isinstance(v, int) and v > 0 for v in value):
+        raise ConfigError(f"{name} must be a positive int or [height, width] of positive ints. Received: {name}={value!r}")
+    return value
+
+
+def _choice(value, name: str, choices: tuple) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {list(choices)}. Received: {name}={value!r}")
+
+
+# ---------------------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """``data:`` — where images and labels come from.
+
+    ``source`` is one of ``shapes``, ``brain``, ``digits`` (built-in), ``folder``,
+    ``tfrecord``, ``tfds`` or ``arrays`` (Python API only). Source-specific fields are
+    ignored by the other sources.
+    """
+
+    source: str = "shapes"
+    num_classes: int = 3
+    channels: int = 3
+    class_names: Optional[tuple[str, ...]] = None
+    ignore_label: int = 255
+    on_error: str = "raise"  # raise | skip
+    seed: int = 0
+    cache: bool = True  # cache decoded sources in memory (built-in datasets are small)
+    # folder: image glob and a mask pattern paired by stem, for train and validation.
+    images: Optional[str] = None
+    masks: Optional[str] = None
+    val_images: Optional[str] = None
+    val_masks: Optional[str] = None
+    palette: Optional[tuple[tuple[int, int, int], ...]] = None  # RGB colour per class id (VOC style)
+    # tfrecord: file globs written by write_tfrecords.
+    tfrecords: Optional[str] = None
+    val_tfrecords: Optional[str] = None
+    # tfds: an already prepared dataset (never downloaded).
+    tfds_name: Optional[str] = None
+    tfds_data_dir: Optional[str] = None
+    tfds_train_split: str = "train"
+    tfds_val_split: str = "validation"
+    tfds_image_key: str = "image"
+    tfds_label_key: str = "segmentation_mask"
+    # built-in synthetic / composed datasets (shapes, digits).
+    num_images: int = 64
+    val_num_images: int = 16
+    min_size: int = 48
+    max_size: int = 96
+    class_imbalance: float = 1.0  # shapes: ratio of the most to the least frequent foreground class
+    # brain: slicing of the MNI152 volumes.
+    axes: tuple[int, ...] = (0, 1, 2)
+    slice_step: int = 2
+    val_fraction: float = 0.2
+    # a relative path in this section is resolved against the recipe's folder
+    root: Optional[str] = None
+
+    def __post_init__(self):
+        _choice(self.source, "data.source", ("shapes", "brain", "digits", "folder", "tfrecord", "tfds", "arrays"))
+        _choice(self.on_error, "data.on_error", ("raise", "skip"))
+        if self.num_classes < 1:
+            raise ConfigError(f"data.num_classes must be >= 1. Received: data.num_classes={self.num_classes}")
+        if self.channels not in (1, 3, 4):
+            raise ConfigError(f"data.channels must be 1, 3 or 4. Received: data.channels={self.channels}")
+        if 0 <= self.ignore_label < self.num_classes:
+            raise ConfigError(
+                "data.ignore_label must not be a real class id (0..num_classes-1); the usual value is 255. "
+                f"Received: data.ignore_label={self.ignore_label}, data.num_classes={self.num_classes}"
+            )
+        if self.class_names is not None and len(self.class_names) != self.num_classes:
+            raise ConfigError(
+                f"data.class_names must have num_classes={self.num_classes} entries. "
+                f"Received: {len(self.class_names)} names"
+            )
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Class names, defaulting to ``class0``, ``class1``, …"""
+        return self.class_names or tuple(f"class{k}" for k in range(self.num_classes))
+
+
+@dataclass(frozen=True)
+class PatchesConfig:
+    """``patches:`` — patchwise training (absent: whole images are fed).
+
+    ``mode`` is ``grid`` (every overlapping patch, ``stride`` apart), ``random`` or
+    ``balanced`` (class-balanced centres). ``images_per_batch`` patch streams are
+    interleaved and shuffled so a batch mixes several images.
+    """
+
+    mode: str = "grid"
+    patch_size: tuple[int, int] = (64, 64)
+    stride: Optional[tuple[int, int]] = None  # default: half the patch size
+    border: str = "shift"  # shift | pad | drop
+    num_per_image: int = 16  # random / balanced
+    class_probabilities: Union[str, tuple[float, ...]] = "uniform"  # uniform | inverse_frequency | [p0, p1, ...]
+    foreground_fraction: float = 0.0
+    images_per_batch: int = 4
+    shuffle_buffer: int = 256
+
+    def __post_init__(self):
+        _choice(self.mode, "patches.mode", ("grid", "random", "balanced"))
+        _choice(self.border, "patches.border", ("shift", "pad", "drop"))
+        object.__setattr__(self, "patch_size", _pair(self.patch_size, "patches.patch_size"))
+        stride = self.stride if self.stride is not None else tuple(max(1, n // 2) for n in self.patch_size)
+        object.__setattr__(self, "stride", _pair(stride, "patches.stride"))
+        if isinstance(self.class_probabilities, str):
+            _choice(self.class_probabilities, "patches.class_probabilities", ("uniform", "inverse_frequency"))
+        if not 0.0 <= self.foreground_fraction <= 1.0:
+            raise ConfigError(
+                f"patches.foreground_fraction must be in [0, 1]. Received: {self.foreground_fraction}"
+            )
+        if self.num_per_image < 1 or self.images_per_batch < 1:
+            raise ConfigError(
+                "patches.num_per_image and patches.images_per_batch must be >= 1. Received: "
+                f"num_per_image={self.num_per_image}, images_per_batch={self.images_per_batch}"
+            )
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """``augment:`` — joint image/label/roi augmentation, train mode only.
+
+    A field left at its neutral default (False / None / 0) disables that transform.
+    ``albumentations`` is an albumentations serialisation (``A.to_dict``) inline, or a
+    path to a JSON/YAML file holding one.
+    """
+
+    flip_horizontal: bool = False
+    flip_vertical: bool = False
+    rot90: bool = False
+    scale: Optional[tuple[float, float]] = None  # random scale range, e.g. [0.75, 1.25]
+    crop_size: Optional[tuple[int, int]] = None  # random crop after scaling
+    rotate: float = 0.0  # max degrees, uniform in [-rotate, rotate]
+    shear: float = 0.0  # max degrees
+    brightness: float = 0.0  # max delta, in [0, 1] units of the dynamic range
+    contrast: float = 0.0  # factor range [1 - c, 1 + c]
+    gamma: float = 0.0  # gamma range [1 - g, 1 + g]
+    hue: float = 0.0
+    saturation: float = 0.0
+    noise_std: float = 0.0  # in [0, 1] units of the dynamic range
+    blur_sigma: float = 0.0  # max sigma in pixels
+    probability: float = 0.5  # probability of each enabled flip / photometric transform
+    albumentations: Union[None, str, dict] = None
+    seed: Optional[int] = None  # default: data.seed
+
+    def __post_init__(self):
+        if self.crop_size is not None:
+            object.__setattr__(self, "crop_size", _pair(self.crop_size, "augment.crop_size"))
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """``sampling:`` — class weights and FCN loss sampling, multiplied into ``weight``."""
+
+    class_weights: Union[None, str, tuple[float, ...]] = None  # inverse_frequency | median_frequency | effective_number | [w0, ...]
+    beta: float = 0.999  # effective_number
+    max_weight: Optional[float] = 50.0  # clip so an almost absent class does not explode the loss
+    loss_keep_probability: Optional[float] = None  # FCN §4.4 loss sampling
+    cache: bool = True  # cache class counts next to the recipe
+    seed: Optional[int] = None
+
+    def __post_init__(self):
+        if isinstance(self.class_weights, str):
+            _choice(
+                self.class_weights,
+                "sampling.class_weights",
+                ("inverse_frequency", "median_frequency", "effective_number"),
+            )
+        p = self.loss_keep_probability
+        if p is not None and not 0.0 < p <= 1.0:
+            raise ConfigError(f"sampling.loss_keep_probability must be in (0, 1]. Received: {p}")
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    """``batching:`` — dynamic padding with roi, pad-to-stride and size bucketing."""
+
+    batch_size: int = 4
+    pad_to_multiple: int = 32
+    drop_remainder: bool = False
+    bucket_by: str = "none"  # none | area | aspect
+    bucket_boundaries: Optional[tuple[float, ...]] = None  # default: derived from a pass over the data
+    num_buckets: int = 4
+    shuffle_buffer: int = 64  # images (fully convolutional) before batching; 0 disables
+
+    def __post_init__(self):
+        _choice(self.bucket_by, "batching.bucket_by", ("none", "area", "aspect"))
+        if self.batch_size < 1 or self.pad_to_multiple < 1:
+            raise ConfigError(
+                "batching.batch_size and batching.pad_to_multiple must be >= 1. Received: "
+                f"batch_size={self.batch_size}, pad_to_multiple={self.pad_to_multiple}"
+            )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """``model:`` — the bundled FCN."""
+
+    variant: str = "fcn8s"  # fcn8s | fcn16s | fcn32s
+    backbone: str = "tiny"  # tiny | vgg16 | resnet50 | mobilenetv2
+    norm: str = "batch"  # batch | frozen_batch | group | none
+    masked: bool = False
+    weights: Optional[str] = None  # local weights file; never downloaded
+    width: int = 32  # tiny backbone: channels of the first stage
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        _choice(self.variant, "model.variant", ("fcn8s", "fcn16s", "fcn32s"))
+        _choice(self.backbone, "model.backbone", ("tiny", "vgg16", "resnet50", "mobilenetv2"))
+        _choice(self.norm, "model.norm", ("batch", "frozen_batch", "group", "none"))
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """``loss:`` — masked losses; ``terms`` combines several as a weighted sum."""
+
+    name: str = "cross_entropy"  # cross_entropy | focal | sigmoid_focal | dice | sum
+    gamma: float = 2.0
+    alpha: Union[None, float, tuple[float, ...]] = None
+    label_smoothing: float = 0.0
+    terms: Optional[tuple[dict, ...]] = None  # name: sum -> [{name: cross_entropy, weight: 1.0}, {name: dice, weight: 0.5}]
+
+    def __post_init__(self):
+        _choice(self.name, "loss.name", ("cross_entropy", "focal", "sigmoid_focal", "dice", "sum"))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """``train:`` — the bundled trainer."""
+
+    epochs: int = 10
+    steps_per_epoch: Optional[int] = None  # None: one pass over the training data
+    validation_steps: Optional[int] = None
+    optimizer: str = "adam"  # adam | sgd | adamw
+    learning_rate: float = 1e-3
+    momentum: float = 0.9  # sgd; the paper's "heavy" setting is batch 1 with 0.99
+    weight_decay: float = 0.0
+    schedule: str = "constant"  # constant | cosine | poly
+    warmup_steps: int = 0
+    mixed_precision: str = "auto"  # auto (mixed_float16 on GPU) | off | mixed_float16 | mixed_bfloat16
+    jit_compile: bool = False
+    run_dir: str = "runs"
+    name: Optional[str] = None  # default: recipe name + timestamp
+    seed: int = 0
+    verbose: int = 1
+
+    def __post_init__(self):
+        _choice(self.optimizer, "train.optimizer", ("adam", "sgd", "adamw"))
+        _choice(self.schedule, "train.schedule", ("constant", "cosine", "poly"))
+        _choice(self.mixed_precision, "train.mixed_precision", ("auto", "off", "mixed_float16", "mixed_bfloat16"))
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """``predict:`` — sliding-window (``patch_size`` given) or whole-image prediction."""
+
+    patch_size: Optional[tuple[int, int]] = None
+    stride: Optional[tuple[int, int]] = None
+    blend: str = "gaussian"  # average | gaussian | hann | crop
+    batch_size: int = 8
+    flip_tta: bool = False
+
+    def __post_init__(self):
+        _choice(self.blend, "predict.blend", ("average", "gaussian", "hann", "crop"))
+        if self.patch_size is not None:
+            object.__setattr__(self, "patch_size", _pair(self.patch_size, "predict.patch_size"))
+            stride = self.stride if self.stride is not None else tuple(max(1, n // 2) for n in self.patch_size)
+            object.__setattr__(self, "stride", _pair(stride, "predict.stride"))
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole recipe. ``source`` is the file it was loaded from (for messages and paths)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    patches: Optional[PatchesConfig] = None
+    augment: Optional[AugmentConfig] = None
+    sampling: Optional[SamplingConfig] = None
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+    source: Optional[str] = field(default=None, compare=False)
+
+    def replace(self, **sections) -> "Config":
+        """A copy with whole sections replaced (``cfg.replace(batching=...)``)."""
+        return dataclasses.replace(self, **sections)
+
+
+SECTIONS = {f.name: f for f in dataclasses.fields(Config) if f.name != "source"}
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def _is_optional(tp) -> bool:
+    return type(None) in typing.get_args(tp)
+
+
+def _coerce(value, tp, where: str, name: str):
+    """Checks ``value`` against the type hint ``tp`` (lists become tuples)."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        if value is None and _is_optional(tp):
+            return None
+        errors = []
+        for option in typing.get_args(tp):
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, where, name)
+            except ConfigError as e:
+                errors.append(e)
+        names = " or ".join("null" if a is type(None) else getattr(a, "__name__", str(a)) for a in typing.get_args(tp))
+        raise ConfigError(f"{where}: key '{name}' must be {names}. Received: {name}={value!r}")
+    if origin is tuple:
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            # a scalar where a tuple is expected: let __post_init__ normalise (e.g. patch_size: 64)
+            args = typing.get_args(tp)
+            if args and args[0] is int and isinstance(value, int):
+                return value
+            raise ConfigError(f"{where}: key '{name}' must be a list. Received: {name}={value!r}")
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: key '{name}' must be a list. Received: {name}={value!r}")
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], where, name) for v in value)
+        if len(args) != len(value):
+            raise ConfigError(f"{where}: key '{name}' must be a list of {len(args)} values. Received: {name}={value!r}")
+        return tuple(_coerce(v, a, where, name) for v, a in zip(value, args))
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{where}: key '{name}' must be a number. Received: {name}={value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: key '{name}' must be an integer. Received: {name}={value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: key '{name}' must be true or false. Received: {name}={value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: key '{name}' must be a string. Received: {name}={value!r}")
+    if tp is dict:
+        if isinstance(value, dict):
+            return value
+        raise ConfigError(f"{where}: key '{name}' must be a mapping. Received: {name}={value!r}")
+    return value
+
+
+def _unknown_key(where: str, key: str, section: str, valid: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else "."
+    return ConfigError(f"{where}: unknown key '{key}' in section '{section}'{hint} Valid keys: {', '.join(valid)}")
+
+
+def _build_section(cls, raw, where: str, section: str):
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: section '{section}' must be a mapping of keys to values. Received: {section}={raw!r}")
+    hints = typing.get_type_hints(cls)
+    valid = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in valid:
+            raise _unknown_key(where, str(key), section, valid)
+        kwargs[key] = _coerce(value, hints[key], f"{where}: section '{section}'", key)
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def config_from_dict(raw: dict | None, name: str = "<config>") -> Config:
+    """Builds a :class:`Config` from a plain dict (as parsed from YAML).
+
+    Raises:
+      ConfigError: unknown section or key, wrong type or invalid value; the message
+        names ``name``, the section and the key.
+    """
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{name}: a recipe must be a mapping of sections. Received: {type(raw).__name__}")
+    kwargs = {}
+    for section, value in raw.items():
+        if section not in SECTIONS:
+            close = difflib.get_close_matches(str(section), list(SECTIONS), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else "."
+            raise ConfigError(f"{name}: unknown section '{section}'{hint} Valid sections: {', '.join(SECTIONS)}")
+        f = SECTIONS[section]
+        cls = typing.get_type_hints(Config)[section]
+        if _is_optional(cls):
+            cls = next(a for a in typing.get_args(cls) if a is not type(None))
+        kwargs[section] = _build_section(cls, value, name, section)
+    return Config(**kwargs, source=name)
+
+
+def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...], name: str = "--set") -> dict:
+    """Applies ``section.key=value`` overrides (value parsed as YAML) to a raw dict.
+
+    >>> apply_overrides({"train": {"epochs": 5}}, ["train.epochs=2", "patches.patch_size=[8, 8]"])
+    {'train': {'epochs': 2}, 'patches': {'patch_size': [8, 8]}}
+    """
+    raw = {k: dict(v) if isinstance(v, dict) else v for k, v in (raw or {}).items()}
+    for item in overrides or ():
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ConfigError(f"{name}: overrides look like section.key=value, e.g. train.epochs=5. Received: {item!r}")
+        path, text = item.split("=", 1)
+        section, key = path.strip().split(".", 1)
+        value = yaml.safe_load(text)
+        current = raw.get(section)
+        if current is None:
+            current = {}
+        raw[section] = {**current, key: value}
+    return raw
+
+
+def load_config_text(text: str, overrides=(), name: str = "<string>") -> Config:
+    """Parses YAML text into a :class:`Config` (see :func:`load_config`)."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{name}: not valid YAML ({e}). Fix the syntax at the position shown.") from None
+    return config_from_dict(apply_overrides(raw or {}, overrides), name=name)
+
+
+def load_config(path: str | Path | None = None, overrides=()) -> Config:
+    """Loads a recipe with ``yaml.safe_load`` and applies ``--set`` overrides.
+
+    Args:
+      path: a YAML recipe; None gives the defaults.
+      overrides: ``section.key=value`` strings.
+
+    Raises:
+      ConfigError: the file is missing or invalid; the message names it.
+    """
+    if path is None:
+        return config_from_dict(apply_overrides({}, overrides), name="<defaults>")
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: recipe file not found. Pass an existing YAML file, e.g. pipelines/shapes.yaml.")
+    cfg = load_config_text(path.read_text(), overrides, name=str(path))
+    data = cfg.data if cfg.data.root is not None else dataclasses.replace(cfg.data, root=str(path.parent.resolve()))
+    return cfg.replace(data=data)
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """The config as plain YAML-ready data (tuples become lists; absent sections omitted)."""
+
+    def plain(v):
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    out = {}
+    for name in SECTIONS:
+        section = getattr(cfg, name)
+        if section is not None:
+            out[name] = {f.name: plain(getattr(section, f.name)) for f in dataclasses.fields(section)}
+    return out
+
+
+def dump_config(cfg: Config, path: str | Path) -> None:
+    """Writes the resolved config as YAML (next to every run's outputs)."""
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def add_config_arguments(parser, default: str | None = None) -> None:
+    """Adds ``--config`` and ``--set`` to an argparse parser (every command has them)."""
+    parser.add_argument("--config", default=default, help="YAML recipe (see pipelines/)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config value (YAML syntax), repeatable: --set train.epochs=2",
+    )

@@ -1,0 +1,183 @@
+"""The element contract: key names, dtypes and spec checks shared by every stage.
+
+Every stage maps a ``tf.data.Dataset`` of dicts to another one. Until batching an
+element is::
+
+    image         [H, W, C]  uint8 / uint16 / float32  pixels, as decoded
+    label         [H, W]     uint8 or int32             class ids; ignore_label = unlabeled
+    roi           [H, W]     uint8                      1 = real, labeled pixel; 0 = padding/ignored
+    origin        [2]        int32                      (y, x) of the top-left corner in the source image
+    source_shape  [2]        int32                      (H, W) of the source image
+    source_index  []         int64                      position of the source image in the source order
+    path          []         string                     source file or synthetic name
+    weight        [H, W]     float32 (optional)         per-pixel loss weight
+
+Batched elements add a leading batch axis. Sizes are always (height, width).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import tensorflow as tf
+
+IMAGE = "image"
+LABEL = "label"
+ROI = "roi"
+ORIGIN = "origin"
+SOURCE_SHAPE = "source_shape"
+SOURCE_INDEX = "source_index"
+PATH = "path"
+WEIGHT = "weight"
+
+#: Keys every element carries, in order.
+REQUIRED_KEYS = (IMAGE, LABEL, ROI, ORIGIN, SOURCE_SHAPE, SOURCE_INDEX, PATH)
+#: Keys an element may carry in addition.
+OPTIONAL_KEYS = (WEIGHT,)
+
+#: Default label value for unlabeled pixels (VOC convention).
+IGNORE_LABEL = 255
+
+IMAGE_DTYPES = (tf.uint8, tf.uint16, tf.float32)
+LABEL_DTYPES = (tf.uint8, tf.int32)
+
+_FIXED = {
+    ROI: (tf.uint8, 2),
+    ORIGIN: (tf.int32, 1),
+    SOURCE_SHAPE: (tf.int32, 1),
+    SOURCE_INDEX: (tf.int64, 0),
+    PATH: (tf.string, 0),
+    WEIGHT: (tf.float32, 2),
+}
+
+
+def element_spec(
+    channels: int | None = None,
+    image_dtype: tf.DType = tf.uint8,
+    label_dtype: tf.DType = tf.uint8,
+    with_weight: bool = False,
+) -> dict[str, tf.TensorSpec]:
+    """Returns the unbatched ``element_spec`` of the contract.
+
+    Args:
+      channels: static channel count, or None if unknown.
+      image_dtype: one of uint8, uint16, float32.
+      label_dtype: uint8 or int32.
+      with_weight: include the optional ``weight`` key.
+
+    Example:
+      >>> spec = element_spec(channels=3)
+      >>> spec["image"]
+      TensorSpec(shape=(None, None, 3), dtype=tf.uint8, name=None)
+    """
+    spec = {
+        IMAGE: tf.TensorSpec([None, None, channels], image_dtype),
+        LABEL: tf.TensorSpec([None, None], label_dtype),
+        ROI: tf.TensorSpec([None, None], tf.uint8),
+        ORIGIN: tf.TensorSpec([2], tf.int32),
+        SOURCE_SHAPE: tf.TensorSpec([2], tf.int32),
+        SOURCE_INDEX: tf.TensorSpec([], tf.int64),
+        PATH: tf.TensorSpec([], tf.string),
+    }
+    if with_weight:
+        spec[WEIGHT] = tf.TensorSpec([None, None], tf.float32)
+    return spec
+
+
+def check_spec(spec_or_dataset, *, batched: bool = False, where: str = "dataset") -> None:
+    """Checks that a dataset (or its ``element_spec``) follows the element contract.
+
+    Args:
+      spec_or_dataset: a ``tf.data.Dataset`` or its ``element_spec`` dict.
+      batched: expect a leading batch axis on every key.
+      where: name used in error messages (a stage or source name).
+
+    Raises:
+      TypeError: the element is not a dict, or a key has the wrong dtype.
+      ValueError: a required key is missing, a key is unknown, or a rank is wrong.
+
+    Example:
+      >>> import fcndata.testing as t
+      >>> check_spec(t.dataset([(5, 7)]))
+      >>> check_spec({"image": tf.TensorSpec([None, None, 3], tf.uint8)}, where="my_stage")
+      Traceback (most recent call last):
+      ...
+      ValueError: my_stage: element is missing required keys ['label', 'roi', ...
+    """
+    spec = spec_or_dataset.element_spec if isinstance(spec_or_dataset, tf.data.Dataset) else spec_or_dataset
+    if not isinstance(spec, Mapping):
+        raise TypeError(
+            f"{where}: elements must be dicts with keys {list(REQUIRED_KEYS)}. "
+            f"Received: element_spec={spec!r}"
+        )
+    missing = [k for k in REQUIRED_KEYS if k not in spec]
+    if missing:
+        raise ValueError(
+            f"{where}: element is missing required keys {missing}; every stage needs "
+            f"{list(REQUIRED_KEYS)}. Received: keys={sorted(spec)}"
+        )
+    unknown = [k for k in spec if k not in REQUIRED_KEYS + OPTIONAL_KEYS]
+    if unknown:
+        raise ValueError(
+            f"{where}: element has unknown keys {unknown}; allowed keys are "
+            f"{list(REQUIRED_KEYS + OPTIONAL_KEYS)}. Received: keys={sorted(spec)}"
+        )
+    extra = 1 if batched else 0
+    for key, value in spec.items():
+        if not isinstance(value, tf.TensorSpec):
+            raise TypeError(f"{where}: element key '{key}' should be a tf.TensorSpec. Received: {key}={value!r}")
+        if key == IMAGE:
+            dtypes, rank = IMAGE_DTYPES, 3
+        elif key == LABEL:
+            dtypes, rank = LABEL_DTYPES, 2
+        else:
+            dtype, rank = _FIXED[key]
+            dtypes = (dtype,)
+        if value.dtype not in dtypes:
+            raise TypeError(
+                f"{where}: element key '{key}' must have dtype "
+                f"{' or '.join(d.name for d in dtypes)}. Received: {key}.dtype={value.dtype.name}"
+            )
+        if value.shape.rank is not None and value.shape.rank != rank + extra:
+            raise ValueError(
+                f"{where}: element key '{key}' must have rank {rank + extra}"
+                f"{' (batched)' if batched else ''}. Received: {key}.shape={value.shape}"
+            )
+
+
+def make_element(
+    image: tf.Tensor,
+    label: tf.Tensor,
+    roi: tf.Tensor | None = None,
+    source_index=0,
+    path="",
+    origin=(0, 0),
+    source_shape=None,
+    ignore_label: int = IGNORE_LABEL,
+) -> dict[str, tf.Tensor]:
+    """Builds a contract element from an image and a label (pure, graph-safe).
+
+    ``roi`` defaults to 1 where the label is not ``ignore_label`` (so ignored pixels
+    never count); ``source_shape`` defaults to the image's size.
+
+    Example:
+      >>> e = make_element(tf.zeros([4, 6, 1], tf.uint8), tf.zeros([4, 6], tf.uint8), path="a.png")
+      >>> e["source_shape"].numpy().tolist(), int(tf.reduce_sum(tf.cast(e["roi"], tf.int32)))
+      ([4, 6], 24)
+    """
+    image = tf.convert_to_tensor(image)
+    label = tf.convert_to_tensor(label)
+    hw = tf.shape(image, out_type=tf.int32)[:2]
+    if roi is None:
+        roi = tf.cast(tf.not_equal(label, tf.cast(ignore_label, label.dtype)), tf.uint8)
+    if source_shape is None:
+        source_shape = hw
+    return {
+        IMAGE: image,
+        LABEL: label,
+        ROI: tf.cast(roi, tf.uint8),
+        ORIGIN: tf.cast(tf.convert_to_tensor(origin), tf.int32),
+        SOURCE_SHAPE: tf.cast(tf.convert_to_tensor(source_shape), tf.int32),
+        SOURCE_INDEX: tf.cast(tf.convert_to_tensor(source_index), tf.int64),
+        PATH: tf.convert_to_tensor(path, tf.string),
+    }
