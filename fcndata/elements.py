@@ -11,6 +11,8 @@ element is::
     source_index  []         int64                      position of the source image in the source order
     path          []         string                     source file or synthetic name
     weight        [H, W]     float32 (optional)         per-pixel loss weight
+    epoch         []         int64   (optional)         training epoch, added by the pipeline so
+                                                        random stages can key on it
 
 Batched elements add a leading batch axis. Sizes are always (height, width).
 """
@@ -29,11 +31,12 @@ SOURCE_SHAPE = "source_shape"
 SOURCE_INDEX = "source_index"
 PATH = "path"
 WEIGHT = "weight"
+EPOCH = "epoch"
 
 #: Keys every element carries, in order.
 REQUIRED_KEYS = (IMAGE, LABEL, ROI, ORIGIN, SOURCE_SHAPE, SOURCE_INDEX, PATH)
 #: Keys an element may carry in addition.
-OPTIONAL_KEYS = (WEIGHT,)
+OPTIONAL_KEYS = (WEIGHT, EPOCH)
 
 #: Default label value for unlabeled pixels (VOC convention).
 IGNORE_LABEL = 255
@@ -48,6 +51,7 @@ _FIXED = {
     SOURCE_INDEX: (tf.int64, 0),
     PATH: (tf.string, 0),
     WEIGHT: (tf.float32, 2),
+    EPOCH: (tf.int64, 0),
 }
 
 
@@ -181,3 +185,33 @@ def make_element(
         SOURCE_INDEX: tf.cast(tf.convert_to_tensor(source_index), tf.int64),
         PATH: tf.convert_to_tensor(path, tf.string),
     }
+
+
+def element_seed(seed: int, element: Mapping[str, tf.Tensor], *salt) -> tf.Tensor:
+    """A stateless random key for one element: a function of (seed, epoch, source_index, *salt).
+
+    Every random stage draws with ``tf.random.stateless_*`` from this key, so results do
+    not depend on which parallel worker handles which element, nor on autotune. ``salt``
+    separates draws inside one element (patch index, a stage's own name, ...).
+
+    Args:
+      seed: the stage's integer seed.
+      element: an unbatched element (uses ``epoch`` if present, else 0, and ``source_index``).
+      *salt: further ints or int tensors folded into the key.
+
+    Returns:
+      An int64 tensor of shape [2], usable as ``seed=`` of any ``tf.random.stateless_*`` op.
+
+    Example:
+      >>> import fcndata.testing as t
+      >>> e = t.element(5, 7)
+      >>> bool(tf.reduce_all(element_seed(1, e, 3) == element_seed(1, e, 3)))
+      True
+      >>> bool(tf.reduce_all(element_seed(1, e, 3) == element_seed(1, e, 4)))
+      False
+    """
+    key = tf.stack([tf.constant(seed, tf.int64), tf.constant(0x5EED, tf.int64)])
+    epoch = element.get(EPOCH, tf.constant(0, tf.int64))
+    for value in (epoch, element[SOURCE_INDEX], *salt):
+        key = tf.random.experimental.stateless_fold_in(key, tf.cast(value, tf.int64))
+    return key
