@@ -288,6 +288,7 @@ class TrainConfig:
     run_dir: str = "runs"
     name: Optional[str] = None  # default: recipe name + timestamp
     seed: int = 0
+    deterministic: bool = True  # tf.config.experimental.enable_op_determinism: exact resume, some GPU ops slower
     verbose: int = 1
 
     def __post_init__(self):

@@ -1,0 +1,133 @@
+"""``python -m fcndata.predict``: label and overlay PNGs for images of any size.
+
+    python -m fcndata.predict --model runs/NAME/model.keras --input a.png b.png --out outdir/
+    python -m fcndata.predict --model runs/NAME/model.keras --input big.tif --out outdir/ \\
+        --set predict.patch_size=128 --set predict.blend=gaussian
+
+The run's ``config.yaml`` next to the model supplies channels, class names and the
+``predict:`` section; ``--config`` and ``--set`` override it. For each input ``X.ext`` it
+writes ``X_label.png`` (class ids, the input's size) and ``X_overlay.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+#: Qualitative colours for class ids (0 = background is drawn transparent in overlays).
+PALETTE = np.array(
+    [
+        [0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
+        [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212],
+        [0, 128, 128], [220, 190, 255], [170, 110, 40], [255, 250, 200], [128, 0, 0],
+    ],
+    np.uint8,
+)
+
+
+def read_image(path: str | Path, channels: int) -> np.ndarray:
+    """Reads an image file (any format OpenCV reads, 8 or 16 bit) as [H, W, channels].
+
+    Raises:
+      ValueError: the file cannot be read, or its channels cannot be converted.
+    """
+    import cv2
+
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ValueError(
+            f"{path}: cannot read this file as an image (missing, truncated or an unsupported format). "
+            "Pass a PNG, JPEG, BMP or TIFF file."
+        )
+    if image.ndim == 2:
+        image = image[..., None]
+    elif image.shape[2] >= 3:
+        # OpenCV decodes BGR(A); fcndata works in RGB(A).
+        image = image[..., [2, 1, 0] + list(range(3, image.shape[2]))]
+    have = image.shape[2]
+    if have == channels:
+        return image
+    if channels == 3 and have == 1:
+        return np.repeat(image, 3, axis=2)
+    if channels == 3 and have == 4:
+        return image[..., :3]
+    if channels == 1 and have in (3, 4):
+        gray = image[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+        return np.round(gray).astype(image.dtype)[..., None]
+    raise ValueError(
+        f"{path}: the model expects {channels} channel(s) but the image has {have}, which cannot be converted. "
+        f"Received: channels={have}"
+    )
+
+
+def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """An RGB uint8 picture of ``labels`` coloured over ``image`` (background left as is)."""
+    img = np.asarray(image)
+    if img.dtype != np.uint8:
+        img = img.astype(np.float32)
+        img = (255 * (img - img.min()) / max(float(img.max() - img.min()), 1e-6)).astype(np.uint8)
+    if img.shape[-1] == 1:
+        img = np.repeat(img, 3, axis=-1)
+    img = img[..., :3].astype(np.float32)
+    colours = PALETTE[labels % len(PALETTE)].astype(np.float32)
+    fg = (labels > 0)[..., None]
+    return np.where(fg, (1 - alpha) * img + alpha * colours, img).astype(np.uint8)
+
+
+def main(argv=None) -> int:
+    import cv2
+
+    from fcndata.config import ConfigError, load_config
+
+    parser = argparse.ArgumentParser(prog="python -m fcndata.predict", description="Predict label PNGs with a trained model.")
+    parser.add_argument("--model", required=True, help="model.keras written by fcndata.train")
+    parser.add_argument("--input", nargs="+", required=True, help="image files")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--config", help="recipe (default: config.yaml next to the model)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    args = parser.parse_args(argv)
+
+    model_path = Path(args.model)
+    if not model_path.is_file():
+        print(f"error: --model {model_path}: file not found; pass the model.keras of a run (runs/NAME/model.keras).",
+              file=sys.stderr)
+        return 2
+    recipe = args.config or (model_path.parent / "config.yaml")
+    try:
+        config = load_config(recipe if Path(recipe).is_file() else None, args.overrides)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    import keras
+
+    import fcndata.losses  # noqa: F401  (registers the custom objects model.keras refers to)
+    import fcndata.metrics  # noqa: F401
+    import fcndata.models  # noqa: F401
+    from fcndata.infer import predictor_from_config
+
+    model = keras.models.load_model(model_path, compile=False)
+    predictor = predictor_from_config(model, config.predict, masked=config.model.masked)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in args.input:
+        try:
+            image = read_image(name, config.data.channels)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        labels = predictor.predict_labels(image)
+        stem = Path(name).stem
+        cv2.imwrite(str(out / f"{stem}_label.png"), labels)
+        cv2.imwrite(str(out / f"{stem}_overlay.png"), overlay(image, labels)[..., ::-1])
+        print(f"{name} -> {out / (stem + '_label.png')}, {out / (stem + '_overlay.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.exit(main())

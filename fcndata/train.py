@@ -1,0 +1,330 @@
+"""``python -m fcndata.train``: the bundled FCN trainer.
+
+Keras ``fit`` fed by :func:`fcndata.pipeline.build_pipeline`, with checkpoints every
+epoch and exact resume, TensorBoard logs, and the run's artifacts in ``runs/NAME/``::
+
+    python -m fcndata.train                                    # default recipe: brain, whole images
+    python -m fcndata.train --config pipelines/brain_patchwise.yaml --set train.epochs=5
+    python -m fcndata.train --resume runs/brain_fullimage-20261128-140000   # after a crash
+
+Every run writes ``config.yaml`` (resolved), ``metrics.csv``, ``logs/`` (TensorBoard, with
+prediction images), ``checkpoints/``, ``history.png``, ``preview.png``, ``predictions.png``,
+``model.keras`` and ``summary.json``; the last line printed says where they are.
+
+Resuming: every epoch of the input stream is a pure function of ``(seed, epoch)`` (see
+``build_pipeline``), and model, optimizer and epoch are checkpointed at the end of every
+epoch, so a run killed mid-epoch restarts that epoch from its first batch and ends where
+an uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_RECIPE = "pipelines/brain_fullimage.yaml"
+
+
+def _default_recipe() -> str | None:
+    """The default recipe, found from the working directory or next to the package."""
+    for base in (Path.cwd(), Path(__file__).resolve().parent.parent):
+        if (base / DEFAULT_RECIPE).is_file():
+            return str(base / DEFAULT_RECIPE)
+    return None
+
+
+def _policy(config) -> str:
+    from fcndata.distributed import has_gpu
+
+    mp = config.train.mixed_precision
+    if mp == "auto":
+        return "mixed_float16" if has_gpu() else "float32"
+    return "float32" if mp == "off" else mp
+
+
+def make_optimizer(config, steps_per_epoch: int):
+    """The optimizer and learning-rate schedule of ``config.train``."""
+    import keras
+
+    t = config.train
+    total = max(1, t.epochs * steps_per_epoch)
+    lr = t.learning_rate
+    if t.schedule == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(t.learning_rate, total, warmup_target=None)
+    elif t.schedule == "poly":
+        # The poly schedule of DeepLab / FCN follow-ups: lr * (1 - step/total)^0.9.
+        lr = keras.optimizers.schedules.PolynomialDecay(t.learning_rate, total, end_learning_rate=0.0, power=0.9)
+    if t.warmup_steps and t.schedule == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(
+            0.0, total, warmup_target=t.learning_rate, warmup_steps=t.warmup_steps
+        )
+    if t.optimizer == "sgd":
+        return keras.optimizers.SGD(lr, momentum=t.momentum, weight_decay=t.weight_decay or None)
+    if t.optimizer == "adamw":
+        return keras.optimizers.AdamW(lr, weight_decay=t.weight_decay or 0.004)
+    return keras.optimizers.Adam(lr, weight_decay=t.weight_decay or None)
+
+
+def build_model(config, steps_per_epoch: int = 1):
+    """Model, compiled with the recipe's loss, optimizer and masked metrics."""
+    from fcndata import losses, metrics, models
+
+    d = config.data
+    model = models.model_from_config(config.model, d)
+    optimizer = make_optimizer(config, steps_per_epoch)
+    model.compile(
+        optimizer=optimizer,
+        loss=losses.loss_from_config(config.loss, d.num_classes, d.ignore_label),
+        # weighted_metrics receive the pipeline's sample_weight (roi × weight), so padding
+        # and ignored pixels are never counted.
+        weighted_metrics=[
+            metrics.MeanIoU(d.num_classes, name="mean_iou"),
+            metrics.PixelAccuracy(d.num_classes, name="pixel_accuracy"),
+        ],
+        jit_compile=config.train.jit_compile,
+    )
+    return model
+
+
+def evaluate(model, config, max_batches: int | None = None) -> dict:
+    """Confusion matrix over the validation split's valid pixels → mean/per-class IoU, accuracy."""
+    import tensorflow as tf
+
+    from fcndata.pipeline import build_pipeline
+
+    k = config.data.num_classes
+    confusion = np.zeros((k, k), np.int64)
+    ds = build_pipeline(config, "eval")
+    if max_batches:
+        ds = ds.take(max_batches)
+    for inputs, label, weight in ds:
+        pred = tf.argmax(model(inputs, training=False), axis=-1, output_type=tf.int32)
+        valid = weight > 0
+        confusion += tf.math.confusion_matrix(
+            tf.boolean_mask(label, valid), tf.boolean_mask(pred, valid), num_classes=k, dtype=tf.int64
+        ).numpy()
+    inter = np.diag(confusion).astype(np.float64)
+    union = confusion.sum(0) + confusion.sum(1) - inter
+    iou = np.where(union > 0, inter / np.maximum(union, 1), np.nan)
+    names = config.data.names
+    return {
+        "mean_iou": float(np.nanmean(iou)),
+        "per_class_iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(names, iou)},
+        "pixel_accuracy": float(inter.sum() / max(confusion.sum(), 1)),
+        "valid_pixels": int(confusion.sum()),
+        "confusion": confusion.tolist(),
+    }
+
+
+def _read_history(path: Path) -> dict[str, list[float]]:
+    history: dict[str, list[float]] = {}
+    if not path.is_file():
+        return history
+    with path.open() as f:
+        for row in csv.DictReader(f):
+            for key, value in row.items():
+                if key != "epoch" and value not in (None, ""):
+                    history.setdefault(key, []).append(float(value))
+    return history
+
+
+def _validation_examples(model, config, max_items: int = 4):
+    """Validation images, labels and predictions, cropped back to each image's own size."""
+    import tensorflow as tf
+
+    from fcndata.batching import to_keras
+    from fcndata.pipeline import build_pipeline
+
+    images, labels, preds = [], [], []
+    masked = config.model.masked
+    for batch in build_pipeline(config, "eval", keras=False):
+        inputs, _, _ = to_keras(masked_input=masked)(tf.data.Dataset.from_tensors(batch)).get_single_element()
+        pred = tf.argmax(model(inputs, training=False), -1).numpy()
+        for i in range(len(pred)):
+            # eval elements are whole images at origin (0, 0): source_shape is their extent
+            h, w = (int(v) for v in batch["source_shape"][i])
+            images.append(batch["image"][i].numpy()[:h, :w])
+            label = batch["label"][i].numpy()[:h, :w]
+            labels.append(label)
+            preds.append(pred[i][:h, :w])
+            if len(images) >= max_items:
+                return images, labels, preds
+    return images, labels, preds
+
+
+class _EpochCheckpoint:
+    """Saves model, optimizer and the number of finished epochs at the end of every epoch."""
+
+    def __init__(self, model, directory: Path):
+        import tensorflow as tf
+
+        model.optimizer.build(model.trainable_variables)
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, epoch=self.epoch)
+        self.manager = tf.train.CheckpointManager(self.checkpoint, str(directory), max_to_keep=2)
+
+    def restore(self) -> int:
+        if self.manager.latest_checkpoint is None:
+            return 0
+        self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+        return int(self.epoch.numpy())
+
+    def callback(self):
+        import keras
+
+        outer = self
+
+        class Save(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                outer.epoch.assign(epoch + 1)
+                outer.manager.save(checkpoint_number=epoch + 1)
+
+        return Save()
+
+
+def _image_logger(model, config, log_dir: Path):
+    """A callback writing validation predictions to TensorBoard after every epoch."""
+    import keras
+    import tensorflow as tf
+
+    from fcndata.preview import plot_predictions
+
+    writer = tf.summary.create_file_writer(str(log_dir / "predictions"))
+
+    class Images(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            images, labels, preds = _validation_examples(model, config, max_items=3)
+            fig = plot_predictions(images, labels, preds, config.data.names)
+            fig.canvas.draw()
+            pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3]
+            with writer.as_default():
+                tf.summary.image("validation/image_truth_prediction", pixels[None], step=epoch)
+            writer.flush()
+
+    return Images()
+
+
+def train(config, run_dir: Path | None = None, resume: bool = False) -> dict:
+    """Trains ``config`` into ``run_dir`` (resuming from its checkpoints if ``resume``).
+
+    Returns:
+      The run summary (also written to ``summary.json``).
+    """
+    import keras
+    import tensorflow as tf
+
+    from fcndata.config import dump_config
+    from fcndata.distributed import select_strategy
+    from fcndata.pipeline import build_pipeline, steps_per_epoch
+    from fcndata.preview import plot_batch, plot_history, plot_predictions
+
+    t = config.train
+    if run_dir is None:
+        stem = Path(config.source).stem if config.source and config.source.endswith(".yaml") else "run"
+        run_dir = Path(t.run_dir) / (t.name or f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dump_config(config, run_dir / "config.yaml")
+
+    keras.utils.set_random_seed(t.seed)
+    if t.deterministic:
+        # Bit-identical reruns and resumes; costs little on CPU, some speed on GPU.
+        tf.config.experimental.enable_op_determinism()
+    policy = _policy(config)
+    keras.mixed_precision.set_global_policy(policy)
+    strategy = select_strategy()
+    started = time.time()
+    try:
+        steps = steps_per_epoch(config)
+        with strategy.scope():
+            model = build_model(config, steps)
+            checkpoint = _EpochCheckpoint(model, run_dir / "checkpoints")
+        initial_epoch = checkpoint.restore() if resume else 0
+        if resume:
+            print(f"fcndata: resuming {run_dir} at epoch {initial_epoch + 1}/{t.epochs}", flush=True)
+        train_ds = build_pipeline(config, "train", initial_epoch=initial_epoch)
+        val_ds = build_pipeline(config, "eval")
+        if t.validation_steps:
+            val_ds = val_ds.take(t.validation_steps)
+        callbacks = [
+            keras.callbacks.CSVLogger(str(run_dir / "metrics.csv"), append=resume and initial_epoch > 0),
+            keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs"), write_graph=False),
+            _image_logger(model, config, run_dir / "logs"),
+            checkpoint.callback(),
+        ]
+        if initial_epoch < t.epochs:
+            model.fit(
+                train_ds,
+                epochs=t.epochs,
+                initial_epoch=initial_epoch,
+                steps_per_epoch=steps,
+                validation_data=val_ds,
+                callbacks=callbacks,
+                verbose=t.verbose,
+            )
+        model.save(run_dir / "model.keras")
+        result = evaluate(model, config)
+        history = _read_history(run_dir / "metrics.csv")
+        plot_history(history).savefig(run_dir / "history.png", dpi=100)
+        preview_batch = next(iter(build_pipeline(config, "train", keras=False, epochs=1)))
+        plot_batch(preview_batch, class_names=config.data.names, ignore_label=config.data.ignore_label).savefig(
+            run_dir / "preview.png", dpi=100
+        )
+        images, labels, preds = _validation_examples(model, config, max_items=4)
+        plot_predictions(images, labels, preds, config.data.names).savefig(run_dir / "predictions.png", dpi=100)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    summary = {
+        "run_dir": str(run_dir),
+        "epochs": t.epochs,
+        "steps_per_epoch": steps,
+        "seconds": round(time.time() - started, 1),
+        "policy": policy,
+        "strategy": type(strategy).__name__,
+        "replicas": strategy.num_replicas_in_sync,
+        "validation": result,
+        "last_epoch": {k: v[-1] for k, v in history.items() if v},
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def main(argv=None) -> int:
+    from fcndata.config import ConfigError, add_config_arguments, load_config
+
+    parser = argparse.ArgumentParser(prog="python -m fcndata.train", description="Train the bundled FCN on a recipe.")
+    add_config_arguments(parser, default=None)
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    args = parser.parse_args(argv)
+    try:
+        if args.resume:
+            run_dir = Path(args.resume)
+            if not (run_dir / "config.yaml").is_file():
+                parser.error(f"--resume {run_dir}: no config.yaml there; pass a folder written by fcndata.train.")
+            config = load_config(run_dir / "config.yaml", args.overrides)
+        else:
+            run_dir = None
+            recipe = args.config or _default_recipe()
+            config = load_config(recipe, args.overrides)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    summary = train(config, run_dir, resume=bool(args.resume))
+    v = summary["validation"]
+    per_class = ", ".join(f"{n} {x:.3f}" if x is not None else f"{n} n/a" for n, x in v["per_class_iou"].items())
+    print(f"fcndata: validation mean IoU {v['mean_iou']:.3f} ({per_class}); pixel accuracy {v['pixel_accuracy']:.3f}; "
+          f"{summary['seconds']:.0f} s")
+    print(f"fcndata: results in {summary['run_dir']}/ (model.keras, predictions.png, history.png, summary.json)")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.exit(main())

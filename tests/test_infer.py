@@ -1,0 +1,83 @@
+"""Sliding-window and whole-image prediction, and the predict command."""
+
+from pathlib import Path
+
+import cv2
+import keras
+import numpy as np
+import pytest
+
+from fcndata.config import dump_config, load_config
+from fcndata.infer import SlidingWindowPredictor
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _identity(channels=3):
+    inp = keras.Input((None, None, channels))
+    return keras.Model(inp, inp)
+
+
+@pytest.mark.parametrize("blend", ["average", "gaussian", "hann", "crop"])
+@pytest.mark.parametrize("size", [(37, 53), (20, 9), (64, 64)])
+def test_identity_model_reproduces_the_input(blend, size):
+    image = np.random.default_rng(1).random((*size, 3)).astype(np.float32)
+    p = SlidingWindowPredictor(_identity(), patch_size=(16, 24), stride=(8, 10), blend=blend, batch_size=5,
+                               pad_to_multiple=8)
+    np.testing.assert_allclose(p.predict(image), image, atol=1e-5)
+
+
+def test_whole_image_prediction_pads_and_crops_back():
+    image = (np.arange(37 * 53 * 3) % 256).astype(np.uint8).reshape(37, 53, 3)
+    out = SlidingWindowPredictor(_identity()).predict(image)
+    np.testing.assert_allclose(out, image / 255.0, atol=1e-6)
+
+
+def test_flip_tta_of_identity_is_identity():
+    image = np.random.default_rng(2).random((33, 40, 3)).astype(np.float32)
+    out = SlidingWindowPredictor(_identity(), patch_size=32, stride=16, flip_tta=True).predict(image)
+    np.testing.assert_allclose(out, image, atol=1e-5)
+
+
+def test_patch_size_must_suit_the_model():
+    with pytest.raises(ValueError, match="multiple of 32"):
+        SlidingWindowPredictor(_identity(), patch_size=48)
+
+
+@pytest.fixture(scope="module")
+def saved_run(tmp_path_factory):
+    from fcndata.models import model_from_config
+
+    run = tmp_path_factory.mktemp("run")
+    cfg = load_config(ROOT / "pipelines" / "shapes_patchwise.yaml", ["model.width=8"])
+    model_from_config(cfg.model, cfg.data).save(run / "model.keras")
+    dump_config(cfg, run / "config.yaml")
+    return run
+
+
+@pytest.mark.parametrize("patch", [None, 32])
+def test_predict_command_writes_label_and_overlay_pngs(saved_run, tmp_path, patch):
+    from fcndata.predict import main
+
+    a = tmp_path / "a.png"
+    cv2.imwrite(str(a), np.random.default_rng(0).integers(0, 255, (45, 70, 3), dtype=np.uint8))
+    b = tmp_path / "b.jpg"
+    cv2.imwrite(str(b), np.random.default_rng(1).integers(0, 255, (20, 33), dtype=np.uint8))
+    args = ["--model", str(saved_run / "model.keras"), "--input", str(a), str(b), "--out", str(tmp_path / "out")]
+    if patch:
+        args += ["--set", f"predict.patch_size={patch}"]
+    assert main(args) == 0
+    for stem, shape in (("a", (45, 70)), ("b", (20, 33))):
+        label = cv2.imread(str(tmp_path / "out" / f"{stem}_label.png"), cv2.IMREAD_UNCHANGED)
+        assert label.shape == shape and label.max() < 4
+        overlay = cv2.imread(str(tmp_path / "out" / f"{stem}_overlay.png"))
+        assert overlay.shape == (*shape, 3)
+
+
+def test_predict_command_names_a_bad_file(saved_run, tmp_path, capsys):
+    from fcndata.predict import main
+
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    assert main(["--model", str(saved_run / "model.keras"), "--input", str(bad), "--out", str(tmp_path)]) == 2
+    assert f"{bad}: cannot read this file as an image" in capsys.readouterr().err
