@@ -202,6 +202,7 @@ class SamplingConfig:
     beta: float = 0.999  # effective_number
     max_weight: Optional[float] = 50.0  # clip so an almost absent class does not explode the loss
     loss_keep_probability: Optional[float] = None  # FCN §4.4 loss sampling
+    loss_rescale: bool = False  # divide kept weights by p (the paper does not)
     cache: bool = True  # cache class counts next to the recipe
     seed: Optional[int] = None
 
@@ -224,13 +225,13 @@ class BatchingConfig:
     batch_size: int = 4
     pad_to_multiple: int = 32
     drop_remainder: bool = False
-    bucket_by: str = "none"  # none | area | aspect
+    bucket_by: str = "none"  # none | area | aspect | shape
     bucket_boundaries: Optional[tuple[float, ...]] = None  # default: derived from a pass over the data
     num_buckets: int = 4
     shuffle_buffer: int = 64  # images (fully convolutional) before batching; 0 disables
 
     def __post_init__(self):
-        _choice(self.bucket_by, "batching.bucket_by", ("none", "area", "aspect"))
+        _choice(self.bucket_by, "batching.bucket_by", ("none", "area", "aspect", "shape"))
         if self.batch_size < 1 or self.pad_to_multiple < 1:
             raise ConfigError(
                 "batching.batch_size and batching.pad_to_multiple must be >= 1. Received: "

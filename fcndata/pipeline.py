@@ -33,10 +33,10 @@ def data_options() -> tf.data.Options:
     return options
 
 
-def _epoch_seed(seed: int, epoch) -> tf.Tensor:
+def _epoch_seed(seed: int, epoch: int) -> int:
     """A shuffle seed for one epoch: a pure function of (seed, epoch)."""
-    key = tf.random.experimental.stateless_fold_in(tf.constant([seed, 0x5EED], tf.int64), epoch)
-    return key[0]
+    digest = hashlib.sha256(f"{seed}/{epoch}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
 
 
 def _counts_cache_path(config: Config) -> Path | None:
@@ -55,15 +55,20 @@ def _data_key(config: Config) -> str:
 
 
 def training_class_counts(config: Config) -> np.ndarray:
-    """Per-class pixel counts of the training split (cached next to the recipe)."""
+    """Per-image, per-class pixel counts of the training split (cached next to the recipe).
+
+    Per image, so median-frequency weights use Eigen & Fergus' definition (a class's
+    frequency over the images where it appears).
+    """
     from fcndata import sampling, sources
 
     ds = sources.load_source(config.data, "train")
     path = _counts_cache_path(config) if (config.sampling is None or config.sampling.cache) else None
     if path is None:
-        return sampling.class_counts(ds, config.data.num_classes, config.data.ignore_label)
+        return sampling.class_counts(ds, config.data.num_classes, config.data.ignore_label, per_image=True)
     return sampling.cached_class_counts(
-        ds, config.data.num_classes, path, key=_data_key(config), ignore_label=config.data.ignore_label
+        ds, config.data.num_classes, path, key=_data_key(config), ignore_label=config.data.ignore_label,
+        per_image=True,
     )
 
 
@@ -77,8 +82,8 @@ def build_pipeline(
 ) -> tf.data.Dataset:
     """Builds the input pipeline of a recipe.
 
-    ``train`` streams epochs without end (``Dataset.counter`` → one epoch each), so
-    Keras needs ``steps_per_epoch`` (see :func:`steps_per_epoch`). Each epoch is a pure
+    ``train`` streams ``train.epochs`` epochs one after the other (``epochs`` overrides),
+    so Keras needs ``steps_per_epoch`` (see :func:`steps_per_epoch`). Each epoch is a pure
     function of ``(seed, epoch)``: a run resumed at epoch ``e`` (``initial_epoch=e``) sees
     exactly the batches an uninterrupted run would have seen. ``eval`` and ``predict``
     make one pass over the validation split, whole images, no augmentation or sampling.
@@ -89,7 +94,7 @@ def build_pipeline(
       keras: end with ``to_keras`` (``(inputs, label, sample_weight)`` triplets);
         False keeps batched element dicts (for previews and your own loops).
       initial_epoch: first epoch of a ``train`` stream (resuming).
-      epochs: stop a ``train`` stream after this many epochs (None: endless).
+      epochs: number of ``train`` epochs to stream (None: ``train.epochs - initial_epoch``).
 
     Returns:
       A ``tf.data.Dataset``.
@@ -134,7 +139,7 @@ def build_pipeline(
             # Each epoch is built from its number alone: randomness keyed by (seed, epoch,
             # source_index), its own image order, and batches that never straddle two
             # epochs, so a run resumed at epoch e sees exactly the batches it would have.
-            ds = ds.map(lambda e: {**e, E.EPOCH: epoch})
+            ds = ds.map(lambda e: {**e, E.EPOCH: tf.constant(epoch, tf.int64)})
             if config.batching.shuffle_buffer > 1:
                 ds = ds.shuffle(config.batching.shuffle_buffer, seed=_epoch_seed(seed, epoch))
 
@@ -156,14 +161,20 @@ def build_pipeline(
         return ds.apply(batcher)
 
     if training:
-        epoch_numbers = (
-            tf.data.Dataset.range(initial_epoch, initial_epoch + epochs)
-            if epochs
-            else tf.data.Dataset.counter(initial_epoch)
-        )
-        ds = epoch_numbers.flat_map(one_epoch)
+        # Epochs are chained in Python (not Dataset.counter().flat_map) so each epoch's
+        # shuffle gets a plain integer seed: tf.data rejects tensor seeds once a global
+        # seed is set (keras.utils.set_random_seed does set one).
+        count = config.train.epochs - initial_epoch if epochs is None else epochs
+        if count < 1:
+            raise ValueError(
+                f"build_pipeline: no training epochs left (train.epochs={config.train.epochs}, "
+                f"initial_epoch={initial_epoch}). Raise train.epochs. Received: epochs={epochs}"
+            )
+        ds = one_epoch(initial_epoch)
+        for epoch in range(initial_epoch + 1, initial_epoch + count):
+            ds = ds.concatenate(one_epoch(epoch))
     else:
-        ds = one_epoch(tf.constant(0, tf.int64))
+        ds = one_epoch(0)
 
     if keras:
         ds = ds.apply(batching.to_keras(masked_input=config.model.masked))

@@ -234,9 +234,17 @@ def train(config, run_dir: Path | None = None, resume: bool = False) -> dict:
     dump_config(config, run_dir / "config.yaml")
 
     keras.utils.set_random_seed(t.seed)
-    if t.deterministic:
+    from tensorflow.python.framework import config as tf_config
+
+    was_deterministic = tf_config.is_op_determinism_enabled()
+    if t.deterministic and not t.jit_compile:
         # Bit-identical reruns and resumes; costs little on CPU, some speed on GPU.
-        tf.config.experimental.enable_op_determinism()
+        tf_config.enable_op_determinism()
+    else:
+        # Keras turns XLA off while op determinism is on: jit_compile wins, and says so.
+        if t.deterministic:
+            print("fcndata: train.jit_compile=true turns op determinism off (Keras runs XLA only without it)")
+        tf_config.disable_op_determinism()
     policy = _policy(config)
     keras.mixed_precision.set_global_policy(policy)
     strategy = select_strategy()
@@ -268,6 +276,7 @@ def train(config, run_dir: Path | None = None, resume: bool = False) -> dict:
                 validation_data=val_ds,
                 callbacks=callbacks,
                 verbose=t.verbose,
+                shuffle=False,  # the pipeline already shuffles, per epoch and seeded
             )
         model.save(run_dir / "model.keras")
         result = evaluate(model, config)
@@ -281,12 +290,14 @@ def train(config, run_dir: Path | None = None, resume: bool = False) -> dict:
         plot_predictions(images, labels, preds, config.data.names).savefig(run_dir / "predictions.png", dpi=100)
     finally:
         keras.mixed_precision.set_global_policy("float32")
+        (tf_config.enable_op_determinism if was_deterministic else tf_config.disable_op_determinism)()
     summary = {
         "run_dir": str(run_dir),
         "epochs": t.epochs,
         "steps_per_epoch": steps,
         "seconds": round(time.time() - started, 1),
         "policy": policy,
+        "jit_compile": bool(model.jit_compile),
         "strategy": type(strategy).__name__,
         "replicas": strategy.num_replicas_in_sync,
         "validation": result,

@@ -53,6 +53,8 @@ def test_one_step_under_mixed_precision_and_xla(tmp_path, extra):
                                       "train.name=x", *extra])
     summary = train(cfg)
     assert np.isfinite(summary["last_epoch"]["loss"])
+    assert summary["jit_compile"] == ("train.jit_compile=true" in extra)
+    assert summary["policy"] == ("mixed_bfloat16" if "mixed" in extra[0] else "float32")
     import keras
 
     assert keras.mixed_precision.global_policy().name == "float32"  # restored afterwards
