@@ -77,6 +77,7 @@ class DataConfig:
     val_images: Optional[str] = None
     val_masks: Optional[str] = None
     palette: Optional[tuple[tuple[int, int, int], ...]] = None  # RGB colour per class id (VOC style)
+    ignore_color: Optional[tuple[int, int, int]] = None  # palette masks: this colour becomes ignore_label
     # tfrecord: file globs written by write_tfrecords.
     tfrecords: Optional[str] = None
     val_tfrecords: Optional[str] = None
@@ -265,6 +266,8 @@ class LossConfig:
     gamma: float = 2.0
     alpha: Union[None, float, tuple[float, ...]] = None
     label_smoothing: float = 0.0
+    smooth: float = 1.0  # dice: added to numerator and denominator
+    dice_per_image: bool = False  # dice: average per-image Dice instead of one batch Dice
     terms: Optional[tuple[dict, ...]] = None  # name: sum -> [{name: cross_entropy, weight: 1.0}, {name: dice, weight: 0.5}]
 
     def __post_init__(self):

@@ -511,7 +511,8 @@ def loss_from_config(cfg, num_classes: int, ignore_label: int | None = IGNORE_LA
       >>> [(type(l).__name__, w) for l, w in loss_from_config(cfg, num_classes=3).terms]
       [('MaskedSparseCrossEntropy', 1.0), ('DiceLoss', 0.5)]
     """
-    base = {"gamma": cfg.gamma, "alpha": cfg.alpha, "label_smoothing": cfg.label_smoothing}
+    base = {"gamma": cfg.gamma, "alpha": cfg.alpha, "label_smoothing": cfg.label_smoothing,
+            "smooth": cfg.smooth, "per_image": cfg.dice_per_image}
     if cfg.name != "sum":
         return _single_loss(cfg.name, base, num_classes, ignore_label, "loss")
     if not cfg.terms:
