@@ -179,8 +179,32 @@ class MaskedSparseCrossEntropy(_PixelLoss):
         return {**super().get_config(), "from_logits": self.from_logits, "label_smoothing": self.label_smoothing}
 
 
+class _FocalLoss(_PixelLoss):
+    """What the softmax and sigmoid focal losses share: γ, α, logits, their checks and config."""
+
+    def __init__(
+        self,
+        gamma: float = 2.0,
+        alpha: None | float | Sequence[float] = None,
+        from_logits: bool = True,
+        ignore_label: int | None = IGNORE_LABEL,
+        reduction=DEFAULT_REDUCTION,
+        name: str = "focal_loss",
+        dtype=None,
+    ):
+        super().__init__(ignore_label=ignore_label, reduction=reduction, name=name, dtype=dtype)
+        if gamma < 0:
+            raise ValueError(f"{type(self).__name__}: gamma must be >= 0. Received: gamma={gamma!r}")
+        self.gamma = float(gamma)
+        self.alpha = _check_alpha(alpha, type(self).__name__)
+        self.from_logits = from_logits
+
+    def get_config(self):
+        return {**super().get_config(), "gamma": self.gamma, "alpha": self.alpha, "from_logits": self.from_logits}
+
+
 @keras.saving.register_keras_serializable(package="fcndata")
-class SparseFocalLoss(_PixelLoss):
+class SparseFocalLoss(_FocalLoss):
     """Softmax focal loss for single-label multi-class segmentation (Lin et al. 2017).
 
     Per pixel with label y, ``p = softmax(logits)`` and ``p_t = p_y``::
@@ -206,22 +230,9 @@ class SparseFocalLoss(_PixelLoss):
       reduction, name, dtype: as ``keras.losses.Loss``.
     """
 
-    def __init__(
-        self,
-        gamma: float = 2.0,
-        alpha: None | float | Sequence[float] = None,
-        from_logits: bool = True,
-        ignore_label: int | None = IGNORE_LABEL,
-        reduction=DEFAULT_REDUCTION,
-        name: str = "sparse_focal_loss",
-        dtype=None,
-    ):
-        super().__init__(ignore_label=ignore_label, reduction=reduction, name=name, dtype=dtype)
-        if gamma < 0:
-            raise ValueError(f"SparseFocalLoss: gamma must be >= 0. Received: gamma={gamma!r}")
-        self.gamma = float(gamma)
-        self.alpha = _check_alpha(alpha, "SparseFocalLoss")
-        self.from_logits = from_logits
+    def __init__(self, gamma=2.0, alpha=None, from_logits=True, ignore_label=IGNORE_LABEL,
+                 reduction=DEFAULT_REDUCTION, name="sparse_focal_loss", dtype=None):
+        super().__init__(gamma, alpha, from_logits, ignore_label, reduction, name, dtype)
 
     def call(self, y_true, y_pred):
         labels = self._labels(y_true, y_pred)
@@ -239,12 +250,10 @@ class SparseFocalLoss(_PixelLoss):
             loss = loss * self.alpha
         return loss
 
-    def get_config(self):
-        return {**super().get_config(), "gamma": self.gamma, "alpha": self.alpha, "from_logits": self.from_logits}
 
 
 @keras.saving.register_keras_serializable(package="fcndata")
-class SigmoidFocalLoss(_PixelLoss):
+class SigmoidFocalLoss(_FocalLoss):
     """Sigmoid (binary) focal loss for multi-label targets, RetinaNet style.
 
     For each pixel and class k with target t ∈ {0, 1} and ``p = sigmoid(logit)``::
@@ -275,22 +284,9 @@ class SigmoidFocalLoss(_PixelLoss):
       reduction, name, dtype: as ``keras.losses.Loss``.
     """
 
-    def __init__(
-        self,
-        gamma: float = 2.0,
-        alpha: None | float | Sequence[float] = None,
-        from_logits: bool = True,
-        ignore_label: int | None = IGNORE_LABEL,
-        reduction=DEFAULT_REDUCTION,
-        name: str = "sigmoid_focal_loss",
-        dtype=None,
-    ):
-        super().__init__(ignore_label=ignore_label, reduction=reduction, name=name, dtype=dtype)
-        if gamma < 0:
-            raise ValueError(f"SigmoidFocalLoss: gamma must be >= 0. Received: gamma={gamma!r}")
-        self.gamma = float(gamma)
-        self.alpha = _check_alpha(alpha, "SigmoidFocalLoss")
-        self.from_logits = from_logits
+    def __init__(self, gamma=2.0, alpha=None, from_logits=True, ignore_label=IGNORE_LABEL,
+                 reduction=DEFAULT_REDUCTION, name="sigmoid_focal_loss", dtype=None):
+        super().__init__(gamma, alpha, from_logits, ignore_label, reduction, name, dtype)
 
     def _targets(self, y_true, y_pred):
         """(0/1 float targets [B,H,W,K] with ignored pixels zeroed, valid [B,H,W] bool)."""
@@ -334,8 +330,6 @@ class SigmoidFocalLoss(_PixelLoss):
             loss = loss * (targets * alpha + (1.0 - targets) * (1.0 - alpha))
         return ops.mean(loss, axis=-1)
 
-    def get_config(self):
-        return {**super().get_config(), "gamma": self.gamma, "alpha": self.alpha, "from_logits": self.from_logits}
 
 
 @keras.saving.register_keras_serializable(package="fcndata")
