@@ -40,7 +40,9 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-VARIANTS = ("fcn8s", "fcn16s", "fcn32s")
+VARIANTS = ("fcn8s", "fcn16s", "fcn32s", "fcn4s", "fcn2s")
+#: Variants that fuse the stride-4 / stride-2 maps: only the tiny backbone exposes them.
+FINE_VARIANTS = ("fcn4s", "fcn2s")
 BACKBONES = ("tiny", "vgg16", "resnet50", "mobilenetv2")
 NORMS = ("batch", "frozen_batch", "group", "none")
 #: Total stride of the network: inputs must have H and W divisible by it.
@@ -192,15 +194,14 @@ def _conv_block(x, channels, kernel, norm, name, roi=None):
 
 
 def _tiny_backbone(x, width, norm, rois):
-    """5 stages of 2 × conv-norm-relu + 2×2 max-pool; returns the stride 8, 16, 32 maps."""
+    """5 stages of 2 × conv-norm-relu + 2×2 max-pool; returns the stride 2, 4, 8, 16, 32 maps."""
     features = []
     for stage, mult in enumerate((1, 2, 4, 8, 8), start=1):
         roi = rois.get(2 ** (stage - 1)) if rois else None
         for i in (1, 2):
             x = _conv_block(x, width * mult, 3, norm, f"block{stage}_{i}", roi)
         x = layers.MaxPooling2D(2, name=f"pool{stage}")(x)
-        if stage >= 3:
-            features.append(x)
+        features.append(x)
     return features
 
 
@@ -321,7 +322,10 @@ def fcn(
 
     Args:
       num_classes: number of output channels (logits).
-      variant: ``fcn8s`` (fuses pool3 and pool4), ``fcn16s`` (pool4) or ``fcn32s``.
+      variant: ``fcn8s`` (fuses pool3 and pool4), ``fcn16s`` (pool4) or ``fcn32s``, as in
+        the paper; ``fcn4s`` and ``fcn2s`` continue the same skip pattern down to pool2 /
+        pool1 (tiny backbone only) for structures a few pixels wide, which a stride-8
+        prediction cannot draw.
       backbone: ``tiny`` (from scratch), ``vgg16``, ``resnet50`` or ``mobilenetv2``.
       norm: normalisation after each conv of the tiny backbone and the fc6/fc7 head:
         ``batch``, ``frozen_batch`` (moving statistics only: works at batch size 1),
@@ -352,6 +356,11 @@ def fcn(
       ValueError: a choice, size or weights file is invalid.
     """
     _check_choice(variant, "variant", VARIANTS)
+    if variant in FINE_VARIANTS and backbone != "tiny":
+        raise ValueError(
+            f"fcn: variant {variant!r} fuses the stride-4/2 maps, which only the tiny backbone exposes; "
+            f"use fcn8s with {backbone!r}, or backbone='tiny'. Received: variant={variant!r}, backbone={backbone!r}"
+        )
     _check_choice(backbone, "backbone", BACKBONES)
     _check_choice(norm, "norm", NORMS)
     if not isinstance(num_classes, int) or num_classes < 1:
@@ -388,7 +397,7 @@ def fcn(
     if backbone == "tiny":
         if masked:
             x = RoiMask(name="image_roi")(x, rois[1])
-        pool3, pool4, pool5 = _tiny_backbone(x, width, norm, rois)
+        pool1, pool2, pool3, pool4, pool5 = _tiny_backbone(x, width, norm, rois)
         head = 8 * width
     else:
         if input_channels != 3:
@@ -431,12 +440,17 @@ def fcn(
         score = layers.Add(name="fuse_pool4")([score, _score(pool4, num_classes, "score_pool4", zero=True)])
         score = masked_(score, 16, "fuse_pool4_roi")
         final_factor = 16
-        if variant == "fcn8s":
-            score = _upsample(score, 2, num_classes, "upscore_pool4", trainable=True)
-            score = layers.Add(name="fuse_pool3")([score, _score(pool3, num_classes, "score_pool3", zero=True)])
-            score = masked_(score, 8, "fuse_pool3_roi")
-            final_factor = 8
-    score = _upsample(score, final_factor, num_classes, f"upscore{final_factor}", trainable=False)
+        finer = {"fcn8s": 1, "fcn4s": 2, "fcn2s": 3}.get(variant, 0)
+        skips = [(pool3, 8, "pool3", "pool4")] + ([(pool2, 4, "pool2", "pool3")] if finer > 1 else [])
+        skips += [(pool1, 2, "pool1", "pool2")] if finer > 2 else []
+        for feature, stride, pool, previous in skips:
+            score = _upsample(score, 2, num_classes, f"upscore_{previous}", trainable=True)
+            score = layers.Add(name=f"fuse_{pool}")([score, _score(feature, num_classes, f"score_{pool}", zero=True)])
+            score = masked_(score, stride, f"fuse_{pool}_roi")
+            final_factor = stride
+    # "upscore2" is already the first ×2 step's name (the paper's), hence fcn2s's own name
+    last = f"upscore{final_factor}" if final_factor != 2 else "upscore_out2"
+    score = _upsample(score, final_factor, num_classes, last, trainable=False)
     logits = layers.Activation("linear", dtype="float32", name="logits")(score)
     model = keras.Model(inputs, logits, name=name or f"{variant}_{backbone}")
 

@@ -261,6 +261,10 @@ def train(config, run_dir: Path | None = None, resume: bool = False) -> dict:
         val_ds = build_pipeline(config, "eval")
         if t.validation_steps:
             val_ds = val_ds.take(t.validation_steps)
+        # Bucketing leaves the number of validation batches unknown to tf.data; telling
+        # Keras spares it a misleading "input ran out of data" warning every epoch.
+        val_batches = int(val_ds.reduce(np.int64(0), lambda n, _: n + 1).numpy())
+        val_ds = val_ds.apply(tf.data.experimental.assert_cardinality(val_batches))
         callbacks = [
             keras.callbacks.CSVLogger(str(run_dir / "metrics.csv"), append=resume and initial_epoch > 0),
             keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs"), write_graph=False),

@@ -48,12 +48,28 @@ def test_application_backbones_build(backbone, channels):
 
 
 def test_invalid_arguments_raise_with_received():
-    with pytest.raises(ValueError, match="variant must be one of .* Received: variant='fcn4s'"):
-        fcn(2, "fcn4s")
+    with pytest.raises(ValueError, match="variant must be one of .* Received: variant='fcn64s'"):
+        fcn(2, "fcn64s")
+    with pytest.raises(ValueError, match="only the tiny backbone exposes.*Received: variant='fcn2s', backbone='vgg16'"):
+        fcn(2, "fcn2s", backbone="vgg16")
     with pytest.raises(ValueError, match="input_size must be .*multiples of 32.*Received: input_size=\\(48, 64\\)"):
         fcn(2, input_size=(48, 64))
     with pytest.raises(ValueError, match="weights file not found: /nope.h5.*never downloads.*Received: weights='/nope.h5'"):
         fcn(2, backbone="vgg16", weights="/nope.h5")
+
+
+@pytest.mark.parametrize("variant", ["fcn4s", "fcn2s"])
+def test_finer_variants_fuse_pool2_and_pool1(variant):
+    model = fcn(3, variant, width=4, input_channels=1, masked=True)
+    names = {layer.name for layer in model.layers}
+    assert {"fuse_pool3", "fuse_pool2"} <= names
+    assert ("fuse_pool1" in names) == (variant == "fcn2s")
+    x = np.random.default_rng(0).random((1, 64, 96, 1)).astype("float32")
+    out = model({"image": x, "roi": np.ones((1, 64, 96, 1), "float32")})
+    assert out.shape == (1, 64, 96, 3)
+    # the last upsampling is fixed bilinear, the ×2 steps train (as in the paper)
+    last = model.get_layer("upscore4" if variant == "fcn4s" else "upscore_out2")
+    assert not last.trainable
 
 
 def test_model_from_config():
