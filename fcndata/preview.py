@@ -184,6 +184,20 @@ def _shares(label: np.ndarray) -> dict[int, float]:
     return {k: 100.0 * c / max(label.size, 1) for k, c in zip(ids.tolist(), counts.tolist())}
 
 
+def _class_legend(subfigure, handles, title: str) -> None:
+    """The class legend to the right of one row (same look in every figure)."""
+    subfigure.legend(
+        handles=handles,
+        loc="outside right upper",
+        fontsize=8,
+        frameon=False,
+        handlelength=1.2,
+        title=title,
+        title_fontsize=8,
+        alignment="left",
+    )
+
+
 def _legend_handles(
     shares: Sequence[Mapping[int, float]], class_names, palette, ignore_label: int
 ) -> list[Patch]:
@@ -393,17 +407,7 @@ def plot_batch(
         if keras_form and "roi" in data:  # to_keras labels padding 0: mark where roi is 0
             _hatch(axes[1], ~roi)
         axes[1].set_title("label", fontsize=9)
-        handles = _legend_handles([_shares(label)], class_names, palette, ignore_label)
-        sf.legend(
-            handles=handles,
-            loc="outside right upper",
-            fontsize=8,
-            frameon=False,
-            handlelength=1.2,
-            title="classes",
-            title_fontsize=8,
-            alignment="left",
-        )
+        _class_legend(sf, _legend_handles([_shares(label)], class_names, palette, ignore_label), "classes")
         col = 2
         if not keras_form:
             padding = ~roi
@@ -669,17 +673,7 @@ def plot_predictions(
         axes[2].set_title(f"prediction: {100.0 * correct:.1f} % correct", fontsize=9)
         # Shares over the real pixels, so a collapsed or missing class stands out.
         shares = [_shares(label[valid]), _shares(pred[valid])]
-        handles = _legend_handles(shares, class_names, palette, ignore_label)
-        sf.legend(
-            handles=handles,
-            loc="outside right upper",
-            fontsize=8,
-            frameon=False,
-            handlelength=1.2,
-            title="classes (% gt / pred)",
-            title_fontsize=8,
-            alignment="left",
-        )
+        _class_legend(sf, _legend_handles(shares, class_names, palette, ignore_label), "classes (% gt / pred)")
     return fig
 
 
