@@ -234,6 +234,13 @@ def _check_positive_int(value, name: str, where: str) -> None:
         raise ValueError(f"{where}: {name} must be >= 1. Received: {name}={value}")
 
 
+def _round_batches_up(ds: tf.data.Dataset, multiple: int, ignore_label: int) -> tf.data.Dataset:
+    """Pads every batch of ``ds`` up to a multiple of ``multiple`` (one pad per batch)."""
+    if multiple <= 1:
+        return ds
+    return ds.map(lambda b: pad_to_multiple(b, multiple, ignore_label), num_parallel_calls=tf.data.AUTOTUNE)
+
+
 @dataclass(frozen=True)
 class PadAndBatch:
     """Batches elements of different sizes, padding to the batch max rounded up to ``pad_to_multiple``.
@@ -283,12 +290,7 @@ class PadAndBatch:
             padding_values=padding_values(ds.element_spec, self.ignore_label),
             drop_remainder=self.drop_remainder,
         )
-        if self.pad_to_multiple > 1:
-            ds = ds.map(
-                lambda b: pad_to_multiple(b, self.pad_to_multiple, self.ignore_label),
-                num_parallel_calls=tf.data.AUTOTUNE,
-            )
-        return ds
+        return _round_batches_up(ds, self.pad_to_multiple, self.ignore_label)
 
 
 def derive_boundaries(
@@ -429,12 +431,7 @@ class BucketBySize:
             ),
             window_size=self.batch_size,
         )
-        if self.pad_to_multiple > 1:
-            ds = ds.map(
-                lambda b: pad_to_multiple(b, self.pad_to_multiple, self.ignore_label),
-                num_parallel_calls=tf.data.AUTOTUNE,
-            )
-        return ds
+        return _round_batches_up(ds, self.pad_to_multiple, self.ignore_label)
 
 
 @dataclass(frozen=True)

@@ -355,14 +355,13 @@ def _coerce(value, tp, where: str, name: str):
     if origin in (Union, types.UnionType):
         if value is None and _is_optional(tp):
             return None
-        errors = []
         for option in typing.get_args(tp):
             if option is type(None):
                 continue
             try:
                 return _coerce(value, option, where, name)
-            except ConfigError as e:
-                errors.append(e)
+            except ConfigError:
+                continue  # try the next member of the union
         names = " or ".join("null" if a is type(None) else getattr(a, "__name__", str(a)) for a in typing.get_args(tp))
         raise ConfigError(f"{where}: key '{name}' must be {names}. Received: {name}={value!r}")
     if origin is tuple:
@@ -443,7 +442,6 @@ def config_from_dict(raw: dict | None, name: str = "<config>") -> Config:
             close = difflib.get_close_matches(str(section), list(SECTIONS), n=1)
             hint = f"; did you mean '{close[0]}'?" if close else "."
             raise ConfigError(f"{name}: unknown section '{section}'{hint} Valid sections: {', '.join(SECTIONS)}")
-        f = SECTIONS[section]
         cls = typing.get_type_hints(Config)[section]
         if _is_optional(cls):
             cls = next(a for a in typing.get_args(cls) if a is not type(None))

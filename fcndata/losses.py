@@ -400,8 +400,9 @@ class DiceLoss(keras.losses.Loss):
             dice = (2.0 * intersection + self.smooth) / (denominator + self.smooth + _EPSILON * (self.smooth == 0))
             return 1.0 - ops.mean(dice)
 
-    def call(self, y_true, y_pred):  # pragma: no cover - __call__ does the work
-        raise NotImplementedError
+    def call(self, y_true, y_pred):
+        """Keras' per-sample hook: the unweighted Dice (``__call__`` folds weights into the sums)."""
+        return self(y_true, y_pred)
 
     def get_config(self):
         return {
@@ -454,8 +455,9 @@ class SumOfLosses(keras.losses.Loss):
                 total = total + weight * ops.cast(loss(y_true, y_pred, sample_weight=sample_weight), self.dtype)
             return total
 
-    def call(self, y_true, y_pred):  # pragma: no cover
-        raise NotImplementedError
+    def call(self, y_true, y_pred):
+        """Keras' per-sample hook: the unweighted sum (``__call__`` passes weights to each term)."""
+        return self(y_true, y_pred)
 
     def get_config(self):
         return {

@@ -139,13 +139,13 @@ def _validation_examples(model, config, max_items: int = 4):
     """Validation images, labels and predictions, cropped back to each image's own size."""
     import tensorflow as tf
 
-    from fcndata.batching import to_keras
+    from fcndata.batching import keras_inputs
     from fcndata.pipeline import build_pipeline
 
     images, labels, preds = [], [], []
     masked = config.model.masked
     for batch in build_pipeline(config, "eval", keras=False):
-        inputs, _, _ = to_keras(masked_input=masked)(tf.data.Dataset.from_tensors(batch)).get_single_element()
+        inputs, _, _ = keras_inputs(batch, masked_input=masked, ignore_label=config.data.ignore_label)
         pred = tf.argmax(model(inputs, training=False), -1).numpy()
         for i in range(len(pred)):
             # eval elements are whole images at origin (0, 0): source_shape is their extent

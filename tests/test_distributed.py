@@ -1,7 +1,5 @@
 """Core stages are graph-only: a patchwise pipeline runs on a local tf.data service."""
 
-import numpy as np
-import tensorflow as tf
 
 import fcndata.testing as t
 from fcndata.distributed import distribute_dataset, select_strategy, start_dispatcher, start_worker
