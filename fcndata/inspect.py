@@ -121,7 +121,12 @@ def main(argv=None) -> int:
         return 2
     data = cfg.data
     report = sources.SkipReport(f"{data.source} source ({args.split})")
-    ds = sources.load_source(data, args.split, report=report)
+    try:
+        # file-level problems (empty glob, unpaired files) are found here, and named
+        ds = sources.load_source(data, args.split, report=report)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     info = inspect_dataset(ds, data.num_classes, data.names, report)
     print(format_report(info, f"{args.config or '<defaults>'} [{data.source}, {args.split}]"))
     return 0

@@ -347,3 +347,13 @@ def test_tfds_prepared_locally(tmp_path):
     assert [tuple(e["image"].shape) for e in out] == [(9, 7, 3), (10, 9, 3), (11, 11, 3)]
     assert out[1]["path"].numpy() == b"tfds/tiny_seg/train/1"
     np.testing.assert_array_equal(out[2]["label"], stripes(11, 11))
+
+
+def test_inspect_command_names_an_empty_glob_without_a_traceback(tmp_path, capsys):
+    from fcndata.inspect import main
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("data: {source: folder, images: 'nothing/*.png', masks: 'm/{stem}.png', num_classes: 2}\n")
+    assert main(["--config", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: folder source: no files match the image glob 'nothing/*.png'")
