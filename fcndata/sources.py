@@ -508,6 +508,70 @@ def _check_common(num_classes, ignore_label, on_error, where):
 # ---------------------------------------------------------------------------- sources
 
 
+def _pair_files(images_glob, masks_pattern, root, on_error, report, where) -> list[tuple[str, str]]:
+    """(image, mask) paths paired by stem, from the file names alone (nothing is read)."""
+    images_abs, masks_abs = _resolve(images_glob, root), _resolve(masks_pattern, root)
+    images = sorted(p for p in globlib.glob(images_abs, recursive=True) if os.path.isfile(p))
+    if not images:
+        raise ValueError(
+            f"{where}: no files match the image glob {images_glob!r} (resolved to {images_abs!r}). Check the "
+            f"pattern (e.g. 'images/*.png') and data.root, which relative patterns are resolved against. "
+            f"Received: images={images_glob!r}, root={root!r}"
+        )
+
+    problems: list[tuple[str, str]] = []
+    unsupported = [p for p in images if os.path.splitext(p)[1].lower() not in IMAGE_EXTENSIONS]
+    for p in unsupported:
+        problems.append((p, f"unsupported file type; supported are {', '.join(IMAGE_EXTENSIONS)}"))
+    by_stem: dict[str, list[str]] = {}
+    for p in images:
+        if p not in unsupported:
+            by_stem.setdefault(os.path.splitext(os.path.basename(p))[0], []).append(p)
+    dupes = {s: ps for s, ps in by_stem.items() if len(ps) > 1}
+    if dupes:
+        ps = next(iter(dupes.values()))
+        raise ValueError(
+            f"{where}: {len(dupes)} file stem(s) match several images, so the mask pairing is ambiguous, e.g. "
+            f"{ps}. Rename the files or narrow the glob (e.g. '*.png'). Received: images={images_glob!r}"
+        )
+    pairs = []
+    for stem, (p,) in sorted(by_stem.items(), key=lambda kv: kv[1][0]):
+        mask = masks_abs.format(stem=stem)
+        if os.path.isfile(mask):
+            pairs.append((p, mask))
+        else:
+            problems.append((p, f"image without mask: expected {mask}"))
+    # A mask is orphaned only if no file of its stem sits next to the matched images: a glob
+    # that selects a subset (train_*.png) does not make the other masks errors.
+    stem_re = re.compile("^" + re.escape(masks_abs).replace(re.escape("{stem}"), "(.+)") + "$")
+    image_dirs = sorted({os.path.dirname(p) for p in images})
+    for m in sorted(globlib.glob(masks_abs.replace("{stem}", "*"))):
+        match = stem_re.match(m)
+        stem = match.group(1) if match else None
+        if stem is None or stem in by_stem or "/" in stem:
+            continue
+        if not any(globlib.glob(os.path.join(globlib.escape(d), globlib.escape(stem) + ".*")) for d in image_dirs):
+            problems.append((m, f"mask without image: no image named {stem}.* next to the files matching {images_glob!r}"))
+    if problems:
+        if on_error == "raise":
+            listing = "\n".join(f"  {p}: {r}" for p, r in problems[:20])
+            more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+            raise ValueError(
+                f"{where}: {len(problems)} file(s) cannot be paired by stem (images {images_glob!r}, masks "
+                f"{masks_pattern!r}):\n{listing}{more}\nAdd the missing files, remove the extra ones, fix the "
+                f"patterns, or set data.on_error=skip to skip them. Received: {len(problems)} unpaired file(s)"
+            )
+        for p, r in problems:
+            report.add_static(p, r)
+    if not pairs:
+        raise ValueError(
+            f"{where}: no image in {images_glob!r} has a mask matching {masks_pattern!r}. Check the mask "
+            f"pattern. Received: {len(problems)} unpaired file(s)"
+        )
+
+    return pairs
+
+
 def from_folder(
     images_glob: str,
     masks_pattern: str,
@@ -580,64 +644,7 @@ def from_folder(
                 f"per class id. Received: palette={palette!r}"
             )
     report = report if report is not None else SkipReport(where)
-    images_abs, masks_abs = _resolve(images_glob, root), _resolve(masks_pattern, root)
-    images = sorted(p for p in globlib.glob(images_abs, recursive=True) if os.path.isfile(p))
-    if not images:
-        raise ValueError(
-            f"{where}: no files match the image glob {images_glob!r} (resolved to {images_abs!r}). Check the "
-            f"pattern (e.g. 'images/*.png') and data.root, which relative patterns are resolved against. "
-            f"Received: images={images_glob!r}, root={root!r}"
-        )
-
-    problems: list[tuple[str, str]] = []
-    unsupported = [p for p in images if os.path.splitext(p)[1].lower() not in IMAGE_EXTENSIONS]
-    for p in unsupported:
-        problems.append((p, f"unsupported file type; supported are {', '.join(IMAGE_EXTENSIONS)}"))
-    by_stem: dict[str, list[str]] = {}
-    for p in images:
-        if p not in unsupported:
-            by_stem.setdefault(os.path.splitext(os.path.basename(p))[0], []).append(p)
-    dupes = {s: ps for s, ps in by_stem.items() if len(ps) > 1}
-    if dupes:
-        ps = next(iter(dupes.values()))
-        raise ValueError(
-            f"{where}: {len(dupes)} file stem(s) match several images, so the mask pairing is ambiguous, e.g. "
-            f"{ps}. Rename the files or narrow the glob (e.g. '*.png'). Received: images={images_glob!r}"
-        )
-    pairs = []
-    for stem, (p,) in sorted(by_stem.items(), key=lambda kv: kv[1][0]):
-        mask = masks_abs.format(stem=stem)
-        if os.path.isfile(mask):
-            pairs.append((p, mask))
-        else:
-            problems.append((p, f"image without mask: expected {mask}"))
-    # A mask is orphaned only if no file of its stem sits next to the matched images: a glob
-    # that selects a subset (train_*.png) does not make the other masks errors.
-    stem_re = re.compile("^" + re.escape(masks_abs).replace(re.escape("{stem}"), "(.+)") + "$")
-    image_dirs = sorted({os.path.dirname(p) for p in images})
-    for m in sorted(globlib.glob(masks_abs.replace("{stem}", "*"))):
-        match = stem_re.match(m)
-        stem = match.group(1) if match else None
-        if stem is None or stem in by_stem or "/" in stem:
-            continue
-        if not any(globlib.glob(os.path.join(globlib.escape(d), globlib.escape(stem) + ".*")) for d in image_dirs):
-            problems.append((m, f"mask without image: no image named {stem}.* next to the files matching {images_glob!r}"))
-    if problems:
-        if on_error == "raise":
-            listing = "\n".join(f"  {p}: {r}" for p, r in problems[:20])
-            more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-            raise ValueError(
-                f"{where}: {len(problems)} file(s) cannot be paired by stem (images {images_glob!r}, masks "
-                f"{masks_pattern!r}):\n{listing}{more}\nAdd the missing files, remove the extra ones, fix the "
-                f"patterns, or set data.on_error=skip to skip them. Received: {len(problems)} unpaired file(s)"
-            )
-        for p, r in problems:
-            report.add_static(p, r)
-    if not pairs:
-        raise ValueError(
-            f"{where}: no image in {images_glob!r} has a mask matching {masks_pattern!r}. Check the mask "
-            f"pattern. Received: {len(problems)} unpaired file(s)"
-        )
+    pairs = _pair_files(images_glob, masks_pattern, root, on_error, report, where)
 
     image_dtype = _first_dtype([p for p, _ in pairs])
     mask_dtype = _first_dtype([m for _, m in pairs])
@@ -1088,6 +1095,80 @@ def has_split(data, split: str) -> bool:
     if data.source == "tfds":
         return bool(data.tfds_val_split)
     return False
+
+
+def image_size(path: str) -> tuple[int, int] | None:
+    """(height, width) of a PNG, JPEG, BMP or GIF from its header alone; None if unknown (e.g. TIFF).
+
+    A pre-scan of headers, so a step count needs no decoding pass over the data.
+
+    Example:
+      >>> import tempfile, cv2, numpy as np
+      >>> d = tempfile.mkdtemp(); _ = cv2.imwrite(f"{d}/a.png", np.zeros((5, 7), np.uint8))
+      >>> _ = cv2.imwrite(f"{d}/a.jpg", np.zeros((9, 4, 3), np.uint8)); image_size(f"{d}/a.png"), image_size(f"{d}/a.jpg")
+      ((5, 7), (9, 4))
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(32)
+            if head[:8] == b"\x89PNG\r\n\x1a\n":
+                return int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big")
+            if head[:6] in (b"GIF87a", b"GIF89a"):
+                return int.from_bytes(head[8:10], "little"), int.from_bytes(head[6:8], "little")
+            if head[:2] == b"BM":
+                return abs(int.from_bytes(head[22:26], "little", signed=True)), int.from_bytes(head[18:22], "little", signed=True)
+            if head[:2] == b"\xff\xd8":
+                f.seek(2)
+                while True:
+                    marker = f.read(2)
+                    if len(marker) < 2 or marker[0] != 0xFF:
+                        return None
+                    length = int.from_bytes(f.read(2), "big")
+                    if 0xC0 <= marker[1] <= 0xCF and marker[1] not in (0xC4, 0xC8, 0xCC):
+                        sof = f.read(5)
+                        return int.from_bytes(sof[1:3], "big"), int.from_bytes(sof[3:5], "big")
+                    f.seek(length - 2, 1)
+    except OSError:
+        return None
+    return None
+
+
+def source_shapes(data, split: str = "train") -> tuple[int, list[tuple[int, int]] | None]:
+    """How many elements a source holds and their (height, width), from metadata only.
+
+    Nothing is decoded: built-in datasets know their arrays, a folder pairs file names and
+    reads image headers, TFDS knows its split sizes, TFRecord files are counted record by
+    record (no parsing). Shapes are None where headers do not tell them (TFRecord, TFDS,
+    TIFF). Files that ``on_error=skip`` will drop when decoded are still counted.
+
+    Example:
+      >>> from fcndata.config import DataConfig
+      >>> n, shapes = source_shapes(DataConfig(source="shapes", num_images=2, min_size=20, max_size=30))
+      >>> n, len(shapes), all(20 <= h <= 30 for h, w in shapes)
+      (2, 2, True)
+    """
+    val = split == "validation"
+    if data.source in ("shapes", "brain", "digits"):
+        from fcndata import datasets
+
+        images, _, _ = datasets.arrays(data, split)
+        return len(images), [tuple(int(v) for v in a.shape[:2]) for a in images]
+    if data.source == "folder":
+        images, masks = (data.val_images, data.val_masks) if val else (data.images, data.masks)
+        pairs = _pair_files(images, masks, data.root, data.on_error, SkipReport("folder source"), "folder source")
+        shapes = [image_size(p) for p, _ in pairs]
+        return len(pairs), (None if any(s is None for s in shapes) else shapes)
+    if data.source == "tfrecord":
+        pattern = data.val_tfrecords if val else data.tfrecords
+        files = sorted(globlib.glob(_resolve(pattern, data.root)))
+        count = tf.data.TFRecordDataset(files).reduce(np.int64(0), lambda n, _: n + 1)
+        return int(count), None
+    if data.source == "tfds":
+        data_dir = _resolve(data.tfds_data_dir, data.root) if data.tfds_data_dir else None
+        ds = from_tfds(data.tfds_name, data.tfds_val_split if val else data.tfds_train_split, data_dir,
+                       data.tfds_image_key, data.tfds_label_key, ignore_label=data.ignore_label)
+        return int(ds.cardinality()), None
+    raise ValueError(f"source_shapes: unknown data.source. Received: data.source={data.source!r}")
 
 
 def load_source(data, split: str = "train", *, report: SkipReport | None = None) -> tf.data.Dataset:

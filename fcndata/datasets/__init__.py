@@ -56,8 +56,7 @@ def check_split(split: str, name: str) -> None:
         raise ValueError(f"{name} dataset: split must be 'train' or 'validation'. Received: split={split!r}")
 
 
-def load(data, split: str = "train") -> tf.data.Dataset:
-    """Dispatches on ``data.source`` to ``shapes``, ``brain`` or ``digits``."""
+def _module(data):
     if data.source == "shapes":
         from fcndata.datasets import shapes as module
     elif data.source == "brain":
@@ -66,4 +65,14 @@ def load(data, split: str = "train") -> tf.data.Dataset:
         from fcndata.datasets import digits as module
     else:
         raise ValueError(f"fcndata.datasets: not a built-in dataset; choose one of {list(BUILTIN)}. Received: data.source={data.source!r}")
-    return module.load(data, split)
+    return module
+
+
+def arrays(data, split: str = "train"):
+    """``(images, labels, paths)`` of a built-in dataset: numpy arrays, generated once and cached."""
+    return _module(data).arrays(data, split)
+
+
+def load(data, split: str = "train") -> tf.data.Dataset:
+    """Dispatches on ``data.source`` to ``shapes``, ``brain`` or ``digits``."""
+    return _module(data).load(data, split)
