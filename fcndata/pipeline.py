@@ -139,6 +139,11 @@ def build_pipeline(
 
     if not training:
         ds = source.apply(batcher)
+        # Tell tf.data (and so Keras) how many batches one pass gives, counted from metadata:
+        # Keras then needs no counting pass and warns of no "input ran out of data".
+        batches = _eval_batches(data, split, batcher, sizes)
+        if batches is not None:
+            ds = ds.apply(tf.data.experimental.assert_cardinality(batches))
     else:
         count = config.train.epochs - initial_epoch if epochs is None else epochs
         if count < 1:
@@ -192,6 +197,26 @@ def _sizes_dataset(data, split: str) -> tf.data.Dataset | None:
     return tf.data.Dataset.from_tensor_slices(np.asarray(shapes, np.int32)).map(
         lambda hw: {E.LABEL: tf.zeros(hw, tf.uint8)}
     )
+
+
+def _eval_batches(data, split: str, batcher, sizes) -> int | None:
+    """Batches of one eval pass, from metadata; None where metadata cannot be trusted to match
+    (TFRecord/TFDS would need a read, ``on_error=skip`` may drop files)."""
+    from fcndata import batching, sources
+
+    if data.on_error != "raise" or data.source not in ("shapes", "brain", "digits", "folder"):
+        return None
+    if isinstance(batcher, batching.BucketBySize):
+        if sizes is None or batcher.boundaries is None:
+            return None
+        key = lambda e: batching.bucket_index(batching.size_key(e, batcher.by, batcher.pad_to_multiple), batcher.boundaries)
+        buckets = np.asarray(list(sizes.map(key).as_numpy_iterator()), np.int64)
+        counts = np.bincount(buckets) if buckets.size else np.zeros([0], np.int64)
+        return int(sum(-(-int(c) // batcher.batch_size) for c in counts))
+    if isinstance(batcher, batching.PadAndBatch):
+        n, _ = sources.source_shapes(data, split)
+        return -(-n // batcher.batch_size)
+    return None
 
 
 def steps_per_epoch(config: Config) -> int:
