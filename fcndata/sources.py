@@ -371,14 +371,19 @@ def _cv2_error(contents: bytes, dtype_name: bytes) -> np.int32:
     return np.int32(UNREADABLE if ok else BIT_DEPTH)
 
 
-def file_error(path: tf.Tensor, codec: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
-    """Why :func:`decode_file` failed: EMPTY, TRUNCATED, BIT_DEPTH or UNREADABLE (runs only on failure)."""
+def file_error(path: tf.Tensor, codec: tf.Tensor, dtype: tf.DType, codecs=(0, 1, 2)) -> tf.Tensor:
+    """Why :func:`decode_file` failed: EMPTY, TRUNCATED, BIT_DEPTH or UNREADABLE (runs only on failure).
+
+    OpenCV is asked only when ``codecs`` (those present in the source) include TIFF, so a
+    source without TIFF files has no Python function in its graph (tf.data service).
+    """
     contents = tf.io.read_file(path)
     code = precheck(contents)
     expected = {tf.uint8: _TF8, tf.uint16: _PNG16}.get(dtype, -1)
     depth = tf.where(tf.not_equal(codec, expected), BIT_DEPTH, UNREADABLE)
-    cv2_code = tf.numpy_function(_cv2_error, [contents, dtype.name], tf.int32, stateful=False)
-    depth = tf.where(tf.equal(codec, _CV2), tf.reshape(cv2_code, []), depth)
+    if _CV2 in codecs:
+        cv2_code = tf.numpy_function(_cv2_error, [contents, dtype.name], tf.int32, stateful=False)
+        depth = tf.where(tf.equal(codec, _CV2), tf.reshape(cv2_code, []), depth)
     return tf.where(code != OK, code, depth)
 
 
@@ -661,7 +666,7 @@ def from_folder(
         ).ignore_errors()
         # Read only if decoding failed (take(1) stops before it otherwise): says why it failed.
         failed = tf.data.Dataset.from_tensors((path, codec)).map(
-            _graph(lambda p, c: (tf.zeros([0, 0, 1], dtype), file_error(p, c, dtype)))
+            _graph(lambda p, c: (tf.zeros([0, 0, 1], dtype), file_error(p, c, dtype, codecs)))
         )
         return ok.concatenate(failed).take(1)
 
