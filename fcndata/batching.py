@@ -162,6 +162,22 @@ def bucket_index(key: tf.Tensor, boundaries) -> tf.Tensor:
     return tf.reduce_sum(tf.cast(key >= tf.constant(boundaries, tf.float32), tf.int64))
 
 
+def scale_image(image: tf.Tensor) -> tf.Tensor:
+    """The float32 model input of an image: uint8 / 255, uint16 / 65535, float32 as is.
+
+    The one scaling rule of training (:func:`keras_inputs`) and prediction
+    (``python -m fcndata.predict``), so both feed the model the same numbers.
+
+    Example:
+      >>> scale_image(tf.constant([[[255]]], tf.uint8)).numpy().tolist()
+      [[[1.0]]]
+    """
+    image = tf.convert_to_tensor(image)
+    scale = _IMAGE_SCALE[image.dtype]
+    image = tf.cast(image, tf.float32)
+    return image if scale is None else image * scale
+
+
 def keras_inputs(
     batch: Mapping[str, tf.Tensor], masked_input: bool = False, ignore_label: int = E.IGNORE_LABEL
 ):
@@ -181,11 +197,7 @@ def keras_inputs(
       >>> x.dtype.name, int(y[0, 7, 7]), float(w[0, 7, 7]), float(w[0, 4, 6])
       ('float32', 0, 0.0, 1.0)
     """
-    image = batch[E.IMAGE]
-    scale = _IMAGE_SCALE[image.dtype]
-    image = tf.cast(image, tf.float32)
-    if scale is not None:
-        image = image * scale
+    image = scale_image(batch[E.IMAGE])
     label = tf.cast(batch[E.LABEL], tf.int32)
     keep = tf.logical_and(batch[E.ROI] > 0, tf.not_equal(label, ignore_label))
     sample_weight = tf.cast(keep, tf.float32)

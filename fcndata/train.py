@@ -225,10 +225,9 @@ def train(config, run_dir: Path | None = None, resume: bool = False) -> dict:
       The run summary (also written to ``summary.json``).
     """
     import keras
-    import tensorflow as tf
 
-    from fcndata.config import dump_config
     from fcndata.batching import to_keras
+    from fcndata.config import dump_config
     from fcndata.distributed import select_strategy
     from fcndata.pipeline import build_pipeline, steps_per_epoch
     from fcndata.preview import plot_batch, plot_history, plot_predictions

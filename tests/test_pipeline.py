@@ -10,10 +10,10 @@ import fcndata.testing as t
 from fcndata import elements as E
 from fcndata.augment import Augment
 from fcndata.batching import PadAndBatch
-from fcndata.patches import RandomPatches
-from fcndata.sampling import LossSampling
 from fcndata.config import load_config
+from fcndata.patches import RandomPatches
 from fcndata.pipeline import build_pipeline, steps_per_epoch
+from fcndata.sampling import LossSampling
 
 ROOT = Path(__file__).resolve().parent.parent
 SHAPES = ["data.source=shapes", "data.num_classes=4", "data.channels=3", "data.num_images=6",
@@ -116,7 +116,7 @@ def test_steps_per_epoch_reads_no_data(monkeypatch):
 
     monkeypatch.setattr(sources, "load_source", lambda *a, **k: pytest.fail("steps_per_epoch read the source"))
     cfg = _cfg("shapes_patchwise.yaml", "batching.batch_size=8")  # grid: counted from the image sizes
-    n, shapes = sources.source_shapes(cfg.data, "train")
+    _, shapes = sources.source_shapes(cfg.data, "train")
     from fcndata.patches import grid_origins_2d
 
     patches = sum(len(grid_origins_2d(s, cfg.patches.patch_size, cfg.patches.stride, cfg.patches.border)) for s in shapes)
