@@ -225,3 +225,14 @@ def test_folder_source_is_cached_once(folder):
         "data.val_masks=null", "data.cache=true", "batching.batch_size=2", "data.channels=3"])
     ds = build_pipeline(cfg, "train", keras=False, epochs=2)
     assert _cache_ops(ds) == 1
+
+
+def test_import_fcndata_is_cheap_and_offers_the_entry_points():
+    import subprocess
+    import sys
+
+    code = ("import sys, fcndata; assert 'tensorflow' not in sys.modules, 'import fcndata loaded TF'; "
+            "names = fcndata.__all__; assert {'load_config', 'build_pipeline', 'ExtractPatches', 'Epochs'} <= set(names); "
+            "[getattr(fcndata, n) for n in names]; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.stdout.strip() == "ok", out.stderr[-2000:]
