@@ -44,6 +44,7 @@ import numpy as np
 import tensorflow as tf
 
 from fcndata import elements as E
+from fcndata.common import positive_int
 from fcndata.config import BatchingConfig, DataConfig
 
 #: Keys that carry pixels, with the rank of their unbatched tensor.
@@ -239,11 +240,7 @@ def _check_ignore_label(spec, ignore_label: int, where: str) -> None:
         )
 
 
-def _check_positive_int(value, name: str, where: str) -> None:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
-        raise TypeError(f"{where}: {name} must be an int. Received: {name}={value!r}")
-    if value < 1:
-        raise ValueError(f"{where}: {name} must be >= 1. Received: {name}={value}")
+_check_positive_int = positive_int
 
 
 def _round_batches_up(ds: tf.data.Dataset, multiple: int, ignore_label: int) -> tf.data.Dataset:

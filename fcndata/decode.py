@@ -16,6 +16,8 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
+from fcndata.common import LUMA
+
 # ---------------------------------------------------------------------------- error codes
 
 OK = 0
@@ -81,7 +83,7 @@ def convert_channels(image: tf.Tensor, channels: int) -> tuple[tf.Tensor, tf.Ten
         alpha_index = tf.gather(tf.stack([c, 1, c, 3]), row)
         out = tf.concat([rgb, tf.gather(padded, alpha_index[None], axis=-1)], -1)
     else:
-        lum = tf.tensordot(tf.cast(rgb, tf.float32), tf.constant([0.299, 0.587, 0.114]), axes=1)
+        lum = tf.tensordot(tf.cast(rgb, tf.float32), tf.constant(LUMA), axes=1)
         if dtype.is_integer:
             lum = tf.clip_by_value(tf.round(lum), 0.0, float(dtype.max))
         out = tf.where(c <= 2, padded[..., :1], tf.cast(lum, dtype)[..., None])

@@ -39,8 +39,7 @@ REQUIRED_KEYS = (IMAGE, LABEL, ROI, ORIGIN, SOURCE_SHAPE, SOURCE_INDEX, PATH)
 #: Keys an element may carry in addition.
 OPTIONAL_KEYS = (WEIGHT, EPOCH)
 
-#: Default label value for unlabeled pixels (VOC convention).
-IGNORE_LABEL = 255
+from fcndata.common import IGNORE_LABEL  # noqa: E402  (one copy: fcndata.common)
 
 IMAGE_DTYPES = (tf.uint8, tf.uint16, tf.float32)
 LABEL_DTYPES = (tf.uint8, tf.int32)

@@ -18,16 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-#: Qualitative colours for class ids (0 = background is drawn transparent in overlays).
-PALETTE = np.array(
-    [
-        [0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
-        [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212],
-        [0, 128, 128], [220, 190, 255], [170, 110, 40], [255, 250, 200], [128, 0, 0],
-    ],
-    np.uint8,
-)
-
+from fcndata.common import class_rgb
 
 def read_image(path: str | Path, channels: int) -> np.ndarray:
     """Reads an image file as [H, W, channels], decoded exactly as training decodes it.
@@ -60,7 +51,7 @@ def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.nda
     if img.shape[-1] == 1:
         img = np.repeat(img, 3, axis=-1)
     img = img[..., :3].astype(np.float32)
-    colours = PALETTE[labels % len(PALETTE)].astype(np.float32)
+    colours = class_rgb(labels).astype(np.float32)  # the previews' class colours
     fg = (labels > 0)[..., None]
     return np.where(fg, (1 - alpha) * img + alpha * colours, img).astype(np.uint8)
 

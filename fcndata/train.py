@@ -101,6 +101,7 @@ def evaluate(model, config, max_batches: int | None = None, dataset=None) -> dic
     """
     import tensorflow as tf
 
+    from fcndata.metrics import per_class_iou
     from fcndata.pipeline import build_pipeline
 
     k = config.data.num_classes
@@ -114,9 +115,8 @@ def evaluate(model, config, max_batches: int | None = None, dataset=None) -> dic
         confusion += tf.math.confusion_matrix(
             tf.boolean_mask(label, valid), tf.boolean_mask(pred, valid), num_classes=k, dtype=tf.int64
         ).numpy()
+    iou = per_class_iou(confusion)
     inter = np.diag(confusion).astype(np.float64)
-    union = confusion.sum(0) + confusion.sum(1) - inter
-    iou = np.where(union > 0, inter / np.maximum(union, 1), np.nan)
     names = config.data.names
     return {
         "mean_iou": float(np.nanmean(iou)),
