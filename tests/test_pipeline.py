@@ -236,3 +236,14 @@ def test_import_fcndata_is_cheap_and_offers_the_entry_points():
             "[getattr(fcndata, n) for n in names]; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_resumed_patchwise_stream_continues_where_it_was():
+    cfg = _cfg("shapes_patchwise.yaml", "batching.batch_size=8")
+    n = steps_per_epoch(cfg)
+    full = _batches(build_pipeline(cfg, "train", keras=False, epochs=3), 3 * n)
+    resumed = _batches(build_pipeline(cfg, "train", keras=False, initial_epoch=2, epochs=1), n)
+    assert len(resumed) == n
+    for x, y in zip(full[2 * n:], resumed):
+        for key in ("image", "label", "origin", "source_index"):
+            np.testing.assert_array_equal(x[key], y[key])
