@@ -20,6 +20,7 @@ Batched elements add a leading batch axis. Sizes are always (height, width).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Mapping
 
 import tensorflow as tf
@@ -295,6 +296,7 @@ def stateless_block_shuffle(dataset: tf.data.Dataset, buffer_size: int, seed: in
     return shuffled.map(dense, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
+@dataclass(frozen=True)
 class Epochs:
     """Numbers the epochs of a finite dataset: ``count`` passes, each element tagged with its ``epoch``.
 
@@ -317,15 +319,18 @@ class Epochs:
       [(3, 0), (3, 1), (4, 0), (4, 1)]
     """
 
-    def __init__(self, count: int, initial_epoch: int = 0, shuffle_buffer: int = 0, seed: int = 0):
-        for name, value, low in (("count", count, 1), ("initial_epoch", initial_epoch, 0), ("shuffle_buffer", shuffle_buffer, 0)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"Epochs: {name} must be an int >= {low}. Received: {name}={value!r}")
-        self.count, self.initial_epoch, self.shuffle_buffer, self.seed = count, initial_epoch, shuffle_buffer, seed
+    count: int
+    initial_epoch: int = 0
+    shuffle_buffer: int = 0
+    seed: int = 0
 
-    def __repr__(self) -> str:
-        return (f"Epochs(count={self.count}, initial_epoch={self.initial_epoch}, "
-                f"shuffle_buffer={self.shuffle_buffer}, seed={self.seed})")
+    def __post_init__(self):
+        for name, low in (("count", 1), ("initial_epoch", 0), ("shuffle_buffer", 0), ("seed", None)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"Epochs: {name} must be an int. Received: {name}={value!r}")
+            if low is not None and value < low:
+                raise ValueError(f"Epochs: {name} must be >= {low}. Received: {name}={value!r}")
 
     def one_epoch(self, dataset: tf.data.Dataset, epoch) -> tf.data.Dataset:
         """Epoch ``epoch`` (an int or a scalar int64 tensor) of ``dataset``: tagged and shuffled."""

@@ -247,3 +247,11 @@ def test_resumed_patchwise_stream_continues_where_it_was():
     for x, y in zip(full[2 * n:], resumed):
         for key in ("image", "label", "origin", "source_index"):
             np.testing.assert_array_equal(x[key], y[key])
+
+
+def test_epochs_stage_validates_its_arguments():
+    with pytest.raises(ValueError, match=r"Epochs: count must be >= 1. Received: count=0"):
+        E.Epochs(0)
+    with pytest.raises(TypeError, match=r"Epochs: initial_epoch must be an int. Received: initial_epoch=1.5"):
+        E.Epochs(2, initial_epoch=1.5)
+    assert repr(E.Epochs(3, 1)) == "Epochs(count=3, initial_epoch=1, shuffle_buffer=0, seed=0)"
