@@ -47,7 +47,7 @@ _EXPORTS = {
     "SlidingWindowPredictor": "fcndata.infer",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = list(sorted(_EXPORTS))
 
 
 def __getattr__(name: str):

@@ -25,6 +25,8 @@ from typing import Mapping
 
 import tensorflow as tf
 
+from fcndata.common import IGNORE_LABEL  # one copy, re-exported here
+
 IMAGE = "image"
 LABEL = "label"
 ROI = "roi"
@@ -39,8 +41,6 @@ EPOCH = "epoch"
 REQUIRED_KEYS = (IMAGE, LABEL, ROI, ORIGIN, SOURCE_SHAPE, SOURCE_INDEX, PATH)
 #: Keys an element may carry in addition.
 OPTIONAL_KEYS = (WEIGHT, EPOCH)
-
-from fcndata.common import IGNORE_LABEL  # noqa: E402  (one copy: fcndata.common)
 
 IMAGE_DTYPES = (tf.uint8, tf.uint16, tf.float32)
 LABEL_DTYPES = (tf.uint8, tf.int32)

@@ -20,6 +20,7 @@ import numpy as np
 
 from fcndata.common import class_rgb
 
+
 def read_image(path: str | Path, channels: int) -> np.ndarray:
     """Reads an image file as [H, W, channels], decoded exactly as training decodes it.
 

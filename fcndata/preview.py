@@ -40,7 +40,7 @@ from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from fcndata.common import CLASS_COLOURS, IGNORE_LABEL, LUMA  # noqa: E402  (TF-free)
+from fcndata.common import CLASS_COLOURS, IGNORE_LABEL, LUMA
 
 #: Qualitative colours for class ids 1, 2, … (:data:`fcndata.common.CLASS_COLOURS`).
 PALETTE = CLASS_COLOURS
