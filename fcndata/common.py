@@ -39,27 +39,33 @@ def class_rgb(labels) -> np.ndarray:
 
 
 def pair(value, name: str, where: str, minimum: int = 1) -> tuple[int, int]:
-    """An int or (height, width) of ints >= ``minimum`` as a tuple.
+    """An int or (height, width) as a tuple of two ints >= ``minimum``.
+
+    Raises:
+      TypeError: not an int or a pair of ints.
+      ValueError: not two values, or a value < ``minimum``.
 
     >>> pair([4, 6], "stride", "ExtractPatches")
     (4, 6)
     >>> pair(0, "stride", "ExtractPatches")
     Traceback (most recent call last):
     ...
-    ValueError: ExtractPatches: stride must be an int >= 1 or (height, width) of such ints. Received: stride=0
+    ValueError: ExtractPatches: stride must be an int or a (height, width) pair of ints >= 1. Received: stride=(0, 0)
     """
-    values = (value, value) if isinstance(value, (int, np.integer)) and not isinstance(value, bool) else value
-    try:
-        values = tuple(values)
-    except TypeError:
-        values = ()
-    if len(values) != 2 or not all(
-        isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= minimum for v in values
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        value = (int(value), int(value))
+    if not isinstance(value, (tuple, list)) or not all(
+        isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value
     ):
-        raise ValueError(
-            f"{where}: {name} must be an int >= {minimum} or (height, width) of such ints. Received: {name}={value!r}"
+        raise TypeError(
+            f"{where}: {name} must be an int or a (height, width) pair of ints. Received: {name}={value!r}"
         )
-    return int(values[0]), int(values[1])
+    if len(value) != 2 or min(value) < minimum:
+        raise ValueError(
+            f"{where}: {name} must be an int or a (height, width) pair of ints >= {minimum}. "
+            f"Received: {name}={value!r}"
+        )
+    return (int(value[0]), int(value[1]))
 
 
 def choice(value, name: str, where: str, choices, hint: str = "") -> None:
