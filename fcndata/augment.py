@@ -517,6 +517,7 @@ class Augment:
             )
         if not self.enabled:
             return dataset
+        dataset = E.with_epoch(dataset, self.seed)  # fresh draws every epoch, even without build_pipeline
         # explicit tf.cond already; AutoGraph conversion would only add seconds of tracing
         fn = tf.autograph.experimental.do_not_convert(self.augment)
         return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
@@ -876,6 +877,7 @@ class Albumentations:
                 "Albumentations: ignore_label does not fit uint8 labels; use a value <= 255 (usually 255). "
                 f"Received: ignore_label={self.ignore_label}"
             )
+        dataset = E.with_epoch(dataset, self.seed)  # fresh draws every epoch, even without build_pipeline
         fn = tf.autograph.experimental.do_not_convert(self.augment)
         return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
 

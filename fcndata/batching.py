@@ -44,6 +44,7 @@ import numpy as np
 import tensorflow as tf
 
 from fcndata import elements as E
+from fcndata.common import positive_int
 from fcndata.config import BatchingConfig, DataConfig
 
 #: Keys that carry pixels, with the rank of their unbatched tensor.
@@ -162,6 +163,22 @@ def bucket_index(key: tf.Tensor, boundaries) -> tf.Tensor:
     return tf.reduce_sum(tf.cast(key >= tf.constant(boundaries, tf.float32), tf.int64))
 
 
+def scale_image(image: tf.Tensor) -> tf.Tensor:
+    """The float32 model input of an image: uint8 / 255, uint16 / 65535, float32 as is.
+
+    The one scaling rule of training (:func:`keras_inputs`) and prediction
+    (``python -m fcndata.predict``), so both feed the model the same numbers.
+
+    Example:
+      >>> scale_image(tf.constant([[[255]]], tf.uint8)).numpy().tolist()
+      [[[1.0]]]
+    """
+    image = tf.convert_to_tensor(image)
+    scale = _IMAGE_SCALE[image.dtype]
+    image = tf.cast(image, tf.float32)
+    return image if scale is None else image * scale
+
+
 def keras_inputs(
     batch: Mapping[str, tf.Tensor], masked_input: bool = False, ignore_label: int = E.IGNORE_LABEL
 ):
@@ -181,11 +198,7 @@ def keras_inputs(
       >>> x.dtype.name, int(y[0, 7, 7]), float(w[0, 7, 7]), float(w[0, 4, 6])
       ('float32', 0, 0.0, 1.0)
     """
-    image = batch[E.IMAGE]
-    scale = _IMAGE_SCALE[image.dtype]
-    image = tf.cast(image, tf.float32)
-    if scale is not None:
-        image = image * scale
+    image = scale_image(batch[E.IMAGE])
     label = tf.cast(batch[E.LABEL], tf.int32)
     keep = tf.logical_and(batch[E.ROI] > 0, tf.not_equal(label, ignore_label))
     sample_weight = tf.cast(keep, tf.float32)
@@ -227,11 +240,7 @@ def _check_ignore_label(spec, ignore_label: int, where: str) -> None:
         )
 
 
-def _check_positive_int(value, name: str, where: str) -> None:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
-        raise TypeError(f"{where}: {name} must be an int. Received: {name}={value!r}")
-    if value < 1:
-        raise ValueError(f"{where}: {name} must be >= 1. Received: {name}={value}")
+_check_positive_int = positive_int
 
 
 def _round_batches_up(ds: tf.data.Dataset, multiple: int, ignore_label: int) -> tf.data.Dataset:

@@ -11,17 +11,21 @@ element is::
     source_index  []         int64                      position of the source image in the source order
     path          []         string                     source file or synthetic name
     weight        [H, W]     float32 (optional)         per-pixel loss weight
-    epoch         []         int64   (optional)         training epoch, added by the pipeline so
-                                                        random stages can key on it
+    epoch         []         int64   (optional)         training epoch (build_pipeline, Epochs), or a
+                                                        per-iteration random key (with_epoch); random
+                                                        stages key on it
 
 Batched elements add a leading batch axis. Sizes are always (height, width).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Mapping
 
 import tensorflow as tf
+
+from fcndata.common import IGNORE_LABEL  # one copy, re-exported here
 
 IMAGE = "image"
 LABEL = "label"
@@ -37,9 +41,6 @@ EPOCH = "epoch"
 REQUIRED_KEYS = (IMAGE, LABEL, ROI, ORIGIN, SOURCE_SHAPE, SOURCE_INDEX, PATH)
 #: Keys an element may carry in addition.
 OPTIONAL_KEYS = (WEIGHT, EPOCH)
-
-#: Default label value for unlabeled pixels (VOC convention).
-IGNORE_LABEL = 255
 
 IMAGE_DTYPES = (tf.uint8, tf.uint16, tf.float32)
 LABEL_DTYPES = (tf.uint8, tf.int32)
@@ -215,3 +216,129 @@ def element_seed(seed: int, element: Mapping[str, tf.Tensor], *salt) -> tf.Tenso
     for value in (epoch, element[SOURCE_INDEX], *salt):
         key = tf.random.experimental.stateless_fold_in(key, tf.cast(value, tf.int64))
     return key
+
+
+def with_epoch(dataset: tf.data.Dataset, seed: int) -> tf.data.Dataset:
+    """Makes every iteration of ``dataset`` draw fresh randomness: the one line a random stage starts with.
+
+    Random stages key their draws on ``(seed, epoch, source_index, ...)`` (see
+    :func:`element_seed`). :func:`fcndata.pipeline.build_pipeline` and :class:`Epochs` number
+    the epochs, so a run is reproducible and resumable epoch by epoch. A pipeline composed by
+    hand has no ``epoch`` key; without one, ``.repeat()`` or a second Keras epoch would replay
+    identical augmentations, patches and loss masks. So when the key is missing this zips in
+    ``tf.data.Dataset.random(seed, rerandomize_each_iteration=True)`` as the ``epoch`` key:
+    a fresh key per element and per iteration (each ``iter()``, each ``repeat()`` pass),
+    and the same sequence again from a freshly built pipeline with the same seed. When the
+    key is present the dataset is returned unchanged, so stages later in the pipeline share
+    the first stage's keys.
+
+    Args:
+      dataset: a dataset of contract elements.
+      seed: the calling stage's seed.
+
+    Returns:
+      ``dataset``, with an ``epoch`` key added if it had none.
+
+    Example:
+      >>> import fcndata.testing as t
+      >>> ds = with_epoch(t.dataset([(5, 7)]), seed=1)
+      >>> first, second = [int(e["epoch"]) for e in ds], [int(e["epoch"]) for e in ds]
+      >>> first != second, first == [int(e["epoch"]) for e in with_epoch(t.dataset([(5, 7)]), seed=1)]
+      (True, True)
+    """
+    if EPOCH in dataset.element_spec:
+        return dataset
+    keys = tf.data.Dataset.random(seed, rerandomize_each_iteration=True)
+    return tf.data.Dataset.zip(dataset, keys).map(
+        lambda element, key: {**element, EPOCH: key}, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    )
+
+
+def stateless_block_shuffle(dataset: tf.data.Dataset, buffer_size: int, seed: int, epoch) -> tf.data.Dataset:
+    """Shuffles ``buffer_size`` consecutive elements at a time, by a permutation keyed by ``(seed, epoch)``.
+
+    ``Dataset.shuffle`` refuses a tensor seed once a global seed is set
+    (``keras.utils.set_random_seed`` sets one), so an epoch number that is a tensor cannot
+    seed it. This groups the stream into blocks (``ragged_batch``: images of any size),
+    permutes each block with ``tf.random.experimental.stateless_shuffle`` keyed by
+    ``(seed, epoch, block)``, and ungroups it: a pure function of its arguments.
+
+    Args:
+      dataset: a finite dataset of contract elements.
+      buffer_size: elements per block (1 or less: no shuffle).
+      seed: an int.
+      epoch: an int or a scalar int tensor.
+
+    Example:
+      >>> import fcndata.testing as t
+      >>> ds = t.dataset([(3, 4)] * 6)
+      >>> order = lambda epoch: [int(e["source_index"]) for e in stateless_block_shuffle(ds, 6, 0, epoch)]
+      >>> sorted(order(0)), order(0) == order(0), order(0) != order(1)
+      ([0, 1, 2, 3, 4, 5], True, True)
+    """
+    if buffer_size <= 1:
+        return dataset
+    key = tf.random.experimental.stateless_fold_in(
+        tf.constant([seed, 0x5F1E], tf.int64), tf.cast(epoch, tf.int64)
+    )
+
+    def permute(block_index, block):
+        n = tf.shape(block[SOURCE_INDEX])[0]
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(n), seed=tf.random.experimental.stateless_fold_in(key, block_index)
+        )
+        return tf.nest.map_structure(lambda x: tf.gather(x, order), block)
+
+    def dense(element):
+        return {k: v.to_tensor() if isinstance(v, tf.RaggedTensor) else v for k, v in element.items()}
+
+    shuffled = dataset.ragged_batch(buffer_size).enumerate().map(permute).unbatch()
+    return shuffled.map(dense, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+@dataclass(frozen=True)
+class Epochs:
+    """Numbers the epochs of a finite dataset: ``count`` passes, each element tagged with its ``epoch``.
+
+    The stream is built once (``Dataset.range(...).flat_map``), whatever ``count`` is. Random
+    stages applied after it key their draws on the epoch number, so each epoch differs, the
+    same seed gives the same stream, and ``Epochs(count, initial_epoch=e)`` resumes exactly
+    where an uninterrupted run would be at epoch ``e``. With ``shuffle_buffer`` > 1 each
+    epoch's order is a stateless block shuffle keyed by ``(seed, epoch)``.
+
+    Args:
+      count: number of epochs (an int >= 1).
+      initial_epoch: number of the first epoch (resuming).
+      shuffle_buffer: elements shuffled together per epoch (0 or 1: source order).
+      seed: seed of the per-epoch order.
+
+    Example:
+      >>> import fcndata.testing as t
+      >>> ds = t.dataset([(3, 4), (5, 6)]).apply(Epochs(2, initial_epoch=3))
+      >>> [(int(e["epoch"]), int(e["source_index"])) for e in ds]
+      [(3, 0), (3, 1), (4, 0), (4, 1)]
+    """
+
+    count: int
+    initial_epoch: int = 0
+    shuffle_buffer: int = 0
+    seed: int = 0
+
+    def __post_init__(self):
+        for name, low in (("count", 1), ("initial_epoch", 0), ("shuffle_buffer", 0), ("seed", None)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"Epochs: {name} must be an int. Received: {name}={value!r}")
+            if low is not None and value < low:
+                raise ValueError(f"Epochs: {name} must be >= {low}. Received: {name}={value!r}")
+
+    def one_epoch(self, dataset: tf.data.Dataset, epoch) -> tf.data.Dataset:
+        """Epoch ``epoch`` (an int or a scalar int64 tensor) of ``dataset``: tagged and shuffled."""
+        epoch = tf.cast(epoch, tf.int64)
+        ds = dataset.map(lambda e: {**e, EPOCH: epoch}, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return stateless_block_shuffle(ds, self.shuffle_buffer, self.seed, epoch)
+
+    def __call__(self, dataset: tf.data.Dataset) -> tf.data.Dataset:
+        check_spec(dataset, where="Epochs")
+        epochs = tf.data.Dataset.range(self.initial_epoch, self.initial_epoch + self.count)
+        return epochs.flat_map(lambda epoch: self.one_epoch(dataset, epoch))

@@ -29,7 +29,7 @@ import keras
 import numpy as np
 from keras import ops
 
-IGNORE_LABEL = 255
+from fcndata.common import IGNORE_LABEL
 
 
 def per_class_iou(confusion) -> np.ndarray:

@@ -33,12 +33,6 @@ def data_options() -> tf.data.Options:
     return options
 
 
-def _epoch_seed(seed: int, epoch: int) -> int:
-    """A shuffle seed for one epoch: a pure function of (seed, epoch)."""
-    digest = hashlib.sha256(f"{seed}/{epoch}".encode()).digest()
-    return int.from_bytes(digest[:4], "little")
-
-
 def _counts_cache_path(config: Config) -> Path | None:
     """Where the class-count pass of this data config is cached (next to the recipe)."""
     if config.source is None or not Path(config.source).is_file():
@@ -83,11 +77,16 @@ def build_pipeline(
 ) -> tf.data.Dataset:
     """Builds the input pipeline of a recipe.
 
-    ``train`` streams ``train.epochs`` epochs one after the other (``epochs`` overrides),
-    so Keras needs ``steps_per_epoch`` (see :func:`steps_per_epoch`). Each epoch is a pure
-    function of ``(seed, epoch)``: a run resumed at epoch ``e`` (``initial_epoch=e``) sees
-    exactly the batches an uninterrupted run would have seen. ``eval`` and ``predict``
-    make one pass over the validation split, whole images, no augmentation or sampling.
+    ``train`` is one stream of ``train.epochs`` epochs (``epochs`` overrides), built once:
+    ``Dataset.range(initial_epoch, ...).flat_map(one_epoch)`` with the epoch number a
+    tensor, so build time, graph size and memory do not grow with the number of epochs.
+    Each epoch is a pure function of ``(seed, epoch)``: its order is a stateless shuffle
+    keyed by both, and every random stage keys on the element's ``epoch``; a run resumed at
+    epoch ``e`` (``initial_epoch=e``) sees exactly the batches an uninterrupted run would.
+    Batches never straddle two epochs, and each epoch is exactly :func:`steps_per_epoch`
+    batches (a count from the source's metadata, no pass over the data), so Keras epochs
+    and data epochs stay aligned. ``eval`` and ``predict`` make one pass over the
+    validation split, whole images, no augmentation or sampling.
 
     Args:
       config: a loaded recipe (:func:`fcndata.config.load_config`).
@@ -96,7 +95,8 @@ def build_pipeline(
         False keeps batched element dicts (for previews and your own loops).
       initial_epoch: first epoch of a ``train`` stream (resuming).
       epochs: number of ``train`` epochs to stream (None: ``train.epochs - initial_epoch``).
-      fixed_length: make every ``train`` epoch exactly :func:`steps_per_epoch` batches.
+      fixed_length: make every ``train`` epoch exactly :func:`steps_per_epoch` batches
+        (False: each epoch ends where its data ends).
 
     Returns:
       A ``tf.data.Dataset``.
@@ -117,55 +117,34 @@ def build_pipeline(
         raise ValueError(f"build_pipeline: mode must be one of {list(MODES)}. Received: mode={mode!r}")
     data = config.data
     training = mode == "train"
+    split = "train" if training else "validation"
     seed = data.seed
 
-    # Source → validate: load_source decodes, checks and (on_error) skips, per split.
-    source = sources.load_source(data, "train" if training else "validation")
-    if data.cache:
-        source = source.cache()
+    # Source → validate: load_source decodes, checks, (on_error) skips and caches (once).
+    source = sources.load_source(data, split)
 
     counts = None
     if training and config.sampling is not None and isinstance(config.sampling.class_weights, str):
         counts = training_class_counts(config)  # one cached class-count pass, before streaming
 
-    # Built once, eagerly: size buckets are derived from the finite source here, because
-    # the data cannot be read inside the per-epoch function. The pipeline shuffles per
-    # epoch itself (seeded by the epoch), so the stage does not shuffle again.
+    # Built once, eagerly: size buckets come from the sizes in the source's metadata (image
+    # headers, array shapes) when it has them, else from a read of the source, because the
+    # data cannot be read inside the per-epoch function.
+    bucketing = config.batching.bucket_by != "none" and config.batching.bucket_boundaries is None and mode != "predict"
+    sizes = _sizes_dataset(data, split) if bucketing and not (training and config.patches) else None
     batcher = batching.batching_from_config(
-        config.batching, data, mode, shuffle=False, dataset=None if (training and config.patches) else source
+        config.batching, data, mode, shuffle=False,
+        dataset=None if (training and config.patches) else (sizes if sizes is not None else source),
     )
 
-    def one_epoch(epoch) -> tf.data.Dataset:
-        ds = source
-        if training:
-            # Each epoch is built from its number alone: randomness keyed by (seed, epoch,
-            # source_index), its own image order, and batches that never straddle two
-            # epochs, so a run resumed at epoch e sees exactly the batches it would have.
-            ds = ds.map(lambda e: {**e, E.EPOCH: tf.constant(epoch, tf.int64)})
-            if config.batching.shuffle_buffer > 1:
-                ds = ds.shuffle(config.batching.shuffle_buffer, seed=_epoch_seed(seed, epoch))
-
-            # Augment whole images so patches see augmented context at their borders.
-            if config.augment is not None:
-                ds = ds.apply(augment.augment_from_config(config.augment, data))
-
-            # Patches: patchwise training cuts, balances and mixes several images per batch.
-            if config.patches is not None:
-                ds = ds.apply(patches.patches_from_config(config.patches, data, seed))
-
-            # Sampling: class weights and FCN loss sampling write the per-pixel `weight`.
-            if config.sampling is not None:
-                stage = sampling.sampling_from_config(config.sampling, data, counts)
-                if stage is not None:
-                    ds = ds.apply(stage)
-
-        # Batching: dynamic padding with roi (and size bucketing when configured).
-        return ds.apply(batcher)
-
-    if training:
-        # Epochs are chained in Python (not Dataset.counter().flat_map) so each epoch's
-        # shuffle gets a plain integer seed: tf.data rejects tensor seeds once a global
-        # seed is set (keras.utils.set_random_seed does set one).
+    if not training:
+        ds = source.apply(batcher)
+        # Tell tf.data (and so Keras) how many batches one pass gives, counted from metadata:
+        # Keras then needs no counting pass and warns of no "input ran out of data".
+        batches = _eval_batches(data, split, batcher, sizes)
+        if batches is not None:
+            ds = ds.apply(tf.data.experimental.assert_cardinality(batches))
+    else:
         count = config.train.epochs - initial_epoch if epochs is None else epochs
         if count < 1:
             raise ValueError(
@@ -173,44 +152,117 @@ def build_pipeline(
                 f"initial_epoch={initial_epoch}). Raise train.epochs. Received: epochs={epochs}"
             )
         # Every epoch is exactly `steps` batches (cycling its own batches if it runs
-        # short), so Keras epochs and data epochs stay aligned even when augmentation
-        # changes sizes and with them the number of bucketed batches.
+        # short, cut if bucketing or augmentation gives more), so Keras epochs and data
+        # epochs stay aligned.
         steps = steps_per_epoch(config) if fixed_length else None
+        numbering = E.Epochs(count, initial_epoch, shuffle_buffer=config.batching.shuffle_buffer, seed=seed)
+        stages = []
+        # Augment whole images so patches see augmented context at their borders.
+        if config.augment is not None:
+            stages.append(augment.augment_from_config(config.augment, data))
+        # Patches: patchwise training cuts, balances and mixes several images per batch.
+        if config.patches is not None:
+            stages.append(patches.patches_from_config(config.patches, data, seed))
+        # Sampling: class weights and FCN loss sampling write the per-pixel `weight`.
+        if config.sampling is not None:
+            stage = sampling.sampling_from_config(config.sampling, data, counts)
+            if stage is not None:
+                stages.append(stage)
 
-        def sized(epoch):
-            ds = one_epoch(epoch)
+        def one_epoch(epoch):
+            # `epoch` is a tensor: this function is traced once, whatever the number of
+            # epochs. Randomness is keyed by (seed, epoch, source_index), the order by
+            # (seed, epoch), and batches never straddle two epochs.
+            ds = numbering.one_epoch(source, epoch)
+            for stage in stages:
+                ds = ds.apply(stage)
+            ds = ds.apply(batcher)
             return ds if steps is None else ds.repeat().take(steps)
 
-        ds = sized(initial_epoch)
-        for epoch in range(initial_epoch + 1, initial_epoch + count):
-            ds = ds.concatenate(sized(epoch))
-    else:
-        ds = one_epoch(0)
+        ds = tf.data.Dataset.range(initial_epoch, initial_epoch + count).flat_map(one_epoch)
 
     if keras:
         ds = ds.apply(batching.to_keras(masked_input=config.model.masked))
     return ds.prefetch(tf.data.AUTOTUNE).with_options(data_options())
 
 
-def steps_per_epoch(config: Config) -> int:
-    """Batches in one training epoch (one pass over the training images or their patches).
+def _sizes_dataset(data, split: str) -> tf.data.Dataset | None:
+    """Label-shaped zeros of the source's sizes, from metadata (None if it lacks them): bucket boundaries
+    are derived from sizes alone, so they need no read of the data."""
+    from fcndata import sources
 
-    Counted by running one epoch of the pipeline without the model; for very large data
-    set ``train.steps_per_epoch`` instead.
+    _, shapes = sources.source_shapes(data, split)
+    if not shapes:
+        return None
+    return tf.data.Dataset.from_tensor_slices(np.asarray(shapes, np.int32)).map(
+        lambda hw: {E.LABEL: tf.zeros(hw, tf.uint8)}
+    )
+
+
+def _eval_batches(data, split: str, batcher, sizes) -> int | None:
+    """Batches of one eval pass, from metadata; None where metadata cannot be trusted to match
+    (TFRecord/TFDS would need a read, ``on_error=skip`` may drop files)."""
+    from fcndata import batching, sources
+
+    if data.on_error != "raise" or data.source not in ("shapes", "brain", "digits", "folder"):
+        return None
+    if isinstance(batcher, batching.BucketBySize):
+        if sizes is None or batcher.boundaries is None:
+            return None
+        key = lambda e: batching.bucket_index(batching.size_key(e, batcher.by, batcher.pad_to_multiple), batcher.boundaries)
+        buckets = np.asarray(list(sizes.map(key).as_numpy_iterator()), np.int64)
+        counts = np.bincount(buckets) if buckets.size else np.zeros([0], np.int64)
+        return int(sum(-(-int(c) // batcher.batch_size) for c in counts))
+    if isinstance(batcher, batching.PadAndBatch):
+        n, _ = sources.source_shapes(data, split)
+        return -(-n // batcher.batch_size)
+    return None
+
+
+def steps_per_epoch(config: Config) -> int:
+    """Batches in one training epoch, from the source's metadata: no pass over the data.
+
+    ``train.steps_per_epoch`` if set, else ``ceil(elements / batch_size)`` (floor with
+    ``drop_remainder``), where elements are the source's images (whole-image training),
+    images × ``num_per_image`` (random / balanced patches) or the grid patches of every
+    image (grid; needs the image sizes, which image headers and built-in datasets give).
+
+    Counts are of the source as listed: files that ``on_error=skip`` drops, sizes that
+    augmentation changes (grid) and the partial batch each size bucket may leave make the
+    real epoch a little shorter or longer; :func:`build_pipeline` then cycles or cuts the
+    epoch to exactly this many batches, so an image left out of one epoch's tail is
+    still seen in the others (each epoch has its own order).
+
+    Raises:
+      ValueError: grid patches over a source whose image sizes are unknown (TFRecord,
+        TFDS, TIFF files) and no ``train.steps_per_epoch``.
+
+    Example:
+      >>> from fcndata.config import load_config
+      >>> cfg = load_config("pipelines/shapes.yaml", ["data.num_images=5", "batching.batch_size=2"])
+      >>> steps_per_epoch(cfg)
+      3
     """
     if config.train.steps_per_epoch:
         return config.train.steps_per_epoch
-    from fcndata.config import to_dict
+    from fcndata import sources
 
-    key = json.dumps(to_dict(config), sort_keys=True, default=str)
-    if key not in _STEPS:
-        _STEPS[key] = _count_batches(config)
-    return _STEPS[key]
+    n, shapes = sources.source_shapes(config.data, "train")
+    p = config.patches
+    if p is None:
+        elements = n
+    elif p.mode in ("random", "balanced"):
+        elements = n * p.num_per_image
+    elif shapes is None:
+        raise ValueError(
+            "steps_per_epoch: grid patches are counted from the image sizes, which this source's "
+            f"metadata does not give (data.source={config.data.source!r}); set train.steps_per_epoch. "
+            "Received: train.steps_per_epoch=None"
+        )
+    else:
+        from fcndata.patches import grid_origins_2d
 
-
-_STEPS: dict[str, int] = {}
-
-
-def _count_batches(config: Config) -> int:
-    ds = build_pipeline(config, "train", keras=False, epochs=1, fixed_length=False)
-    return int(ds.reduce(np.int64(0), lambda n, _: n + 1).numpy())
+        elements = sum(len(grid_origins_2d(s, p.patch_size, p.stride, p.border)) for s in shapes)
+    b = config.batching.batch_size
+    batches = elements // b if config.batching.drop_remainder else -(-elements // b)
+    return max(1, batches)

@@ -18,50 +18,29 @@ from pathlib import Path
 
 import numpy as np
 
-#: Qualitative colours for class ids (0 = background is drawn transparent in overlays).
-PALETTE = np.array(
-    [
-        [0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
-        [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212],
-        [0, 128, 128], [220, 190, 255], [170, 110, 40], [255, 250, 200], [128, 0, 0],
-    ],
-    np.uint8,
-)
+from fcndata.common import class_rgb
 
 
 def read_image(path: str | Path, channels: int) -> np.ndarray:
-    """Reads an image file (any format OpenCV reads, 8 or 16 bit) as [H, W, channels].
+    """Reads an image file as [H, W, channels], decoded exactly as training decodes it.
+
+    The same functions as the folder source (:func:`fcndata.decode.read_image`: ``tf.io``
+    decoders, OpenCV for TIFF only, and :func:`fcndata.decode.convert_channels`), so the
+    pixels match those the model was trained on.
 
     Raises:
       ValueError: the file cannot be read, or its channels cannot be converted.
     """
-    import cv2
+    from fcndata.decode import read_image as decode
 
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise ValueError(
-            f"{path}: cannot read this file as an image (missing, truncated or an unsupported format). "
-            "Pass a PNG, JPEG, BMP or TIFF file."
-        )
-    if image.ndim == 2:
-        image = image[..., None]
-    elif image.shape[2] >= 3:
-        # OpenCV decodes BGR(A); fcndata works in RGB(A).
-        image = image[..., [2, 1, 0] + list(range(3, image.shape[2]))]
-    have = image.shape[2]
-    if have == channels:
-        return image
-    if channels == 3 and have == 1:
-        return np.repeat(image, 3, axis=2)
-    if channels == 3 and have == 4:
-        return image[..., :3]
-    if channels == 1 and have in (3, 4):
-        gray = image[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-        return np.round(gray).astype(image.dtype)[..., None]
-    raise ValueError(
-        f"{path}: the model expects {channels} channel(s) but the image has {have}, which cannot be converted. "
-        f"Received: channels={have}"
-    )
+    return decode(path, channels)
+
+
+def model_input(image: np.ndarray) -> np.ndarray:
+    """The float32 array the model is fed for ``image``: training's scaling (:func:`fcndata.batching.scale_image`)."""
+    from fcndata.batching import scale_image
+
+    return scale_image(image).numpy()
 
 
 def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.ndarray:
@@ -73,7 +52,7 @@ def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.nda
     if img.shape[-1] == 1:
         img = np.repeat(img, 3, axis=-1)
     img = img[..., :3].astype(np.float32)
-    colours = PALETTE[labels % len(PALETTE)].astype(np.float32)
+    colours = class_rgb(labels).astype(np.float32)  # the previews' class colours
     fg = (labels > 0)[..., None]
     return np.where(fg, (1 - alpha) * img + alpha * colours, img).astype(np.uint8)
 
@@ -120,7 +99,8 @@ def main(argv=None) -> int:
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        labels = predictor.predict_labels(image)
+        # scaled here with training's rule; float32 passes the predictor's own scaling unchanged
+        labels = predictor.predict_labels(model_input(image))
         stem = Path(name).stem
         cv2.imwrite(str(out / f"{stem}_label.png"), labels)
         cv2.imwrite(str(out / f"{stem}_overlay.png"), overlay(image, labels)[..., ::-1])

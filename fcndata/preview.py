@@ -40,15 +40,10 @@ from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-IGNORE_LABEL = 255  # same as fcndata.elements.IGNORE_LABEL; not imported so this module needs no TF
+from fcndata.common import CLASS_COLOURS, IGNORE_LABEL, LUMA
 
-#: Qualitative colours for class ids 1, 2, … (tab10 then tab20's light shades, greys
-#: removed so they never look like ignored pixels). Class 0 (background) is left clear.
-PALETTE = (
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22",
-    "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2",
-    "#dbdb8d", "#9edae5",
-)  # fmt: skip
+#: Qualitative colours for class ids 1, 2, … (:data:`fcndata.common.CLASS_COLOURS`).
+PALETTE = CLASS_COLOURS
 IGNORE_COLOR = "#8a8a8a"
 _OVERLAY_ALPHA = 0.6
 _PANEL_WIDTH = 2.8  # inches per image panel
@@ -238,7 +233,7 @@ def _image_panel(ax, rgb: np.ndarray) -> None:
 
 def _luminance(rgb: np.ndarray) -> np.ndarray:
     """``rgb`` in grey: class colours stay readable on top of a colourful image."""
-    grey = rgb @ np.array([0.299, 0.587, 0.114], np.float32)
+    grey = rgb @ np.array(LUMA, np.float32)
     return np.repeat(grey[..., None], 3, axis=-1)
 
 

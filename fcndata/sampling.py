@@ -458,6 +458,7 @@ class LossSampling:
 
     def __call__(self, ds: tf.data.Dataset) -> tf.data.Dataset:
         E.check_spec(ds, where="LossSampling")
+        ds = E.with_epoch(ds, self.seed)  # fresh masks every epoch, even without build_pipeline
         scale = 1.0 / self.keep_probability if self.rescale else 1.0
 
         def sample(e):

@@ -42,44 +42,40 @@ import numpy as np
 import tensorflow as tf
 
 from fcndata import elements as E
+from fcndata.decode import (  # noqa: F401  (decoding lives in fcndata.decode; re-exported here)
+    _CV2,
+    _PNG16,
+    _TF8,
+    BIT_DEPTH,
+    CHANNELS,
+    EMPTY,
+    IMAGE_EXTENSIONS,
+    LABEL_RANGE,
+    MASK_CHANNELS,
+    NON_FINITE,
+    OK,
+    PALETTE,
+    REASONS,
+    SIZE,
+    TRUNCATED,
+    UNREADABLE,
+    _cv2_decode,
+    _cv2_error,
+    _decode_one,
+    _first_dtype,
+    _probe,
+    convert_channels,
+    decode_file,
+    file_error,
+    image_size,
+    precheck,
+)
 
 logger = logging.getLogger("fcndata")
 
 # The element functions below are plain TF ops (gathers, where, switch_case); skipping AutoGraph's
 # source conversion saves seconds of tracing per dataset.
 _graph = tf.autograph.experimental.do_not_convert
-
-# ---------------------------------------------------------------------------- error codes
-
-OK = 0
-UNREADABLE = 1
-EMPTY = 2
-TRUNCATED = 3
-BIT_DEPTH = 4
-CHANNELS = 5
-MASK_CHANNELS = 6
-PALETTE = 7
-SIZE = 8
-LABEL_RANGE = 9
-NON_FINITE = 10
-
-#: Short reason per error code (the full message names the files and the fix).
-REASONS = {
-    UNREADABLE: "unreadable",
-    EMPTY: "empty file",
-    TRUNCATED: "truncated file",
-    BIT_DEPTH: "bit depth differs",
-    CHANNELS: "channel count cannot be converted",
-    MASK_CHANNELS: "mask channels",
-    PALETTE: "colour not in palette",
-    SIZE: "image and mask sizes differ",
-    LABEL_RANGE: "label out of range",
-    NON_FINITE: "NaN or inf pixels",
-}
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
-_TF8, _PNG16, _CV2 = 0, 1, 2  # codecs: tf.io.decode_image, tf.io.decode_png(uint16), OpenCV
-
 
 # ---------------------------------------------------------------------------- skip report
 
@@ -135,46 +131,6 @@ class SkipReport:
 
 
 # ---------------------------------------------------------------------------- pure element functions
-
-
-def convert_channels(image: tf.Tensor, channels: int) -> tuple[tf.Tensor, tf.Tensor]:
-    """Brings a gray / gray+alpha / RGB / RGBA image to ``channels`` (graph-safe).
-
-    Gray -> RGB repeats the plane, RGBA -> RGB drops alpha, RGB -> gray is the ITU-R 601
-    luminance (0.299 R + 0.587 G + 0.114 B, rounded for integer images), a missing alpha
-    is opaque (the dtype's maximum, 1.0 for float32). Built from gathers, not
-    ``tf.cond``: the input channel count is only known per element.
-
-    Returns:
-      ``(image [H, W, channels], ok)``; ``ok`` is False (and the image meaningless) when
-      the input channel count is not 1, 2, 3 or 4.
-
-    Example:
-      >>> rgb, ok = convert_channels(tf.constant([[[10, 20, 30]]], tf.uint8), 1)
-      >>> rgb.numpy().tolist(), bool(ok)
-      ([[[18]]], True)
-    """
-    dtype = image.dtype
-    c = tf.shape(image)[-1]
-    ok = (c >= 1) & (c <= 4)
-    row = tf.clip_by_value(c - 1, 0, 3)
-    opaque = tf.fill(tf.concat([tf.shape(image)[:2], [1]], 0), tf.cast(tf.constant(1.0 if dtype.is_floating else dtype.max), dtype))
-    # Channel c of `padded` is the opaque alpha plane (used when the input has none).
-    padded = tf.concat([image, opaque], -1)
-    rgb_index = tf.gather(tf.constant([[0, 0, 0], [0, 0, 0], [0, 1, 2], [0, 1, 2]]), row)
-    rgb = tf.gather(padded, rgb_index, axis=-1)
-    if channels == 3:
-        out = rgb
-    elif channels == 4:
-        alpha_index = tf.gather(tf.stack([c, 1, c, 3]), row)
-        out = tf.concat([rgb, tf.gather(padded, alpha_index[None], axis=-1)], -1)
-    else:
-        lum = tf.tensordot(tf.cast(rgb, tf.float32), tf.constant([0.299, 0.587, 0.114]), axes=1)
-        if dtype.is_integer:
-            lum = tf.clip_by_value(tf.round(lum), 0.0, float(dtype.max))
-        out = tf.where(c <= 2, padded[..., :1], tf.cast(lum, dtype)[..., None])
-    out.set_shape([None, None, channels])
-    return out, ok
 
 
 def palette_to_labels(mask: tf.Tensor, palette, ignore_color=None, ignore_label: int = E.IGNORE_LABEL):
@@ -281,107 +237,6 @@ def content_checks(element, num_classes: int, ignore_label: int, where: str, lab
     return checks
 
 
-def _end_bytes_ok(contents: tf.Tensor, tail: bytes) -> tf.Tensor:
-    n = tf.strings.length(contents)
-    k = len(tail)
-    return tf.equal(tf.strings.substr(contents, tf.maximum(n - k, 0), k), tail)
-
-
-def _jpeg_end_ok(contents: tf.Tensor) -> tf.Tensor:
-    # Some writers append padding after the EOI marker: look for FF D9 in the last 64 bytes.
-    n = tf.strings.length(contents)
-    tail = tf.io.decode_raw(tf.strings.substr(contents, tf.maximum(n - 64, 0), 64), tf.uint8)
-    return tf.reduce_any((tail[:-1] == 255) & (tail[1:] == 217))
-
-
-def precheck(contents: tf.Tensor) -> tf.Tensor:
-    """Error code for an encoded file before decoding: EMPTY, TRUNCATED (PNG/JPEG) or OK."""
-    n = tf.strings.length(contents)
-    head = tf.strings.substr(contents, 0, 4)
-    is_png = tf.equal(head, b"\x89PNG")
-    is_jpeg = tf.equal(tf.strings.substr(contents, 0, 2), b"\xff\xd8")
-    truncated = (is_png & ~_end_bytes_ok(contents, b"IEND\xaeB`\x82")) | (is_jpeg & ~_jpeg_end_ok(contents))
-    return tf.where(tf.equal(n, 0), EMPTY, tf.where(truncated, TRUNCATED, OK))
-
-
-def _cv2_decode(contents: bytes, dtype_name: bytes) -> np.ndarray:
-    import cv2  # only TIFF needs OpenCV
-
-    want = np.dtype(dtype_name.decode())
-    arr = cv2.imdecode(np.frombuffer(contents, np.uint8), cv2.IMREAD_UNCHANGED)
-    if arr is None:
-        raise ValueError("OpenCV could not decode the file")
-    if arr.dtype == np.float64 and want == np.float32:
-        arr = arr.astype(np.float32)
-    if arr.dtype != want:
-        raise ValueError(f"bit depth {arr.dtype} is not {want}")
-    if arr.ndim == 2:
-        arr = arr[..., None]
-    elif arr.shape[-1] in (3, 4):  # OpenCV is BGR(A)
-        arr = arr[..., [2, 1, 0, 3][: arr.shape[-1]]]
-    return np.ascontiguousarray(arr)
-
-
-def _decode_one(contents: tf.Tensor, codec: int, dtype: tf.DType) -> tf.Tensor:
-    natural = {_TF8: tf.uint8, _PNG16: tf.uint16}.get(codec, dtype)
-    if natural != dtype:
-        # e.g. a 16-bit PNG among 8-bit ones: fail, and file_error() says why. The condition
-        # is dynamic (never true) so the assertion fires when run, not when traced.
-        failed = tf.debugging.Assert(tf.strings.length(contents) < 0, ["bit depth differs"])
-        with tf.control_dependencies([failed]):
-            return tf.zeros([0, 0, 1], dtype)
-    if codec == _TF8:
-        return tf.io.decode_image(contents, channels=0, dtype=tf.uint8, expand_animations=False)
-    if codec == _PNG16:
-        return tf.io.decode_png(contents, channels=0, dtype=tf.uint16)
-    return tf.numpy_function(_cv2_decode, [contents, dtype.name], dtype, stateful=False)
-
-
-def decode_file(path: tf.Tensor, codec: tf.Tensor, dtype: tf.DType, codecs=(0, 1, 2)) -> tf.Tensor:
-    """Reads and decodes one image file in the graph: ``image [H, W, C]`` of ``dtype``.
-
-    ``codec`` (chosen per file when the source is built) is 0 for ``tf.io.decode_image``
-    (8-bit PNG, JPEG, BMP, GIF first frame), 1 for ``tf.io.decode_png(dtype=uint16)``
-    and 2 for OpenCV (TIFF); ``codecs`` lists those that occur (one: no switch).
-    Raises (in the graph) on undecodable data or a bit depth other than ``dtype``;
-    :func:`file_error` then says why.
-    """
-    contents = tf.io.read_file(path)
-    codecs = sorted(set(codecs))
-    if len(codecs) == 1:
-        image = _decode_one(contents, codecs[0], dtype)
-    else:
-        branch = tf.argmax(tf.cast(tf.equal(tf.constant(codecs), tf.cast(codec, tf.int32)), tf.int32), output_type=tf.int32)
-        image = tf.switch_case(branch, [lambda k=k: _decode_one(contents, k, dtype) for k in codecs])
-    image = tf.reshape(image, tf.concat([tf.shape(image)[:2], [-1]], 0))
-    image.set_shape([None, None, None])
-    return image
-
-
-def _cv2_error(contents: bytes, dtype_name: bytes) -> np.int32:
-    import cv2
-
-    try:
-        arr = cv2.imdecode(np.frombuffer(contents, np.uint8), cv2.IMREAD_UNCHANGED)
-    except cv2.error:
-        arr = None
-    if arr is None:
-        return np.int32(UNREADABLE)
-    ok = arr.dtype.name == dtype_name.decode() or (arr.dtype == np.float64 and dtype_name == b"float32")
-    return np.int32(UNREADABLE if ok else BIT_DEPTH)
-
-
-def file_error(path: tf.Tensor, codec: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
-    """Why :func:`decode_file` failed: EMPTY, TRUNCATED, BIT_DEPTH or UNREADABLE (runs only on failure)."""
-    contents = tf.io.read_file(path)
-    code = precheck(contents)
-    expected = {tf.uint8: _TF8, tf.uint16: _PNG16}.get(dtype, -1)
-    depth = tf.where(tf.not_equal(codec, expected), BIT_DEPTH, UNREADABLE)
-    cv2_code = tf.numpy_function(_cv2_error, [contents, dtype.name], tf.int32, stateful=False)
-    depth = tf.where(tf.equal(codec, _CV2), tf.reshape(cv2_code, []), depth)
-    return tf.where(code != OK, code, depth)
-
-
 def _file_message(where: str, what: str, path: tf.Tensor, code: tf.Tensor, first_file: str, dtype: tf.DType):
     """The message for a decode-stage error code of one file."""
     fix = " Re-export or remove the file, or set data.on_error=skip to skip it. Received: path="
@@ -453,42 +308,6 @@ def _resolve(pattern: str, root: str | None) -> str:
     return pattern
 
 
-def _probe(path: str) -> tuple[int, tf.DType | None]:
-    """(codec, dtype) of a file from its extension and, for PNG, its header (cheap)."""
-    ext = os.path.splitext(path)[1].lower()
-    if ext in (".tif", ".tiff"):
-        return _CV2, None
-    if ext == ".png":
-        try:
-            with open(path, "rb") as f:
-                head = f.read(25)
-            if head[:4] == b"\x89PNG" and len(head) == 25 and head[24] == 16:
-                return _PNG16, tf.uint16
-        except OSError:
-            pass  # unreadable: the in-graph decode reports it with the file name
-    return _TF8, tf.uint8
-
-
-def _first_dtype(paths: Sequence[str]) -> tf.DType:
-    """The dtype of a source: that of its first file (TIFF decoded once with OpenCV)."""
-    _codec, dtype = _probe(paths[0])
-    if dtype is not None:
-        return dtype
-    import cv2
-
-    arr = cv2.imread(paths[0], cv2.IMREAD_UNCHANGED)
-    if arr is None:
-        return tf.uint8  # unreadable: the in-graph decode reports it with the file name
-    if arr.dtype == np.float64:
-        return tf.float32
-    if arr.dtype.name not in ("uint8", "uint16", "float32"):
-        raise TypeError(
-            f"folder source: {paths[0]} has pixel dtype {arr.dtype.name}; supported are uint8, uint16 and "
-            f"float32. Convert the files. Received: dtype={arr.dtype.name}"
-        )
-    return tf.as_dtype(arr.dtype)
-
-
 def _label_dtype(num_classes: int, ignore_label: int) -> tf.DType:
     return tf.uint8 if num_classes <= 256 and 0 <= ignore_label <= 255 else tf.int32
 
@@ -506,6 +325,70 @@ def _check_common(num_classes, ignore_label, on_error, where):
 
 
 # ---------------------------------------------------------------------------- sources
+
+
+def _pair_files(images_glob, masks_pattern, root, on_error, report, where) -> list[tuple[str, str]]:
+    """(image, mask) paths paired by stem, from the file names alone (nothing is read)."""
+    images_abs, masks_abs = _resolve(images_glob, root), _resolve(masks_pattern, root)
+    images = sorted(p for p in globlib.glob(images_abs, recursive=True) if os.path.isfile(p))
+    if not images:
+        raise ValueError(
+            f"{where}: no files match the image glob {images_glob!r} (resolved to {images_abs!r}). Check the "
+            f"pattern (e.g. 'images/*.png') and data.root, which relative patterns are resolved against. "
+            f"Received: images={images_glob!r}, root={root!r}"
+        )
+
+    problems: list[tuple[str, str]] = []
+    unsupported = [p for p in images if os.path.splitext(p)[1].lower() not in IMAGE_EXTENSIONS]
+    for p in unsupported:
+        problems.append((p, f"unsupported file type; supported are {', '.join(IMAGE_EXTENSIONS)}"))
+    by_stem: dict[str, list[str]] = {}
+    for p in images:
+        if p not in unsupported:
+            by_stem.setdefault(os.path.splitext(os.path.basename(p))[0], []).append(p)
+    dupes = {s: ps for s, ps in by_stem.items() if len(ps) > 1}
+    if dupes:
+        ps = next(iter(dupes.values()))
+        raise ValueError(
+            f"{where}: {len(dupes)} file stem(s) match several images, so the mask pairing is ambiguous, e.g. "
+            f"{ps}. Rename the files or narrow the glob (e.g. '*.png'). Received: images={images_glob!r}"
+        )
+    pairs = []
+    for stem, (p,) in sorted(by_stem.items(), key=lambda kv: kv[1][0]):
+        mask = masks_abs.format(stem=stem)
+        if os.path.isfile(mask):
+            pairs.append((p, mask))
+        else:
+            problems.append((p, f"image without mask: expected {mask}"))
+    # A mask is orphaned only if no file of its stem sits next to the matched images: a glob
+    # that selects a subset (train_*.png) does not make the other masks errors.
+    stem_re = re.compile("^" + re.escape(masks_abs).replace(re.escape("{stem}"), "(.+)") + "$")
+    image_dirs = sorted({os.path.dirname(p) for p in images})
+    for m in sorted(globlib.glob(masks_abs.replace("{stem}", "*"))):
+        match = stem_re.match(m)
+        stem = match.group(1) if match else None
+        if stem is None or stem in by_stem or "/" in stem:
+            continue
+        if not any(globlib.glob(os.path.join(globlib.escape(d), globlib.escape(stem) + ".*")) for d in image_dirs):
+            problems.append((m, f"mask without image: no image named {stem}.* next to the files matching {images_glob!r}"))
+    if problems:
+        if on_error == "raise":
+            listing = "\n".join(f"  {p}: {r}" for p, r in problems[:20])
+            more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+            raise ValueError(
+                f"{where}: {len(problems)} file(s) cannot be paired by stem (images {images_glob!r}, masks "
+                f"{masks_pattern!r}):\n{listing}{more}\nAdd the missing files, remove the extra ones, fix the "
+                f"patterns, or set data.on_error=skip to skip them. Received: {len(problems)} unpaired file(s)"
+            )
+        for p, r in problems:
+            report.add_static(p, r)
+    if not pairs:
+        raise ValueError(
+            f"{where}: no image in {images_glob!r} has a mask matching {masks_pattern!r}. Check the mask "
+            f"pattern. Received: {len(problems)} unpaired file(s)"
+        )
+
+    return pairs
 
 
 def from_folder(
@@ -580,64 +463,7 @@ def from_folder(
                 f"per class id. Received: palette={palette!r}"
             )
     report = report if report is not None else SkipReport(where)
-    images_abs, masks_abs = _resolve(images_glob, root), _resolve(masks_pattern, root)
-    images = sorted(p for p in globlib.glob(images_abs, recursive=True) if os.path.isfile(p))
-    if not images:
-        raise ValueError(
-            f"{where}: no files match the image glob {images_glob!r} (resolved to {images_abs!r}). Check the "
-            f"pattern (e.g. 'images/*.png') and data.root, which relative patterns are resolved against. "
-            f"Received: images={images_glob!r}, root={root!r}"
-        )
-
-    problems: list[tuple[str, str]] = []
-    unsupported = [p for p in images if os.path.splitext(p)[1].lower() not in IMAGE_EXTENSIONS]
-    for p in unsupported:
-        problems.append((p, f"unsupported file type; supported are {', '.join(IMAGE_EXTENSIONS)}"))
-    by_stem: dict[str, list[str]] = {}
-    for p in images:
-        if p not in unsupported:
-            by_stem.setdefault(os.path.splitext(os.path.basename(p))[0], []).append(p)
-    dupes = {s: ps for s, ps in by_stem.items() if len(ps) > 1}
-    if dupes:
-        ps = next(iter(dupes.values()))
-        raise ValueError(
-            f"{where}: {len(dupes)} file stem(s) match several images, so the mask pairing is ambiguous, e.g. "
-            f"{ps}. Rename the files or narrow the glob (e.g. '*.png'). Received: images={images_glob!r}"
-        )
-    pairs = []
-    for stem, (p,) in sorted(by_stem.items(), key=lambda kv: kv[1][0]):
-        mask = masks_abs.format(stem=stem)
-        if os.path.isfile(mask):
-            pairs.append((p, mask))
-        else:
-            problems.append((p, f"image without mask: expected {mask}"))
-    # A mask is orphaned only if no file of its stem sits next to the matched images: a glob
-    # that selects a subset (train_*.png) does not make the other masks errors.
-    stem_re = re.compile("^" + re.escape(masks_abs).replace(re.escape("{stem}"), "(.+)") + "$")
-    image_dirs = sorted({os.path.dirname(p) for p in images})
-    for m in sorted(globlib.glob(masks_abs.replace("{stem}", "*"))):
-        match = stem_re.match(m)
-        stem = match.group(1) if match else None
-        if stem is None or stem in by_stem or "/" in stem:
-            continue
-        if not any(globlib.glob(os.path.join(globlib.escape(d), globlib.escape(stem) + ".*")) for d in image_dirs):
-            problems.append((m, f"mask without image: no image named {stem}.* next to the files matching {images_glob!r}"))
-    if problems:
-        if on_error == "raise":
-            listing = "\n".join(f"  {p}: {r}" for p, r in problems[:20])
-            more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-            raise ValueError(
-                f"{where}: {len(problems)} file(s) cannot be paired by stem (images {images_glob!r}, masks "
-                f"{masks_pattern!r}):\n{listing}{more}\nAdd the missing files, remove the extra ones, fix the "
-                f"patterns, or set data.on_error=skip to skip them. Received: {len(problems)} unpaired file(s)"
-            )
-        for p, r in problems:
-            report.add_static(p, r)
-    if not pairs:
-        raise ValueError(
-            f"{where}: no image in {images_glob!r} has a mask matching {masks_pattern!r}. Check the mask "
-            f"pattern. Received: {len(problems)} unpaired file(s)"
-        )
+    pairs = _pair_files(images_glob, masks_pattern, root, on_error, report, where)
 
     image_dtype = _first_dtype([p for p, _ in pairs])
     mask_dtype = _first_dtype([m for _, m in pairs])
@@ -654,7 +480,7 @@ def from_folder(
         ).ignore_errors()
         # Read only if decoding failed (take(1) stops before it otherwise): says why it failed.
         failed = tf.data.Dataset.from_tensors((path, codec)).map(
-            _graph(lambda p, c: (tf.zeros([0, 0, 1], dtype), file_error(p, c, dtype)))
+            _graph(lambda p, c: (tf.zeros([0, 0, 1], dtype), file_error(p, c, dtype, codecs)))
         )
         return ok.concatenate(failed).take(1)
 
@@ -1088,6 +914,44 @@ def has_split(data, split: str) -> bool:
     if data.source == "tfds":
         return bool(data.tfds_val_split)
     return False
+
+
+def source_shapes(data, split: str = "train") -> tuple[int, list[tuple[int, int]] | None]:
+    """How many elements a source holds and their (height, width), from metadata only.
+
+    Nothing is decoded: built-in datasets know their arrays, a folder pairs file names and
+    reads image headers, TFDS knows its split sizes, TFRecord files are counted record by
+    record (no parsing). Shapes are None where headers do not tell them (TFRecord, TFDS,
+    TIFF). Files that ``on_error=skip`` will drop when decoded are still counted.
+
+    Example:
+      >>> from fcndata.config import DataConfig
+      >>> n, shapes = source_shapes(DataConfig(source="shapes", num_images=2, min_size=20, max_size=30))
+      >>> n, len(shapes), all(20 <= h <= 30 for h, w in shapes)
+      (2, 2, True)
+    """
+    val = split == "validation"
+    if data.source in ("shapes", "brain", "digits"):
+        from fcndata import datasets
+
+        images, _, _ = datasets.arrays(data, split)
+        return len(images), [tuple(int(v) for v in a.shape[:2]) for a in images]
+    if data.source == "folder":
+        images, masks = (data.val_images, data.val_masks) if val else (data.images, data.masks)
+        pairs = _pair_files(images, masks, data.root, data.on_error, SkipReport("folder source"), "folder source")
+        shapes = [image_size(p) for p, _ in pairs]
+        return len(pairs), (None if any(s is None for s in shapes) else shapes)
+    if data.source == "tfrecord":
+        pattern = data.val_tfrecords if val else data.tfrecords
+        files = sorted(globlib.glob(_resolve(pattern, data.root)))
+        count = tf.data.TFRecordDataset(files).reduce(np.int64(0), lambda n, _: n + 1)
+        return int(count), None
+    if data.source == "tfds":
+        data_dir = _resolve(data.tfds_data_dir, data.root) if data.tfds_data_dir else None
+        ds = from_tfds(data.tfds_name, data.tfds_val_split if val else data.tfds_train_split, data_dir,
+                       data.tfds_image_key, data.tfds_label_key, ignore_label=data.ignore_label)
+        return int(ds.cardinality()), None
+    raise ValueError(f"source_shapes: unknown data.source. Received: data.source={data.source!r}")
 
 
 def load_source(data, split: str = "train", *, report: SkipReport | None = None) -> tf.data.Dataset:

@@ -93,15 +93,20 @@ def build_model(config, steps_per_epoch: int = 1):
     return model
 
 
-def evaluate(model, config, max_batches: int | None = None) -> dict:
-    """Confusion matrix over the validation split's valid pixels → mean/per-class IoU, accuracy."""
+def evaluate(model, config, max_batches: int | None = None, dataset=None) -> dict:
+    """Confusion matrix over the validation split's valid pixels → mean/per-class IoU, accuracy.
+
+    ``dataset``: the run's eval pipeline (``build_pipeline(config, "eval")``), built once
+    per run; None builds it.
+    """
     import tensorflow as tf
 
+    from fcndata.metrics import per_class_iou
     from fcndata.pipeline import build_pipeline
 
     k = config.data.num_classes
     confusion = np.zeros((k, k), np.int64)
-    ds = build_pipeline(config, "eval")
+    ds = build_pipeline(config, "eval") if dataset is None else dataset
     if max_batches:
         ds = ds.take(max_batches)
     for inputs, label, weight in ds:
@@ -110,9 +115,8 @@ def evaluate(model, config, max_batches: int | None = None) -> dict:
         confusion += tf.math.confusion_matrix(
             tf.boolean_mask(label, valid), tf.boolean_mask(pred, valid), num_classes=k, dtype=tf.int64
         ).numpy()
+    iou = per_class_iou(confusion)
     inter = np.diag(confusion).astype(np.float64)
-    union = confusion.sum(0) + confusion.sum(1) - inter
-    iou = np.where(union > 0, inter / np.maximum(union, 1), np.nan)
     names = config.data.names
     return {
         "mean_iou": float(np.nanmean(iou)),
@@ -135,8 +139,11 @@ def _read_history(path: Path) -> dict[str, list[float]]:
     return history
 
 
-def _validation_examples(model, config, max_items: int = 4):
-    """Validation images, labels and predictions, cropped back to each image's own size."""
+def _validation_examples(model, config, max_items: int = 4, dataset=None):
+    """Validation images, labels and predictions, cropped back to each image's own size.
+
+    ``dataset``: the run's eval pipeline of element dicts (``keras=False``), built once.
+    """
     import tensorflow as tf
 
     from fcndata.batching import keras_inputs
@@ -144,7 +151,7 @@ def _validation_examples(model, config, max_items: int = 4):
 
     images, labels, preds = [], [], []
     masked = config.model.masked
-    for batch in build_pipeline(config, "eval", keras=False):
+    for batch in build_pipeline(config, "eval", keras=False) if dataset is None else dataset:
         inputs, _, _ = keras_inputs(batch, masked_input=masked, ignore_label=config.data.ignore_label)
         pred = tf.argmax(model(inputs, training=False), -1).numpy()
         for i in range(len(pred)):
@@ -189,7 +196,7 @@ class _EpochCheckpoint:
         return Save()
 
 
-def _image_logger(model, config, log_dir: Path):
+def _image_logger(model, config, log_dir: Path, dataset=None):
     """A callback writing validation predictions to TensorBoard after every epoch."""
     import keras
     import tensorflow as tf
@@ -200,7 +207,7 @@ def _image_logger(model, config, log_dir: Path):
 
     class Images(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
-            images, labels, preds = _validation_examples(model, config, max_items=3)
+            images, labels, preds = _validation_examples(model, config, max_items=3, dataset=dataset)
             fig = plot_predictions(images, labels, preds, config.data.names)
             fig.canvas.draw()
             pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3]
@@ -218,8 +225,8 @@ def train(config, run_dir: Path | None = None, resume: bool = False) -> dict:
       The run summary (also written to ``summary.json``).
     """
     import keras
-    import tensorflow as tf
 
+    from fcndata.batching import to_keras
     from fcndata.config import dump_config
     from fcndata.distributed import select_strategy
     from fcndata.pipeline import build_pipeline, steps_per_epoch
@@ -257,18 +264,19 @@ def train(config, run_dir: Path | None = None, resume: bool = False) -> dict:
         initial_epoch = checkpoint.restore() if resume else 0
         if resume:
             print(f"fcndata: resuming {run_dir} at epoch {initial_epoch + 1}/{t.epochs}", flush=True)
+        # One stream of all remaining epochs, built once; `steps` comes from the source's
+        # metadata, so nothing is read before the first step.
         train_ds = build_pipeline(config, "train", initial_epoch=initial_epoch)
-        val_ds = build_pipeline(config, "eval")
+        # The eval pipeline is built once per run and serves validation, the image logger
+        # and the final evaluation. Its batch count comes from metadata too (no counting pass).
+        val_elements = build_pipeline(config, "eval", keras=False)
+        val_ds = val_elements.apply(to_keras(masked_input=config.model.masked))
         if t.validation_steps:
             val_ds = val_ds.take(t.validation_steps)
-        # Bucketing leaves the number of validation batches unknown to tf.data; telling
-        # Keras spares it a misleading "input ran out of data" warning every epoch.
-        val_batches = int(val_ds.reduce(np.int64(0), lambda n, _: n + 1).numpy())
-        val_ds = val_ds.apply(tf.data.experimental.assert_cardinality(val_batches))
         callbacks = [
             keras.callbacks.CSVLogger(str(run_dir / "metrics.csv"), append=resume and initial_epoch > 0),
             keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs"), write_graph=False),
-            _image_logger(model, config, run_dir / "logs"),
+            _image_logger(model, config, run_dir / "logs", val_elements),
             checkpoint.callback(),
         ]
         if initial_epoch < t.epochs:
@@ -283,14 +291,14 @@ def train(config, run_dir: Path | None = None, resume: bool = False) -> dict:
                 shuffle=False,  # the pipeline already shuffles, per epoch and seeded
             )
         model.save(run_dir / "model.keras")
-        result = evaluate(model, config)
+        result = evaluate(model, config, dataset=val_elements.apply(to_keras(masked_input=config.model.masked)))
         history = _read_history(run_dir / "metrics.csv")
         plot_history(history).savefig(run_dir / "history.png", dpi=100)
         preview_batch = next(iter(build_pipeline(config, "train", keras=False, epochs=1)))
         plot_batch(preview_batch, class_names=config.data.names, ignore_label=config.data.ignore_label).savefig(
             run_dir / "preview.png", dpi=100
         )
-        images, labels, preds = _validation_examples(model, config, max_items=4)
+        images, labels, preds = _validation_examples(model, config, max_items=4, dataset=val_elements)
         plot_predictions(images, labels, preds, config.data.names).savefig(run_dir / "predictions.png", dpi=100)
     finally:
         keras.mixed_precision.set_global_policy("float32")

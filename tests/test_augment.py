@@ -336,13 +336,14 @@ FULL = dict(
 
 
 def test_same_seed_same_output_with_autotune_different_seed_differs():
-    ds = coded_dataset(8).repeat(2)
+    ds = coded_dataset(8).apply(E.Epochs(2))  # numbered epochs: keys are (seed, epoch, source_index)
     augmented = ds.apply(Augment(**FULL, seed=5))
     a, b = collect(augmented), collect(augmented)  # two runs of the parallel, autotuned map
     c = collect(ds.apply(Augment(**FULL, seed=6)))
     # serial, one element at a time, in reverse order: parallel workers do not matter
+    epoch0 = lambda e: {**e, "epoch": tf.constant(0, tf.int64)}
     serial = collect(
-        reversed_dataset(8).map(
+        reversed_dataset(8).map(epoch0).map(
             tf.autograph.experimental.do_not_convert(Augment(**FULL, seed=5).augment)
         )
     )[::-1]
@@ -351,8 +352,18 @@ def test_same_seed_same_output_with_autotune_different_seed_differs():
             np.testing.assert_array_equal(x[key], y[key])
             np.testing.assert_array_equal(x[key], z[key])
     assert any(not np.array_equal(x["image"], y["image"]) for x, y in zip(a, c))
-    # without an epoch key, a repeated element gets the same draw; the pipeline adds epoch to vary it
-    np.testing.assert_array_equal(a[0]["image"], a[8]["image"])
+    # the same element in the next epoch gets a fresh draw
+    assert not np.array_equal(a[0]["image"], a[8]["image"])
+
+
+def test_hand_composed_epochs_differ_and_replay_from_the_seed():
+    ds = coded_dataset(4)
+    augmented = ds.apply(Augment(**FULL, seed=5))
+    first, second = collect(augmented), collect(augmented)  # two iterations = two Keras epochs
+    assert all(not np.array_equal(x["image"], y["image"]) for x, y in zip(first, second))
+    again = ds.apply(Augment(**FULL, seed=5))  # a fresh pipeline with the same seed
+    for x, y in zip(first + second, collect(again) + collect(again)):
+        np.testing.assert_array_equal(x["image"], y["image"])
 
 
 def test_epoch_changes_the_draw():
@@ -483,7 +494,7 @@ def test_bridge_moves_image_label_roi_and_weight_together():
     pipeline = A.Compose(
         [A.HorizontalFlip(p=0.5), A.Affine(rotate=(-30, 30), scale=(0.8, 1.2), p=1.0)]
     )
-    out = collect(coded_dataset(4, with_weight=True).apply(Albumentations(pipeline, seed=3)))
+    out = collect(coded_dataset(4, with_weight=True).apply(E.Epochs(1)).apply(Albumentations(pipeline, seed=3)))
     for e in out:
         label, roi = e["label"], e["roi"]
         checked = uniform_interior(label, roi, radius=2)
@@ -558,13 +569,14 @@ def test_yaml_pipeline_equals_python_pipeline(tmp_path):
 
 
 def test_bridge_same_seed_same_output_in_parallel_different_seed_differs():
-    ds = coded_dataset(12)
+    ds = coded_dataset(12).apply(E.Epochs(1))  # epoch 0, as the serial map below sees it
     pipeline = PYTHON_PIPELINE()
     a = collect(ds.apply(Albumentations(pipeline, seed=4)))
     b = collect(ds.apply(Albumentations(pipeline, seed=4)))
     _assert_same(a, b)
     # serial, in reverse order, on one thread: the draws belong to the element, not the worker
-    serial = collect(reversed_dataset(12).map(Albumentations(pipeline, seed=4).augment))[::-1]
+    epoch0 = lambda e: {**e, "epoch": tf.constant(0, tf.int64)}
+    serial = collect(reversed_dataset(12).map(epoch0).map(Albumentations(pipeline, seed=4).augment))[::-1]
     _assert_same(a, serial)
     c = collect(ds.apply(Albumentations(pipeline, seed=5)))
     assert any(not np.array_equal(x["image"], y["image"]) for x, y in zip(a, c))

@@ -357,3 +357,38 @@ def test_inspect_command_names_an_empty_glob_without_a_traceback(tmp_path, capsy
     assert main(["--config", str(recipe)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: folder source: no files match the image glob 'nothing/*.png'")
+
+
+_SERVICE = """
+import sys, tensorflow as tf
+dispatcher = tf.data.experimental.service.DispatchServer()
+address = dispatcher.target.removeprefix("grpc://")
+worker = tf.data.experimental.service.WorkerServer(tf.data.experimental.service.WorkerConfig(dispatcher_address=address))
+print(dispatcher.target, flush=True)
+sys.stdin.read()  # serve until the test closes stdin
+"""
+
+
+def test_folder_pipeline_runs_on_a_tf_data_service_worker_in_another_process(folder):
+    # A worker in another process cannot call this process's Python functions: the folder
+    # source (decode, checks, error messages naming the file) must be graph-only.
+    import subprocess
+    import sys
+
+    from fcndata.distributed import distribute_dataset
+
+    ds = S.from_folder("images/*.png", "masks/{stem}.png", channels=3, num_classes=3, root=str(folder))
+    graph = tf.compat.v1.GraphDef.FromString(ds._as_serialized_graph().numpy())
+    ops = {n.op for n in graph.node} | {n.op for f in graph.library.function for n in f.node_def}
+    assert not ops & {"PyFunc", "PyFuncStateless", "EagerPyFunc"}
+    local = [(int(e["source_index"]), e["image"].numpy().tobytes(), e["label"].numpy().tobytes()) for e in ds]
+    proc = subprocess.Popen([sys.executable, "-c", _SERVICE], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        target = proc.stdout.readline().strip()
+        assert target.startswith("grpc://"), target
+        remote = [(int(e["source_index"]), e["image"].numpy().tobytes(), e["label"].numpy().tobytes())
+                  for e in distribute_dataset(ds, target)]
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=60)
+    assert sorted(remote) == sorted(local) and len(local) == 3

@@ -25,21 +25,16 @@ BUILTIN = ("shapes", "brain", "digits")
 
 
 def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
-    """Numpy twin of ``sources.convert_channels`` for uint8 [H, W, 1|3] images.
+    """:func:`fcndata.decode.convert_channels` (the one channel conversion) on a numpy image.
 
     >>> to_channels(np.full((1, 1, 1), 7, np.uint8), 3).tolist()
     [[[7, 7, 7]]]
     """
-    c = image.shape[-1]
-    if c == channels:
+    if image.shape[-1] == channels:
         return image
-    if channels == 1:
-        lum = image[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-        return np.clip(np.round(lum), 0, 255).astype(np.uint8)[..., None]
-    rgb = np.repeat(image[..., :1], 3, -1) if c == 1 else image[..., :3]
-    if channels == 3:
-        return rgb
-    return np.concatenate([rgb, np.full(image.shape[:2] + (1,), 255, np.uint8)], -1)
+    from fcndata.decode import convert_channels  # the one channel conversion
+
+    return convert_channels(tf.constant(image), channels)[0].numpy()
 
 
 def check_classes(data, name: str, num_classes: int) -> None:
@@ -56,8 +51,7 @@ def check_split(split: str, name: str) -> None:
         raise ValueError(f"{name} dataset: split must be 'train' or 'validation'. Received: split={split!r}")
 
 
-def load(data, split: str = "train") -> tf.data.Dataset:
-    """Dispatches on ``data.source`` to ``shapes``, ``brain`` or ``digits``."""
+def _module(data):
     if data.source == "shapes":
         from fcndata.datasets import shapes as module
     elif data.source == "brain":
@@ -66,4 +60,14 @@ def load(data, split: str = "train") -> tf.data.Dataset:
         from fcndata.datasets import digits as module
     else:
         raise ValueError(f"fcndata.datasets: not a built-in dataset; choose one of {list(BUILTIN)}. Received: data.source={data.source!r}")
-    return module.load(data, split)
+    return module
+
+
+def arrays(data, split: str = "train"):
+    """``(images, labels, paths)`` of a built-in dataset: numpy arrays, generated once and cached."""
+    return _module(data).arrays(data, split)
+
+
+def load(data, split: str = "train") -> tf.data.Dataset:
+    """Dispatches on ``data.source`` to ``shapes``, ``brain`` or ``digits``."""
+    return _module(data).load(data, split)

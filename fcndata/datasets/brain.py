@@ -85,7 +85,7 @@ def slices(axes: tuple[int, ...], slice_step: int, val_fraction: float, seed: in
     return out_images, out_labels, out_paths
 
 
-def load(data, split: str = "train") -> tf.data.Dataset:
+def arrays(data, split: str = "train"):
     """Brain slices for ``split`` (uses axes, slice_step, val_fraction, seed, channels)."""
     check_split(split, "brain")
     check_classes(data, "brain", 4)
@@ -102,4 +102,10 @@ def load(data, split: str = "train") -> tf.data.Dataset:
             f"brain dataset: the {split} split is empty; lower data.slice_step or change data.val_fraction. "
             f"Received: slice_step={data.slice_step}, val_fraction={data.val_fraction}"
         )
+    return images, labels, paths
+
+
+def load(data, split: str = "train") -> tf.data.Dataset:
+    """The brain dataset of ``data`` (a DataConfig) for ``split``, as contract elements."""
+    images, labels, paths = arrays(data, split)
     return sources.from_arrays(images, labels, 4, data.ignore_label, paths=paths)

@@ -75,7 +75,7 @@ def generate(seed, split, num_images, min_size, max_size, val_fraction, channels
     return images, labels
 
 
-def load(data, split: str = "train") -> tf.data.Dataset:
+def arrays(data, split: str = "train"):
     """Digit canvases for ``split`` (num_images / val_num_images, min_size..max_size, val_fraction, seed)."""
     check_split(split, "digits")
     check_classes(data, "digits", 11)
@@ -88,4 +88,10 @@ def load(data, split: str = "train") -> tf.data.Dataset:
     n = data.num_images if split == "train" else data.val_num_images
     images, labels = generate(data.seed, split, n, data.min_size, data.max_size, float(data.val_fraction), data.channels)
     paths = [f"digits/{split}/{i:04d}" for i in range(n)]
+    return images, labels, paths
+
+
+def load(data, split: str = "train") -> tf.data.Dataset:
+    """The digits dataset of ``data`` (a DataConfig) for ``split``, as contract elements."""
+    images, labels, paths = arrays(data, split)
     return sources.from_arrays(images, labels, 11, data.ignore_label, paths=paths)

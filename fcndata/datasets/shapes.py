@@ -101,7 +101,7 @@ def generate(seed, split, num_images, min_size, max_size, num_classes, class_imb
     return images, labels
 
 
-def load(data, split: str = "train") -> tf.data.Dataset:
+def arrays(data, split: str = "train"):
     """The shapes dataset of ``data`` (a DataConfig) for ``split``.
 
     Uses ``num_images`` / ``val_num_images``, ``min_size`` .. ``max_size`` (height and width
@@ -124,4 +124,10 @@ def load(data, split: str = "train") -> tf.data.Dataset:
         data.seed, split, n, data.min_size, data.max_size, data.num_classes, float(data.class_imbalance), data.channels
     )
     paths = [f"shapes/{split}/{i:04d}" for i in range(n)]
+    return images, labels, paths
+
+
+def load(data, split: str = "train") -> tf.data.Dataset:
+    """The shapes dataset of ``data`` (a DataConfig) for ``split``, as contract elements."""
+    images, labels, paths = arrays(data, split)
     return sources.from_arrays(images, labels, data.num_classes, data.ignore_label, paths=paths)

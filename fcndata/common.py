@@ -1,0 +1,88 @@
+"""Small shared helpers and constants, one copy each (no TensorFlow import: cheap everywhere).
+
+``IGNORE_LABEL``, the class colours, the luminance weights and the argument checks every
+stage's ``__post_init__`` uses. Messages follow the house style: what, where, ``Received:``.
+
+Example:
+  >>> pair(8, "patch_size", "ExtractPatches"), IGNORE_LABEL
+  ((8, 8), 255)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: Default label value for unlabeled pixels (VOC convention).
+IGNORE_LABEL = 255
+
+#: ITU-R 601 luminance weights of R, G, B (RGB -> gray, the same in decoding and previews).
+LUMA = (0.299, 0.587, 0.114)
+
+#: Qualitative colours for class ids 1, 2, … (tab10 then tab20's light shades, greys
+#: removed so they never look like ignored pixels). Class 0 (background) is left clear.
+CLASS_COLOURS = (
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22",
+    "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2",
+    "#dbdb8d", "#9edae5",
+)  # fmt: skip
+
+
+def class_rgb(labels) -> np.ndarray:
+    """uint8 RGB of :data:`CLASS_COLOURS` for class ids (0 = background: black).
+
+    >>> class_rgb(np.array([0, 1, 19])).tolist()
+    [[0, 0, 0], [31, 119, 180], [31, 119, 180]]
+    """
+    table = np.array([[0, 0, 0]] + [[int(c[i:i + 2], 16) for i in (1, 3, 5)] for c in CLASS_COLOURS], np.uint8)
+    labels = np.asarray(labels)
+    return table[np.where(labels > 0, (labels - 1) % len(CLASS_COLOURS) + 1, 0)]
+
+
+def pair(value, name: str, where: str, minimum: int = 1) -> tuple[int, int]:
+    """An int or (height, width) as a tuple of two ints >= ``minimum``.
+
+    Raises:
+      TypeError: not an int or a pair of ints.
+      ValueError: not two values, or a value < ``minimum``.
+
+    >>> pair([4, 6], "stride", "ExtractPatches")
+    (4, 6)
+    >>> pair(0, "stride", "ExtractPatches")
+    Traceback (most recent call last):
+    ...
+    ValueError: ExtractPatches: stride must be an int or a (height, width) pair of ints >= 1. Received: stride=(0, 0)
+    """
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        value = (int(value), int(value))
+    if not isinstance(value, (tuple, list)) or not all(
+        isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value
+    ):
+        raise TypeError(
+            f"{where}: {name} must be an int or a (height, width) pair of ints. Received: {name}={value!r}"
+        )
+    if len(value) != 2 or min(value) < minimum:
+        raise ValueError(
+            f"{where}: {name} must be an int or a (height, width) pair of ints >= {minimum}. "
+            f"Received: {name}={value!r}"
+        )
+    return (int(value[0]), int(value[1]))
+
+
+def choice(value, name: str, where: str, choices, hint: str = "") -> None:
+    """Raises a ValueError unless ``value`` is one of ``choices``.
+
+    >>> choice("pad", "border", "ExtractPatches", ("shift", "pad", "drop"))
+    """
+    if value not in choices:
+        raise ValueError(f"{where}: {name} must be one of {list(choices)}{hint}. Received: {name}={value!r}")
+
+
+def positive_int(value, name: str, where: str) -> None:
+    """Raises TypeError for a non-int (bools excluded), ValueError for an int < 1.
+
+    >>> positive_int(3, "batch_size", "PadAndBatch")
+    """
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+        raise TypeError(f"{where}: {name} must be an int. Received: {name}={value!r}")
+    if value < 1:
+        raise ValueError(f"{where}: {name} must be >= 1. Received: {name}={value!r}")
