@@ -314,6 +314,137 @@ def patches_at(element, origins, patch_size: Pair, ignore_label: int = E.IGNORE_
     return tf.data.Dataset.from_tensor_slices((origins, begins2, begins3)).map(cut)
 
 
+# ---------------------------------------------------------------------------- chunked cutting
+
+#: Default patches per chunk: an 8192² RGB image with 256² patches holds one chunk of
+#: 64 × 256² × 5 bytes = 20 MiB besides its source.
+CHUNK_SIZE = 64
+
+_PIXEL_KEYS = (E.IMAGE, E.LABEL, E.ROI, E.WEIGHT)
+_META_KEYS = (E.SOURCE_SHAPE, E.SOURCE_INDEX, E.PATH, E.EPOCH)
+
+
+def _pad_for(element, origins, patch_size, ignore_label):
+    """Pads the element's pixel planes once so every patch at ``origins`` lies inside.
+
+    Returns ``(planes, origins)`` with origins in padded coordinates. Nothing is copied
+    when no origin reaches outside the element.
+    """
+    size = tf.constant(patch_size, tf.int32)
+    origins = tf.reshape(tf.cast(origins, tf.int32), [-1, 2])
+    hw = tf.shape(element[E.IMAGE], out_type=tf.int32)[:2]
+    before = -tf.reduce_min(tf.concat([origins, tf.zeros([1, 2], tf.int32)], 0), axis=0)
+    after = tf.reduce_max(tf.concat([origins + size, hw[None]], 0), axis=0) - hw
+    keys = [k for k in _PIXEL_KEYS if k in element]
+    fill = {E.IMAGE: 0, E.LABEL: ignore_label, E.ROI: 0, E.WEIGHT: 0}
+
+    def pad():
+        paddings = tf.stack([before, after], axis=1)
+        out = {}
+        for k in keys:
+            x = element[k]
+            p = tf.concat([paddings, tf.zeros([x.shape.rank - 2, 2], tf.int32)], 0)
+            out[k] = tf.pad(x, p, constant_values=tf.cast(fill[k], x.dtype))
+        return out
+
+    needs_pad = tf.reduce_any(before > 0) | tf.reduce_any(after > 0)
+    planes = tf.cond(needs_pad, pad, lambda: {k: tf.identity(element[k]) for k in keys})
+    for k in keys:  # the padded branch has a dynamic size; keep rank and channels static
+        planes[k].set_shape([None, None] + element[k].shape[2:].as_list())
+    return planes, origins + before[None]
+
+
+def _chunk_meta(element, origins):
+    """A chunk's non-pixel keys: origin in source coordinates, metadata repeated per patch."""
+    k = tf.shape(origins)[0]
+    meta = {E.ORIGIN: element[E.ORIGIN][None] + origins}
+    for key in _META_KEYS:
+        if key in element:
+            meta[key] = tf.fill([k], element[key]) if element[key].shape.rank == 0 else tf.tile(element[key][None], [k, 1])
+    return meta
+
+
+def _ordered(chunk):
+    return {k: chunk[k] for k in (*E.REQUIRED_KEYS, *E.OPTIONAL_KEYS) if k in chunk}
+
+
+def grid_tables(planes, origins, patch_size: Pair, stride: Pair) -> dict:
+    """Lays out pixel planes so grid patches are cut by one ``tf.gather`` per plane.
+
+    A plane ``[H, W, ...]`` becomes a table of rows of ``g`` pixels,
+    ``g = gcd(patch width, stride width)``. A patch at (y, x) is then ``nh × nw/g``
+    whole table rows, ``(y + r) * width_blocks + x/g + t``, so a chunk of patches is cut
+    straight into ``[K, nh, nw, ...]``: no per-patch op, each output byte written once::
+
+        W = 12, nw = 4, s = 2, g = 2     | 0 1 | 2 3 | 4 5 | 6 7 | 8 9 | 10 11 |
+        patch at x = 4 = table columns        2     3   of the rows it spans
+
+    Rows need no alignment (any y). The table is a free reshape when W and every x
+    origin are multiples of g; otherwise (``border="shift"``'s last column at W - nw, a
+    width not a multiple of g) it is the aligned columns plus that one last column band,
+    which costs one copy of the planes. Grid origins have at most one unaligned column.
+
+    Args:
+      planes: dict of ``[H, W, ...]`` tensors (image, label, roi, weight).
+      origins: ``[N, 2]`` int32 grid origins inside the planes.
+      patch_size, stride: the grid's.
+
+    Returns:
+      A dict of tensors: ``table/<key>`` ``[rows, g * channels]`` per plane,
+      ``block`` ``[N]`` the table column of each origin, ``blocks`` the table width.
+    """
+    nh, nw = _pair(patch_size, "patch_size", "grid_tables")
+    g = math.gcd(nw, _pair(stride, "stride", "grid_tables")[1])
+    origins = tf.cast(origins, tf.int32)
+    width = tf.shape(planes[E.IMAGE], out_type=tf.int32)[1]
+    xs = origins[:, 1]
+    wb = width // g
+    aligned = tf.equal(xs % g, 0) & (xs + nw <= wb * g)
+    extra = tf.reduce_any(~aligned)
+    extra_x = tf.reduce_max(tf.concat([tf.where(aligned, 0, xs), [0]], 0))
+    extra_w = tf.where(extra, nw, 0)
+    copy = extra | tf.not_equal(width % g, 0)
+    out = {"block": tf.where(aligned, xs // g, wb), "blocks": wb + extra_w // g}
+    for k, x in planes.items():
+        c = tf.reduce_prod(tf.shape(x, out_type=tf.int32)[2:])  # 1 for [H, W] planes
+        rest = x.shape.rank - 2
+
+        def view(x=x, c=c):
+            return tf.reshape(x, [-1, g * c])
+
+        def rebuilt(x=x, c=c, rest=rest):
+            last = tf.slice(x, tf.concat([[0, extra_x], tf.zeros([rest], tf.int32)], 0),
+                            tf.concat([[-1, extra_w], -tf.ones([rest], tf.int32)], 0))
+            return tf.reshape(tf.concat([x[:, : wb * g], last], axis=1), [-1, g * c])
+
+        out[f"table/{k}"] = tf.cond(copy, rebuilt, view)
+    return out
+
+
+def grid_table_index(y, block, blocks, patch_size: Pair, g: int) -> tf.Tensor:
+    """Table rows of the patches at rows ``y`` ``[K]`` and table columns ``block`` ``[K]``: ``[K, nh, nw/g]``."""
+    nh, nw = patch_size
+    rows = (y[:, None, None] + tf.range(nh)[None, :, None]) * blocks
+    return rows + block[:, None, None] + tf.range(nw // g)[None, None, :]
+
+
+def slice_patches(planes, origins, patch_size: Pair) -> dict:
+    """Cuts ``[K, nh, nw, ...]`` patches at ``origins`` (``[K, 2]``, static K) by K slices per plane.
+
+    For any origins (random, balanced) inside the planes; one op per patch, each a
+    copy of whole patch rows. K is static, so the slices unroll into one graph.
+    """
+    nh, nw = patch_size
+    k = origins.shape[0]
+    out = {}
+    for key, x in planes.items():
+        rest = x.shape.rank - 2
+        size = [nh, nw] + [-1] * rest
+        zeros = tf.zeros([rest], tf.int32)
+        out[key] = tf.stack([tf.slice(x, tf.concat([origins[i], zeros], 0), size) for i in range(k)])
+    return out
+
+
 def random_origins(shape, patch_size: Pair, num: int, key) -> tf.Tensor:
     """``num`` uniform (y, x) origins with the patch inside the image: ``[num, 2]`` int32.
 
@@ -451,20 +582,40 @@ def balanced_origins(
 # ---------------------------------------------------------------------------- stages
 
 
-def _interleave(ds: tf.data.Dataset, patches_of: Callable, images_per_batch: int) -> tf.data.Dataset:
-    # block_length=1 alternates images patch by patch, so a batch of k*m patches holds m
-    # patches of each of k images (FCN: 20 patches of 3 images per minibatch of 60).
-    # Parallel but deterministic: the order never depends on thread timing.
-    # One image needs no parallel interleave: it only burns CPU on a shared machine.
+def _stream(ds, job, chunks_of, cut, images_per_batch: int) -> tf.data.Dataset:
+    """Per-patch stream from chunks: image -> job (origins, padding, tables) -> chunks -> unbatch.
+
+    One image: chunks of all images are cut by one parallel, deterministic map, then
+    unbatched. k images: their chunk streams are interleaved patch by patch
+    (cycle_length=k, block_length=1), so a batch of k*m patches holds m patches of each
+    image (FCN: 20 patches of 3 images per minibatch of 60).
+    """
+    jobs = ds.map(job, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if images_per_batch == 1:
-        return ds.interleave(patches_of, cycle_length=1, block_length=1)
-    return ds.interleave(
-        patches_of,
+        return _chunks(jobs, chunks_of, cut).unbatch()
+    return jobs.interleave(
+        lambda j: chunks_of(j).map(lambda c: cut(j, c)).unbatch(),
         cycle_length=images_per_batch,
         block_length=1,
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
+
+
+def _chunks(jobs, chunks_of, cut) -> tf.data.Dataset:
+    # (job, chunk index) pairs are cheap (the job's tensors are shared, not copied); the
+    # cutting itself runs in one parallel map over the chunks of all images, in order.
+    pairs = jobs.flat_map(lambda j: chunks_of(j).map(lambda c: (j, c)))
+    return pairs.map(cut, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def _num_chunks(count, chunk_size: int) -> tf.data.Dataset:
+    count = tf.cast(count, tf.int64)
+    return tf.data.Dataset.range((count + chunk_size - 1) // chunk_size)
+
+
+def _job_meta(element) -> dict:
+    return {k: element[k] for k in (E.ORIGIN, *_META_KEYS) if k in element}
 
 
 def count_skipped(dataset: tf.data.Dataset, patch_size: Pair) -> int:
@@ -482,14 +633,53 @@ def count_skipped(dataset: tf.data.Dataset, patch_size: Pair) -> int:
     return int(small.reduce(tf.constant(0, tf.int64), lambda total, x: total + x))
 
 
+def _sliced_job(element, origins, patch_size, ignore_label) -> dict:
+    """Job of a stage with free origins (random, balanced): padded planes and slice starts."""
+    planes, starts = _pad_for(element, origins, patch_size, ignore_label)
+    job = dict(_job_meta(element), origins=tf.cast(origins, tf.int32), starts=starts)
+    job.update({f"plane/{k}": v for k, v in planes.items()})
+    return job
+
+
+def _sliced_stream(stage, ds: tf.data.Dataset, where: str, chunks_only: bool = False) -> tf.data.Dataset:
+    """Random / balanced stages: ``num_per_image`` is static, so each chunk is a fixed
+    number K of unrolled slices (:func:`slice_patches`); the last chunk is trimmed."""
+    E.check_spec(ds, where=where)
+    num = stage.num_per_image
+    k = min(num, stage.chunk_size)
+    count = -(-num // k)
+
+    def chunks_of(job):
+        return tf.data.Dataset.range(count)
+
+    def cut(job, chunk):
+        first = tf.cast(chunk, tf.int32) * k
+        rows = tf.minimum(first + tf.range(k), num - 1)  # the last chunk repeats its last patch...
+        starts = tf.ensure_shape(tf.gather(job["starts"], rows), [k, 2])
+        planes = {key: job[f"plane/{key}"] for key in _PIXEL_KEYS if f"plane/{key}" in job}
+        out = slice_patches(planes, starts, stage.patch_size)
+        out.update(_chunk_meta(job, tf.gather(job["origins"], rows)))
+        size = tf.minimum(k, num - first)  # ...and is trimmed here
+        return _ordered({key: v[:size] for key, v in out.items()})
+
+    job = stage._job
+    if chunks_only:
+        return _chunks(ds.map(job, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True), chunks_of, cut)
+    return _stream(ds, job, chunks_of, cut, stage.images_per_batch)
+
+
 @dataclass(frozen=True)
 class ExtractPatches:
     """Every image becomes its grid of overlapping patches (patchwise training, inference).
 
-    Origins follow :func:`grid_origins` on each axis (row-major). Patches are cut one
-    at a time from the source (no ``extract_patches`` of everything), so memory is one
-    source image plus a few patches. With ``border="drop"`` an image smaller than the
-    patch yields nothing; :meth:`count_skipped` says how many.
+    Origins follow :func:`grid_origins` on each axis (row-major). Patches are cut in
+    chunks of at most ``chunk_size`` by one ``tf.gather`` per plane (see
+    :func:`grid_tables`), in a parallel deterministic map, then unbatched into single
+    patches; :meth:`chunks` gives the chunk stream itself. Memory: the source, plus one
+    copy of it when its width or the shifted last column is not aligned to
+    gcd(patch, stride) or when ``border="pad"`` / a small image needs padding, plus the
+    chunks in flight. With ``border="drop"`` an image smaller than the patch yields
+    nothing; :meth:`count_skipped` says how many.
 
     Args:
       patch_size: int or (height, width).
@@ -498,6 +688,7 @@ class ExtractPatches:
       ignore_label: label value of padded pixels.
       images_per_batch: interleave this many images' patch streams (cycle_length=k,
         block_length=1, deterministic).
+      chunk_size: patches cut per op (a chunk never mixes images).
 
     Input element:
       image [H, W, C], label [H, W], roi [H, W] uint8, origin, source_shape,
@@ -521,6 +712,7 @@ class ExtractPatches:
     border: str = "shift"
     ignore_label: int = E.IGNORE_LABEL
     images_per_batch: int = 1
+    chunk_size: int = CHUNK_SIZE
 
     def __post_init__(self):
         where = "ExtractPatches"
@@ -529,6 +721,7 @@ class ExtractPatches:
         _choice(self.border, "border", where, BORDERS, hint=" ('shift' covers every pixel without padding)")
         _check_stride(n, s, self.border, where)
         _positive_int(self.images_per_batch, "images_per_batch", where)
+        _positive_int(self.chunk_size, "chunk_size", where)
         object.__setattr__(self, "patch_size", n)
         object.__setattr__(self, "stride", s)
 
@@ -536,10 +729,53 @@ class ExtractPatches:
         """``[N, 2]`` int32 grid origins of an image of ``shape`` (H, W, ...)."""
         return grid_origins_2d_tf(tf.cast(shape, tf.int32)[:2], self.patch_size, self.stride, self.border)
 
-    def patches(self, element) -> tf.data.Dataset:
-        """The lazy dataset of one element's patches."""
+    def _job(self, element) -> dict:
         origins = self.origins(tf.shape(element[E.IMAGE], out_type=tf.int32))
-        return patches_at(element, origins, self.patch_size, self.ignore_label)
+        planes, starts = _pad_for(element, origins, self.patch_size, self.ignore_label)
+        job = dict(_job_meta(element), origins=origins, starts=starts)
+        job.update(grid_tables(planes, starts, self.patch_size, self.stride))
+        return job
+
+    def _chunks_of(self, job) -> tf.data.Dataset:
+        return _num_chunks(tf.shape(job["origins"])[0], self.chunk_size)
+
+    def _cutter(self, spec) -> Callable:
+        """The chunk-cutting function for elements of ``spec`` (channel shapes stay static)."""
+        shapes = {k: spec[k].shape[2:].as_list() for k in _PIXEL_KEYS if k in spec}
+        return lambda job, chunk: self._cut(job, chunk, shapes)
+
+    def _cut(self, job, chunk, shapes) -> dict:
+        n = tf.shape(job["origins"])[0]
+        first = tf.cast(chunk, tf.int32) * self.chunk_size
+        rows = tf.range(first, tf.minimum(n, first + self.chunk_size))
+        g = math.gcd(self.patch_size[1], self.stride[1])
+        idx = grid_table_index(tf.gather(job["starts"][:, 0], rows), tf.gather(job["block"], rows), job["blocks"], self.patch_size, g)
+        out = _chunk_meta(job, tf.gather(job["origins"], rows))
+        for k in _PIXEL_KEYS:
+            if f"table/{k}" in job:
+                patches = tf.gather(job[f"table/{k}"], idx)
+                rest = shapes[k]
+                out[k] = tf.reshape(patches, [tf.size(rows), *self.patch_size] + [-1] * len(rest))
+                out[k].set_shape([None, *self.patch_size] + rest)
+        return _ordered(out)
+
+    def patches(self, element) -> tf.data.Dataset:
+        """The lazy dataset of one element's patches (cut chunk by chunk)."""
+        job, cut = self._job(element), self._cutter(element)
+        return self._chunks_of(job).map(lambda c: cut(job, c)).unbatch()
+
+    def chunks(self, ds: tf.data.Dataset) -> tf.data.Dataset:
+        """The chunk stream: batched contract elements of at most ``chunk_size`` patches of one image.
+
+        Example:
+          >>> import fcndata.testing as t
+          >>> ds = t.dataset([(37, 53), (29, 41)]).apply(ExtractPatches(16, 8, chunk_size=10).chunks)
+          >>> [int(c["image"].shape[0]) for c in ds], ds.element_spec["image"].shape.as_list()
+          ([10, 10, 4, 10, 5], [None, 16, 16, 3])
+        """
+        E.check_spec(ds, where="ExtractPatches")
+        jobs = ds.map(self._job, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return _chunks(jobs, self._chunks_of, self._cutter(ds.element_spec))
 
     def count_skipped(self, dataset: tf.data.Dataset) -> int:
         """Images of ``dataset`` that this stage skips (only ``border="drop"`` skips)."""
@@ -547,7 +783,7 @@ class ExtractPatches:
 
     def __call__(self, ds: tf.data.Dataset) -> tf.data.Dataset:
         E.check_spec(ds, where="ExtractPatches")
-        return _interleave(ds, self.patches, self.images_per_batch)
+        return _stream(ds, self._job, self._chunks_of, self._cutter(ds.element_spec), self.images_per_batch)
 
 
 @dataclass(frozen=True)
@@ -564,6 +800,7 @@ class RandomPatches:
       seed: stage seed.
       ignore_label: label value of padded pixels.
       images_per_batch: interleave this many images' patch streams.
+      chunk_size: patches cut per op (a chunk never mixes images).
 
     Input element:
       contract element (image [H, W, C], label, roi, ...; optional weight, epoch).
@@ -583,24 +820,31 @@ class RandomPatches:
     seed: int = 0
     ignore_label: int = E.IGNORE_LABEL
     images_per_batch: int = 1
+    chunk_size: int = CHUNK_SIZE
 
     def __post_init__(self):
         where = "RandomPatches"
         object.__setattr__(self, "patch_size", _pair(self.patch_size, "patch_size", where))
         _positive_int(self.num_per_image, "num_per_image", where)
         _positive_int(self.images_per_batch, "images_per_batch", where)
+        _positive_int(self.chunk_size, "chunk_size", where)
         if not isinstance(self.seed, (int, np.integer)) or isinstance(self.seed, bool):
             raise TypeError(f"{where}: seed must be an int. Received: seed={self.seed!r}")
 
-    def patches(self, element) -> tf.data.Dataset:
-        """The lazy dataset of one element's random patches."""
+    def origins(self, element) -> tf.Tensor:
+        """``[num_per_image, 2]`` origins of one element, keyed by (seed, epoch, source_index)."""
         key = E.element_seed(self.seed, element, _SALT_RANDOM)
-        origins = random_origins(tf.shape(element[E.IMAGE]), self.patch_size, self.num_per_image, key)
-        return patches_at(element, origins, self.patch_size, self.ignore_label)
+        return random_origins(tf.shape(element[E.IMAGE]), self.patch_size, self.num_per_image, key)
+
+    def _job(self, element) -> dict:
+        return _sliced_job(element, self.origins(element), self.patch_size, self.ignore_label)
+
+    def chunks(self, ds: tf.data.Dataset) -> tf.data.Dataset:
+        """The chunk stream: batched contract elements of at most ``chunk_size`` patches of one image."""
+        return _sliced_stream(self, ds, "RandomPatches", chunks_only=True)
 
     def __call__(self, ds: tf.data.Dataset) -> tf.data.Dataset:
-        E.check_spec(ds, where="RandomPatches")
-        return _interleave(ds, self.patches, self.images_per_batch)
+        return _sliced_stream(self, ds, "RandomPatches")
 
 
 @dataclass(frozen=True)
@@ -625,6 +869,7 @@ class BalancedPatches:
       seed: stage seed.
       ignore_label: label value of ignored and padded pixels.
       images_per_batch: interleave this many images' patch streams.
+      chunk_size: patches cut per op (a chunk never mixes images).
 
     Input element:
       contract element (image [H, W, C], label [H, W], roi [H, W], ...).
@@ -648,6 +893,7 @@ class BalancedPatches:
     seed: int = 0
     ignore_label: int = E.IGNORE_LABEL
     images_per_batch: int = 1
+    chunk_size: int = CHUNK_SIZE
 
     def __post_init__(self):
         where = "BalancedPatches"
@@ -655,6 +901,7 @@ class BalancedPatches:
         _positive_int(self.num_per_image, "num_per_image", where)
         _positive_int(self.num_classes, "num_classes", where)
         _positive_int(self.images_per_batch, "images_per_batch", where)
+        _positive_int(self.chunk_size, "chunk_size", where)
         p = self.class_probabilities
         if isinstance(p, str):
             _choice(p, "class_probabilities", where, CLASS_PROBABILITIES, hint=" or a list of one probability per class")
@@ -698,13 +945,15 @@ class BalancedPatches:
             return_classes,
         )
 
-    def patches(self, element) -> tf.data.Dataset:
-        """The lazy dataset of one element's balanced patches."""
-        return patches_at(element, self.origins(element), self.patch_size, self.ignore_label)
+    def _job(self, element) -> dict:
+        return _sliced_job(element, self.origins(element), self.patch_size, self.ignore_label)
+
+    def chunks(self, ds: tf.data.Dataset) -> tf.data.Dataset:
+        """The chunk stream: batched contract elements of at most ``chunk_size`` patches of one image."""
+        return _sliced_stream(self, ds, "BalancedPatches", chunks_only=True)
 
     def __call__(self, ds: tf.data.Dataset) -> tf.data.Dataset:
-        E.check_spec(ds, where="BalancedPatches")
-        return _interleave(ds, self.patches, self.images_per_batch)
+        return _sliced_stream(self, ds, "BalancedPatches")
 
 
 @dataclass(frozen=True)
@@ -747,7 +996,7 @@ def patches_from_config(cfg, data, seed: int = 0) -> ShuffledPatches:
       >>> from fcndata.config import load_config_text
       >>> cfg = load_config_text("patches: {mode: balanced, patch_size: 16, foreground_fraction: 0.33}")
       >>> patches_from_config(cfg.patches, cfg.data, seed=1).patches
-      BalancedPatches(patch_size=(16, 16), num_per_image=16, num_classes=3, class_probabilities='uniform', foreground_fraction=0.33, seed=1, ignore_label=255, images_per_batch=4)
+      BalancedPatches(patch_size=(16, 16), num_per_image=16, num_classes=3, class_probabilities='uniform', foreground_fraction=0.33, seed=1, ignore_label=255, images_per_batch=4, chunk_size=64)
     """
     common = dict(patch_size=cfg.patch_size, ignore_label=data.ignore_label, images_per_batch=cfg.images_per_batch)
     if cfg.mode == "grid":
