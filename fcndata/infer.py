@@ -192,7 +192,11 @@ class SlidingWindowPredictor:
         layout = grid_tables({"image": padded}, origins, self.patch_size, self.stride)
         table, block, blocks = layout["table/image"], layout["block"], layout["blocks"]
         channels = image.shape[-1]
-        divisor = {tf.uint8: 255.0, tf.uint16: 65535.0}.get(image.dtype)  # as to_model_input
+        # Integer pixels become floats through a lookup table built by to_model_input itself,
+        # so they match it bit for bit (a graph may turn "x / 255" into "x * (1 / 255)").
+        lookup = None
+        if image.dtype in (tf.uint8, tf.uint16):
+            lookup = tf.constant(to_model_input(np.arange(2 ** (8 * image.dtype.size), dtype=image.dtype.as_numpy_dtype)))
         n = tf.shape(origins)[0]
         b = self.batch_size
 
@@ -201,9 +205,7 @@ class SlidingWindowPredictor:
             o = tf.gather(origins, rows)
             idx = grid_table_index(o[:, 0], tf.gather(block, rows), blocks, self.patch_size, g)
             batch = tf.reshape(tf.gather(table, idx), [-1, nh, nw, channels])
-            batch = tf.cast(batch, tf.float32)
-            if divisor is not None:
-                batch = batch / divisor
+            batch = tf.cast(batch, tf.float32) if lookup is None else tf.gather(lookup, tf.cast(batch, tf.int32))
             ry = tf.cast(o[:, 0, None] + tf.range(nh)[None] < hw[0], tf.float32)
             rx = tf.cast(o[:, 1, None] + tf.range(nw)[None] < hw[1], tf.float32)
             roi = ry[:, :, None] * rx[:, None, :]
