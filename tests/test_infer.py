@@ -62,7 +62,7 @@ class _Scores(keras.Model):
 @pytest.mark.parametrize("blend", BLENDS)
 def test_predictor_equals_the_numpy_stitcher(blend):
     image = np.random.default_rng(3).random((45, 61, 3)).astype(np.float32)
-    model = _Scores()
+    model = _Scores(name="scores")
     out = SlidingWindowPredictor(model, patch_size=16, stride=(6, 10), blend=blend, batch_size=4,
                                  pad_to_multiple=8).predict(image)
     origins = grid_origins_2d((45, 61), 16, (6, 10))
