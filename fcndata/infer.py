@@ -120,11 +120,15 @@ class SlidingWindowPredictor:
     def predict(self, image: np.ndarray) -> np.ndarray:
         """Per-pixel model output ``[H, W, K]`` (float32) for one image ``[H, W, C]``.
 
-        Memory of the sliding window: the image as given (uint8 stays uint8; it is
-        scaled per batch), the float32 output ``[H, W, K]`` (the accumulator, divided in
-        place), two weight vectors and one batch. Images whose width or last shifted
-        column is not aligned to gcd(patch, stride) add one copy of the image and,
-        at the end, one of the output (see :func:`fcndata.patches.grid_tables`).
+        Memory of the sliding window: one tensor copy of the image as given (uint8
+        stays uint8; pixels are scaled per batch), the float32 output ``[H, W, K]``
+        itself — a variable the batches are scatter-added into in place, handed back
+        without a copy — and one batch; the blend windows are normalised per axis
+        beforehand, so there is no division pass and no weight plane. Images whose
+        width or shifted last column is not aligned to gcd(patch, stride) add one copy
+        of the image and one of the output at the end (see
+        :func:`fcndata.patches.grid_tables`). Identity models return the input to
+        float32 rounding (a few ulp; exactly with ``blend="crop"``).
         """
         if self.patch_size is None:
             x = to_model_input(image)
@@ -160,30 +164,62 @@ class SlidingWindowPredictor:
             total = np.zeros(length, np.float64)
             for o, v in zip(origins.tolist(), windows):
                 total[o : o + n] += v
-            axes.append((origins, windows, total.astype(np.float32)))
-        (ys, wy, ty), (xs, wx, tx) = axes
+            # Normalised windows: each pixel's weights already sum to 1 along each axis, so
+            # the accumulator is the output (no division pass, no second output-sized plane).
+            for i, o in enumerate(origins.tolist()):
+                windows[i] = windows[i] / total[o : o + n]
+            axes.append((origins, windows))
+        (ys, wy), (xs, wx) = axes
         iy, ix = np.meshgrid(np.arange(len(ys)), np.arange(len(xs)), indexing="ij")
         iy, ix = iy.ravel(), ix.ravel()
         origins = np.stack([ys[iy], xs[ix]], axis=1).astype(np.int32)
-        return origins, wy[iy], wx[ix], ty, tx
+        return origins, wy[iy], wx[ix]
 
     def _sliding(self, image: np.ndarray) -> np.ndarray:
+        (nh, nw), (_, sw) = self.patch_size, self.stride
         h, w = image.shape[:2]
-        origins, wy, wx, ty, tx = self._plan(h, w)
-        return self._graph(image.dtype, image.shape[-1])(image, origins, wy, wx, ty, tx).numpy()
+        H, W = max(h, nh), max(w, nw)
+        origins, wy, wx = self._plan(h, w)
+        # The accumulator uses the cutting table's layout (rows of g pixels, see
+        # fcndata.patches.grid_tables): a window is nh x nw/g whole rows, so one
+        # scatter-add per batch blends it in. It is a variable: the adds are in place.
+        g = math.gcd(nw, sw)
+        xs = np.unique(origins[:, 1])
+        extra = 0 if ((xs % g == 0) & (xs + nw <= (W // g) * g)).all() else nw
+        blocks = W // g + extra // g
+        k = self._output_channels(image)
+        acc = tf.Variable(tf.zeros([H * blocks, g * k], tf.float32), shape=tf.TensorShape(None), trainable=False)
+        self._graph(tf.convert_to_tensor(image), origins, wy, wx, acc)
+        out = np.asarray(acc.read_value_no_copy()).reshape(H, blocks * g, k)  # the accumulator itself
+        del acc
+        if blocks * g != W:  # aligned columns + the shifted last column band: one copy
+            main = (W // g) * g
+            full = np.zeros((H, W, k), np.float32)
+            full[:, :main] = out[:, :main]
+            full[:, W - nw :] += out[:, main : main + extra]
+            out = full
+        return out[:h, :w]
 
-    def _graph(self, dtype, channels: int):
-        """The compiled predictor of one input dtype and channel count (any image size)."""
-        graphs = self.__dict__.setdefault("_graphs", {})
-        key = (np.dtype(dtype).name, int(channels))
-        if key not in graphs:
-            vector, plane = tf.TensorSpec([None], tf.float32), tf.TensorSpec([None, None], tf.float32)
-            signature = [tf.TensorSpec([None, None, channels], dtype), tf.TensorSpec([None, 2], tf.int32), plane, plane, vector, vector]
-            graphs[key] = tf.function(self._predict_graph, input_signature=signature)
-        return graphs[key]
+    def _output_channels(self, image: np.ndarray) -> int:
+        """K of the model's output, from one patch of zeros (cached per input channel count)."""
+        cache = self.__dict__.setdefault("_channels", {})
+        c = image.shape[-1]
+        if c not in cache:
+            zeros = tf.zeros([1, *self.patch_size, c], tf.float32)
+            cache[c] = int(self._forward(zeros, tf.zeros([1, *self.patch_size], tf.float32)).shape[-1])
+        return cache[c]
 
-    def _predict_graph(self, image, origins, wy, wx, ty, tx):
-        """Whole image in, whole image out: cut, run, blend-accumulate, divide."""
+    @property
+    def _graph(self):
+        # Image sizes are dynamic: reduce_retracing settles on one trace per input dtype
+        # and channel count once it has seen two sizes.
+        if self.__dict__.get("_graph_fn") is None:
+            self._graph_fn = tf.function(self._predict_graph, reduce_retracing=True)
+        return self._graph_fn
+
+    def _predict_graph(self, image, origins, wy, wx, acc):
+        """Cuts every batch of the grid, runs the model and scatter-adds its outputs,
+        weighted by the normalised windows, into ``acc`` (the output, in table layout)."""
         (nh, nw), (_, sw) = self.patch_size, self.stride
         g = math.gcd(nw, sw)
         hw = tf.shape(image, out_type=tf.int32)[:2]
@@ -199,8 +235,7 @@ class SlidingWindowPredictor:
             lookup = tf.constant(to_model_input(np.arange(2 ** (8 * image.dtype.size), dtype=image.dtype.as_numpy_dtype)))
         n = tf.shape(origins)[0]
         b = self.batch_size
-
-        def run(first):
+        for first in tf.range(0, n, b):
             rows = tf.range(first, tf.minimum(n, first + b))
             o = tf.gather(origins, rows)
             idx = grid_table_index(o[:, 0], tf.gather(block, rows), blocks, self.patch_size, g)
@@ -208,32 +243,11 @@ class SlidingWindowPredictor:
             batch = tf.cast(batch, tf.float32) if lookup is None else tf.gather(lookup, tf.cast(batch, tf.int32))
             ry = tf.cast(o[:, 0, None] + tf.range(nh)[None] < hw[0], tf.float32)
             rx = tf.cast(o[:, 1, None] + tf.range(nw)[None] < hw[1], tf.float32)
-            roi = ry[:, :, None] * rx[:, None, :]
-            pred = self._forward(batch, roi)
-            weights = tf.gather(wy, rows)[:, :, None, None] * tf.gather(wx, rows)[:, None, :, None]
-            return idx, pred * weights
-
-        idx, weighted = run(0)
-        k = tf.shape(weighted)[-1]
-        acc = tf.zeros([H * blocks, g * k], tf.float32)
-        acc = tf.tensor_scatter_nd_add(acc, idx[..., None], tf.reshape(weighted, [tf.shape(idx)[0], nh, nw // g, g * k]))
-        for first in tf.range(b, tf.maximum(n, b), b):
-            idx, weighted = run(first)
-            acc = tf.tensor_scatter_nd_add(acc, idx[..., None], tf.reshape(weighted, [tf.shape(idx)[0], nh, nw // g, g * k]))
-        aligned = tf.equal(blocks * g, W)
-
-        def assemble():  # aligned columns + the shifted last column band, added where they overlap
-            acc3 = tf.reshape(acc, [H, blocks * g, k])
-            main_w = (W // g) * g
-            main = tf.pad(acc3[:, :main_w], [[0, 0], [0, W - main_w], [0, 0]])
-            last_w = blocks * g - main_w
-            last = tf.pad(acc3[:, main_w:], [[0, 0], [W - last_w, 0], [0, 0]])
-            return main + last
-
-        out = tf.cond(aligned, lambda: tf.reshape(acc, [H, W, k]), assemble)
-        out = out / ty[:, None, None]
-        out = out / tx[None, :, None]
-        return out[: hw[0], : hw[1]]
+            pred = self._forward(batch, ry[:, :, None] * rx[:, None, :])
+            weighted = pred * tf.gather(wy, rows)[:, :, None, None] * tf.gather(wx, rows)[:, None, :, None]
+            k = tf.shape(weighted)[-1]
+            acc.scatter_nd_add(idx[..., None], tf.reshape(weighted, [tf.shape(idx)[0], nh, nw // g, g * k]))
+        return tf.constant(0)
 
     def predict_labels(self, image: np.ndarray) -> np.ndarray:
         """Class ids ``[H, W]`` (uint8 when they fit) for one image."""
