@@ -18,9 +18,9 @@ Geometry along one axis (rows and columns alike) of length L, patch n, stride s:
 
 Every patch keeps ``origin`` (its top-left corner in source coordinates),
 ``source_shape``, ``source_index`` and ``path``, so it can be traced back and stitched.
-Patches are cut in chunks of at most ``chunk_size`` (64) by whole-tensor ops — one
-``tf.gather`` per plane for the grid, unrolled slices for random and balanced origins
-— and a per-patch stream is the chunk stream unbatched: an 8192×8192 image never has
+Grid patches are cut in chunks of at most ``chunk_size`` (64) by one ``tf.gather`` per
+plane, and the per-patch stream is the chunk stream unbatched (random and balanced
+origins are cut one slice per patch, see :func:`patches_at`): an 8192×8192 image never has
 its ~3,900 patches in memory at once, only its source and the chunks in flight.
 
 Example:
@@ -426,23 +426,6 @@ def grid_table_index(y, block, blocks, patch_size: Pair, g: int) -> tf.Tensor:
     return rows + block[:, None, None] + tf.range(nw // g)[None, None, :]
 
 
-def slice_patches(planes, origins, patch_size: Pair) -> dict:
-    """Cuts ``[K, nh, nw, ...]`` patches at ``origins`` (``[K, 2]``, static K) by K slices per plane.
-
-    For any origins (random, balanced) inside the planes; one op per patch, each a
-    copy of whole patch rows. K is static, so the slices unroll into one graph.
-    """
-    nh, nw = patch_size
-    k = origins.shape[0]
-    out = {}
-    for key, x in planes.items():
-        rest = x.shape.rank - 2
-        size = [nh, nw] + [-1] * rest
-        zeros = tf.zeros([rest], tf.int32)
-        out[key] = tf.stack([tf.slice(x, tf.concat([origins[i], zeros], 0), size) for i in range(k)])
-    return out
-
-
 def random_origins(shape, patch_size: Pair, num: int, key) -> tf.Tensor:
     """``num`` uniform (y, x) origins with the patch inside the image: ``[num, 2]`` int32.
 
@@ -583,12 +566,13 @@ def balanced_origins(
 def _stream(ds, job, chunks_of, cut, images_per_batch: int) -> tf.data.Dataset:
     """Per-patch stream from chunks: image -> job (origins, padding, tables) -> chunks -> unbatch.
 
-    One image: chunks of all images are cut by one parallel, deterministic map, then
-    unbatched. k images: their chunk streams are interleaved patch by patch
+    One image: each image's chunks are cut in turn, then unbatched. k images: their chunk streams are interleaved patch by patch
     (cycle_length=k, block_length=1), so a batch of k*m patches holds m patches of each
     image (FCN: 20 patches of 3 images per minibatch of 60).
     """
-    jobs = ds.map(job, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    # Sequential per image, as the per-patch engine was: on a shared 2-core machine
+    # parallel maps of these short functions measured slower (benchmarks/patches.py).
+    jobs = ds.map(job)
     if images_per_batch == 1:
         return _chunks(jobs, chunks_of, cut).unbatch()
     return jobs.interleave(
@@ -601,10 +585,8 @@ def _stream(ds, job, chunks_of, cut, images_per_batch: int) -> tf.data.Dataset:
 
 
 def _chunks(jobs, chunks_of, cut) -> tf.data.Dataset:
-    # (job, chunk index) pairs are cheap (the job's tensors are shared, not copied); the
-    # cutting itself runs in one parallel map over the chunks of all images, in order.
-    pairs = jobs.flat_map(lambda j: chunks_of(j).map(lambda c: (j, c)))
-    return pairs.map(cut, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    # (job, chunk index) pairs are cheap: the job's tensors are shared, not copied.
+    return jobs.flat_map(lambda j: chunks_of(j).map(lambda c: cut(j, c)))
 
 
 def _num_chunks(count, chunk_size: int) -> tf.data.Dataset:
@@ -631,39 +613,28 @@ def count_skipped(dataset: tf.data.Dataset, patch_size: Pair) -> int:
     return int(small.reduce(tf.constant(0, tf.int64), lambda total, x: total + x))
 
 
-def _sliced_job(element, origins, patch_size, ignore_label) -> dict:
-    """Job of a stage with free origins (random, balanced): padded planes and slice starts."""
-    planes, starts = _pad_for(element, origins, patch_size, ignore_label)
-    job = dict(_job_meta(element), origins=tf.cast(origins, tf.int32), starts=starts)
-    job.update({f"plane/{k}": v for k, v in planes.items()})
-    return job
-
-
 def _sliced_stream(stage, ds: tf.data.Dataset, where: str, chunks_only: bool = False) -> tf.data.Dataset:
-    """Random / balanced stages: ``num_per_image`` is static, so each chunk is a fixed
-    number K of unrolled slices (:func:`slice_patches`); the last chunk is trimmed."""
+    """Random / balanced stages: the origins are drawn once per image, then cut by
+    :func:`patches_at` (one slice per patch). Measured here, cutting these free origins
+    as chunks (K unrolled slices, or a gather with 1-pixel table rows) was 4x slower
+    than the per-patch slices, so they stay; chunks are those patches batched per image.
+    """
     E.check_spec(ds, where=where)
-    num = stage.num_per_image
-    k = min(num, stage.chunk_size)
-    count = -(-num // k)
 
-    def chunks_of(job):
-        return tf.data.Dataset.range(count)
+    def patches(element):
+        return patches_at(element, stage.origins(element), stage.patch_size, stage.ignore_label)
 
-    def cut(job, chunk):
-        first = tf.cast(chunk, tf.int32) * k
-        rows = tf.minimum(first + tf.range(k), num - 1)  # the last chunk repeats its last patch...
-        starts = tf.ensure_shape(tf.gather(job["starts"], rows), [k, 2])
-        planes = {key: job[f"plane/{key}"] for key in _PIXEL_KEYS if f"plane/{key}" in job}
-        out = slice_patches(planes, starts, stage.patch_size)
-        out.update(_chunk_meta(job, tf.gather(job["origins"], rows)))
-        size = tf.minimum(k, num - first)  # ...and is trimmed here
-        return _ordered({key: v[:size] for key, v in out.items()})
-
-    job = stage._job
     if chunks_only:
-        return _chunks(ds.map(job, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True), chunks_of, cut)
-    return _stream(ds, job, chunks_of, cut, stage.images_per_batch)
+        return ds.flat_map(lambda e: patches(e).batch(stage.chunk_size))
+    if stage.images_per_batch == 1:
+        return ds.interleave(patches, cycle_length=1, block_length=1)
+    return ds.interleave(
+        patches,
+        cycle_length=stage.images_per_batch,
+        block_length=1,
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
 
 
 @dataclass(frozen=True)
@@ -772,8 +743,7 @@ class ExtractPatches:
           ([10, 10, 4, 10, 5], [None, 16, 16, 3])
         """
         E.check_spec(ds, where="ExtractPatches")
-        jobs = ds.map(self._job, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return _chunks(jobs, self._chunks_of, self._cutter(ds.element_spec))
+        return _chunks(ds.map(self._job), self._chunks_of, self._cutter(ds.element_spec))
 
     def count_skipped(self, dataset: tf.data.Dataset) -> int:
         """Images of ``dataset`` that this stage skips (only ``border="drop"`` skips)."""
@@ -798,7 +768,7 @@ class RandomPatches:
       seed: stage seed.
       ignore_label: label value of padded pixels.
       images_per_batch: interleave this many images' patch streams.
-      chunk_size: patches cut per op (a chunk never mixes images).
+      chunk_size: patches per element of :meth:`chunks` (a chunk never mixes images).
 
     Input element:
       contract element (image [H, W, C], label, roi, ...; optional weight, epoch).
@@ -834,9 +804,6 @@ class RandomPatches:
         key = E.element_seed(self.seed, element, _SALT_RANDOM)
         return random_origins(tf.shape(element[E.IMAGE]), self.patch_size, self.num_per_image, key)
 
-    def _job(self, element) -> dict:
-        return _sliced_job(element, self.origins(element), self.patch_size, self.ignore_label)
-
     def chunks(self, ds: tf.data.Dataset) -> tf.data.Dataset:
         """The chunk stream: batched contract elements of at most ``chunk_size`` patches of one image."""
         return _sliced_stream(self, ds, "RandomPatches", chunks_only=True)
@@ -867,7 +834,7 @@ class BalancedPatches:
       seed: stage seed.
       ignore_label: label value of ignored and padded pixels.
       images_per_batch: interleave this many images' patch streams.
-      chunk_size: patches cut per op (a chunk never mixes images).
+      chunk_size: patches per element of :meth:`chunks` (a chunk never mixes images).
 
     Input element:
       contract element (image [H, W, C], label [H, W], roi [H, W], ...).
@@ -942,9 +909,6 @@ class BalancedPatches:
             self.ignore_label,
             return_classes,
         )
-
-    def _job(self, element) -> dict:
-        return _sliced_job(element, self.origins(element), self.patch_size, self.ignore_label)
 
     def chunks(self, ds: tf.data.Dataset) -> tf.data.Dataset:
         """The chunk stream: batched contract elements of at most ``chunk_size`` patches of one image."""
