@@ -206,7 +206,7 @@ def _memory(what: str, size: int):
 
 def main(quick: bool = False) -> dict:
     """Runs the benchmark, prints a table and returns the numbers."""
-    tf = _tf()
+    _tf()
     from fcndata import patches as P
     from fcndata.infer import SlidingWindowPredictor
     from fcndata.sources import from_arrays
@@ -236,7 +236,7 @@ def main(quick: bool = False) -> dict:
     rows.append(("512", "ExtractPatches grid", n, t, "A"))
     for border in ("shift", "drop"):
         ds = stream(images8, labels8, P.ExtractPatches(PATCH, STRIDE, border=border))
-        t, n = _timed(lambda: _count(ds), repeats)
+        t, n = _timed(lambda ds=ds: _count(ds), repeats)
         rows.append(("8", f"ExtractPatches grid ({border})", n, t, "A"))
     per_image = len(P.grid_origins_2d((512, 512), PATCH, STRIDE))
     balanced = stream(images, labels, P.BalancedPatches(PATCH, num_per_image=per_image, num_classes=5, seed=0))
@@ -294,7 +294,7 @@ def main(quick: bool = False) -> dict:
         print(f"{group:6s} {name:34s} {rate:10.0f} {share:>13s}")
 
     cut_added, cut_n, arrays_bytes, built = _memory("cut", big)
-    pred_added, pred_n, out_bytes, _ = _memory("predict", big)
+    pred_added, _, out_bytes, _ = _memory("predict", big)
     print(f"\n{big}x{big} RGB + mask ({arrays_bytes / MIB:.0f} MiB of numpy arrays), patch 256, stride 128 ({cut_n} patches):")
     print(f"  from_arrays + ExtractPatches adds {cut_added / MIB:7.1f} MiB over the arrays (target <= 300 MiB); "
           f"building the source alone {built / MIB:.1f} MiB")

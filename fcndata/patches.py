@@ -391,7 +391,7 @@ def grid_tables(planes, origins, patch_size: Pair, stride: Pair) -> dict:
       A dict of tensors: ``table/<key>`` ``[rows, g * channels]`` per plane,
       ``block`` ``[N]`` the table column of each origin, ``blocks`` the table width.
     """
-    nh, nw = _pair(patch_size, "patch_size", "grid_tables")
+    nw = _pair(patch_size, "patch_size", "grid_tables")[1]
     g = math.gcd(nw, _pair(stride, "stride", "grid_tables")[1])
     origins = tf.cast(origins, tf.int32)
     width = tf.shape(planes[E.IMAGE], out_type=tf.int32)[1]
