@@ -1,25 +1,29 @@
-"""Patch extraction and stitching throughput, as ratios against a plain memory copy.
+"""Patch cutting, stitching and sliding-window prediction, as shares of numpy references.
 
 Run ``python benchmarks/patches.py [--quick]``; a runner can call ``main(quick)``.
 
-One run, the same images (32 RGB 512×512 uint8 + label + roi, patch 128, stride 64):
+One run, the same seeded images, 2 threads, each row timed as the best of a few runs:
 
-  (a) ExtractPatches grid, batched by 64                       (fcndata)
-  (b) tf.image.extract_patches + reshape in a tf.data pipeline (TF baseline)
-  (c) numpy sliding_window_view + copy                          (numpy baseline)
-  (d) one plain memory copy of the same number of bytes        (the yardstick)
-  (e) BalancedPatches, 49 patches per image
-  (f) Stitcher (gaussian) re-assembling the grid patches of (a)
+  grid      ``from_arrays`` -> ``ExtractPatches`` -> ``batch(64)``: 32 RGB 512² + mask,
+            patch 128, stride 64; and 8 RGB images 300²…1000×700 (border shift and drop)
+  balanced  ``BalancedPatches`` (49 per image) on the 512² set
+  Stitcher  numpy ``Stitcher`` (gaussian, grid stride) re-assembling the 512² grid
+  predictor ``SlidingWindowPredictor`` with an identity Keras model, gaussian blend:
+            the 512² set (patch 128, stride 64) and one 8192² image (patch 256, stride 128)
 
-Each row gives patches/s and its share of (d). Wall time is what a user sees; CPU time
-(process time, all threads) is also shown because the machine may be shared: on a
-loaded machine a long pipeline loses its time slices while a 20 ms memcpy does not,
-so the CPU-time share is the fairer ratio. Then, in fresh subprocesses, the peak
-resident memory added while cutting one 8192×8192 RGB image into 256×256 patches
-with stride 128, and while stitching it back.
+next to two numpy references measured on the same images in the same run:
 
-Targets (shares of (d), 2 threads): grid >= 25 %, balanced >= 10 %, stitching >= 25 %;
-8192² cutting adds <= 300 MiB, stitching <= 1.1× its float32 output.
+  (A) window copy: ``sliding_window_view(image, (P, P, C))[::s, ::s, 0]`` copied into
+      channels-last batches of 64, the mask likewise (patch streams are shares of A);
+  (B) overlap-add: per image a float32 accumulator and a count plane, ``+=`` per window,
+      divide (Stitcher and predictor are shares of B).
+
+Targets: grid >= 30 % of A on the 512² set and >= 20 % on the 8-size set; predictor
+>= 1.0x B; balanced no slower than before. Then, in fresh subprocesses, the peak
+resident memory added on one 8192² RGB image, patch 256, stride 128: cutting from
+``from_arrays`` (target <= +300 MiB over the arrays) and the whole predictor (target
+<= 1.3x its float32 output). The machine may be shared: ratios, not absolute rates,
+are what to compare, and only within one run.
 """
 
 from __future__ import annotations
@@ -34,9 +38,12 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
+from numpy.lib.stride_tricks import sliding_window_view  # noqa: E402
 
 THREADS = 2
 PATCH, STRIDE, BATCH = 128, 64, 64
+SIZES8 = [(300, 300), (384, 512), (512, 384), (600, 600), (640, 480), (720, 960), (800, 800), (1000, 700)]
+MIB = 2**20
 
 
 def _tf():
@@ -50,58 +57,75 @@ def _tf():
     return tf
 
 
-def _options(tf):
-    # Only the global pools are capped (see _tf): a private tf.data pool of 2 measured
-    # slower on a shared 2-core machine, and tf.data's own default is the core count.
-    return tf.data.Options()
+def _stitcher_class():
+    try:
+        from fcndata.infer import Stitcher  # since patch engine v2
+    except ImportError:  # the engine before it (for "before" numbers)
+        from fcndata.patches import Stitcher
+    return Stitcher
 
 
-def _images(num, size, seed=0):
+def _images(sizes, seed=0):
     rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, (num, size, size, 3), dtype=np.uint8)
-    # blocky labels with 5 classes, one of them rare, so balanced sampling has work to do
-    blocks = rng.choice(5, size=(num, size // 32, size // 32), p=[0.6, 0.2, 0.1, 0.08, 0.02])
-    labels = np.repeat(np.repeat(blocks, 32, axis=1), 32, axis=2).astype(np.uint8)
+    images, labels = [], []
+    for h, w in sizes:
+        images.append(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        # blocky labels with 5 classes, one of them rare, so balanced sampling has work to do
+        blocks = rng.choice(5, size=(-(-h // 32), -(-w // 32)), p=[0.6, 0.2, 0.1, 0.08, 0.02])
+        labels.append(np.repeat(np.repeat(blocks, 32, axis=0), 32, axis=1)[:h, :w].astype(np.uint8))
     return images, labels
 
 
-def _source(tf, images, labels):
-    from fcndata import elements as E
-
-    num, h, w = labels.shape
-    ds = tf.data.Dataset.from_tensor_slices(
-        {
-            E.IMAGE: images,
-            E.LABEL: labels,
-            E.ROI: np.ones_like(labels),
-            E.ORIGIN: np.zeros((num, 2), np.int32),
-            E.SOURCE_SHAPE: np.tile(np.array([h, w], np.int32), (num, 1)),
-            E.SOURCE_INDEX: np.arange(num, dtype=np.int64),
-            E.PATH: np.array([f"bench/{i}".encode() for i in range(num)]),
-        }
-    ).cache()
-    for _ in ds:  # fill the cache: every variant then reads the same decoded tensors
-        pass
-    return ds
-
-
 def _timed(fn, repeats):
-    """Best (wall, cpu) seconds over ``repeats`` runs, and fn's return value."""
-    best_wall = best_cpu = float("inf")
-    result = None
+    """Best wall seconds over ``repeats`` runs, and fn's return value."""
+    best, result = float("inf"), None
     for _ in range(repeats):
-        w0, c0 = time.perf_counter(), time.process_time()
+        t0 = time.perf_counter()
         result = fn()
-        best_wall = min(best_wall, time.perf_counter() - w0)
-        best_cpu = min(best_cpu, time.process_time() - c0)
-    return best_wall, best_cpu, result
+        best = min(best, time.perf_counter() - t0)
+    return best, result
 
 
 def _count(ds):
+    return sum(int(b["image"].shape[0]) for b in ds)
+
+
+# ---------------------------------------------------------------------------- references
+
+
+def numpy_window_copy(images, labels, patch=PATCH, stride=STRIDE, batch=BATCH) -> int:
+    """Reference A: every VALID window copied into channels-last batches (image and mask)."""
     n = 0
-    for batch in ds:
-        n += int(batch["image"].shape[0])
+    for image, label in zip(images, labels):
+        c = image.shape[2]
+        win = sliding_window_view(image, (patch, patch, c))[::stride, ::stride, 0]
+        lwin = sliding_window_view(label, (patch, patch))[::stride, ::stride]
+        win, lwin = win.reshape(-1, patch, patch, c), lwin.reshape(-1, patch, patch)
+        for i in range(0, len(win), batch):
+            np.array(win[i : i + batch])
+            np.array(lwin[i : i + batch])
+        n += len(win)
     return n
+
+
+def numpy_overlap_add(image, patch, stride) -> tuple[np.ndarray, int]:
+    """Reference B: float32 accumulator + count planes, ``+=`` per window, divide."""
+    from fcndata.patches import grid_origins
+
+    x = image.astype(np.float32) / 255.0
+    h, w = x.shape[:2]
+    acc = np.zeros(x.shape, np.float32)
+    count = np.zeros((h, w, 1), np.float32)
+    ys, xs = grid_origins(h, patch, stride), grid_origins(w, patch, stride)
+    for y in ys.tolist():
+        for xx in xs.tolist():
+            acc[y : y + patch, xx : xx + patch] += x[y : y + patch, xx : xx + patch]
+            count[y : y + patch, xx : xx + patch] += 1
+    acc /= count
+    return acc, len(ys) * len(xs)
+
+
+# ---------------------------------------------------------------------------- memory
 
 
 def _rss() -> int:
@@ -134,180 +158,157 @@ class _PeakRss:
         return self.peak - self.base
 
 
+def _identity_model(channels=3):
+    import keras
+
+    inp = keras.Input((None, None, channels))
+    return keras.Model(inp, inp)
+
+
 def _memory_child(what: str, size: int) -> None:
-    """Runs in a subprocess: prints base and peak RSS added by cutting or stitching."""
+    """Runs in a subprocess: prints RSS added by cutting from from_arrays or by predicting."""
     tf = _tf()
-    from fcndata import elements as E
     from fcndata import patches as P
+    from fcndata.infer import SlidingWindowPredictor
+    from fcndata.sources import from_arrays
 
     patch, stride = 256, 128
-    if what.startswith("cut"):
-        image = tf.constant(np.broadcast_to(np.arange(size, dtype=np.uint8)[:, None, None], (size, size, 3)).copy())
-        label = tf.constant(np.broadcast_to((np.arange(size) % 3).astype(np.uint8)[None], (size, size)).copy())
-        element = E.make_element(image, label, path="bench/8192")
-        ds = tf.data.Dataset.from_tensors(element).apply(P.ExtractPatches(patch, stride)).batch(16)
-        if what == "cut-noopt":
-            # tf.data's default graph rewrite serialises captured constants once when the
-            # iterator is made: +1 transient copy of a from_tensors source (not of sources
-            # that read files). Without it we see what cutting itself adds.
-            options = tf.data.Options()
-            options.experimental_optimization.apply_default_optimizations = False
-            ds = ds.with_options(options)
+    image = np.broadcast_to(np.arange(size, dtype=np.uint8)[:, None, None], (size, size, 3)).copy()
+    label = np.broadcast_to((np.arange(size) % 3).astype(np.uint8)[None], (size, size)).copy()
+    if what == "cut":
+        predictor = None
+        tf.constant(0)  # TF's own start-up memory is not the source's
         with _PeakRss() as m:
-            n = _count(ds)
-        print(f"RESULT {m.added} {n} {image.numpy().nbytes + 2 * label.numpy().nbytes}")
+            ds = from_arrays([image], [label], num_classes=3)
+            built = _rss() - m.base
+            n = _count(ds.apply(P.ExtractPatches(patch, stride)).batch(16))
+        print(f"RESULT {m.added} {n} {image.nbytes + label.nbytes} {built}")
     else:
-        origins = P.grid_origins_2d((size, size), patch, stride)
-        batch = 16
-        predictions = np.random.default_rng(0).random((batch, patch, patch, 3), dtype=np.float32)
+        predictor = SlidingWindowPredictor(_identity_model(), patch_size=patch, stride=stride, blend="gaussian",
+                                           batch_size=16, pad_to_multiple=1)
+        predictor.predict(image[:300, :300])  # trace / warm up outside the measurement
         with _PeakRss() as m:
-            stitcher = P.Stitcher((size, size), patch, 3, blend="gaussian", stride=stride)
-            for i in range(0, len(origins), batch):
-                o = origins[i : i + batch]
-                stitcher.add(predictions[: len(o)], o)
-            out = stitcher.result()
-        print(f"RESULT {m.added} {len(origins)} {out.nbytes}")
+            out = predictor.predict(image)
+        print(f"RESULT {m.added} {len(P.grid_origins_2d((size, size), patch, stride))} {out.nbytes} 0")
 
 
 def _memory(what: str, size: int):
     cmd = [sys.executable, os.path.abspath(__file__), "--memory-child", what, "--size", str(size)]
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ)
+    env.setdefault("PYTHONPATH", os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
     line = [s for s in out.splitlines() if s.startswith("RESULT")][-1]
-    added, count, reference = (int(v) for v in line.split()[1:])
-    return added, count, reference
+    return tuple(int(v) for v in line.split()[1:])
+
+
+# ---------------------------------------------------------------------------- main
 
 
 def main(quick: bool = False) -> dict:
     """Runs the benchmark, prints a table and returns the numbers."""
-    tf = _tf()
+    _tf()
     from fcndata import patches as P
+    from fcndata.infer import SlidingWindowPredictor
+    from fcndata.sources import from_arrays
 
+    Stitcher = _stitcher_class()
     num = 8 if quick else 32
     repeats = 2 if quick else 3
-    images, labels = _images(num, 512)
-    source = _source(tf, images, labels)
-    options = _options(tf)
+    images, labels = _images([(512, 512)] * num)
+    images8, labels8 = _images(SIZES8[:4] if quick else SIZES8, seed=1)
+    big = 4096 if quick else 8192
+    rows = []  # (group, name, patches, seconds, reference name)
+
+    def stream(imgs, labs, stage):
+        ds = from_arrays(imgs, labs, num_classes=5).cache()
+        for _ in ds:  # decode once: every variant reads the same tensors
+            pass
+        return ds.apply(stage).batch(BATCH)
+
+    # (A) numpy window copy, both sets
+    t, n = _timed(lambda: numpy_window_copy(images, labels), repeats)
+    rows.append(("512", "A numpy window copy (VALID)", n, t, None))
+    t, n = _timed(lambda: numpy_window_copy(images8, labels8), repeats)
+    rows.append(("8", "A numpy window copy (VALID)", n, t, None))
+
+    grid = stream(images, labels, P.ExtractPatches(PATCH, STRIDE))
+    t, n = _timed(lambda: _count(grid), repeats)
+    rows.append(("512", "ExtractPatches grid", n, t, "A"))
+    for border in ("shift", "drop"):
+        ds = stream(images8, labels8, P.ExtractPatches(PATCH, STRIDE, border=border))
+        t, n = _timed(lambda ds=ds: _count(ds), repeats)
+        rows.append(("8", f"ExtractPatches grid ({border})", n, t, "A"))
     per_image = len(P.grid_origins_2d((512, 512), PATCH, STRIDE))
-    patch_bytes = PATCH * PATCH * (3 + 1 + 1)  # image + label + roi
-    rows = {}
+    balanced = stream(images, labels, P.BalancedPatches(PATCH, num_per_image=per_image, num_classes=5, seed=0))
+    t, n = _timed(lambda: _count(balanced), repeats)
+    rows.append(("512", "BalancedPatches (49/image)", n, t, "A"))
 
-    # (a) fcndata grid
-    grid = source.apply(P.ExtractPatches(PATCH, STRIDE)).batch(BATCH).with_options(options)
-    rows["(a) ExtractPatches grid"] = _timed(lambda: _count(grid), repeats)
-
-    # (a0) the floor of any patch stream in tf.data: batching ready-made patches costs this
-    ready = {
-        "image": tf.zeros([PATCH, PATCH, 3], tf.uint8),
-        "label": tf.zeros([PATCH, PATCH], tf.uint8),
-        "roi": tf.zeros([PATCH, PATCH], tf.uint8),
-    }
-    floor = tf.data.Dataset.from_tensors(ready).repeat(num * per_image).batch(BATCH).with_options(options)
-    rows["(a0) tf.data batch of ready patches"] = _timed(lambda: _count(floor), repeats)
-
-    # (b) tf.image.extract_patches (VALID; 512 = 384 + 128, so the same 49 patches)
-    def tf_patches(e):
-        def cut(x):
-            x = x if x.shape.rank == 3 else x[..., None]
-            c = x.shape[-1]
-            p = tf.image.extract_patches(x[None], [1, PATCH, PATCH, 1], [1, STRIDE, STRIDE, 1], [1, 1, 1, 1], "VALID")
-            return tf.reshape(p, [-1, PATCH, PATCH, c])
-
-        return {"image": cut(e["image"]), "label": cut(e["label"])[..., 0], "roi": cut(e["roi"])[..., 0]}
-
-    baseline = source.map(tf_patches).unbatch().batch(BATCH).with_options(options)
-    rows["(b) tf.image.extract_patches"] = _timed(lambda: _count(baseline), repeats)
-
-    # (c) numpy sliding_window_view + copy
-    from numpy.lib.stride_tricks import sliding_window_view
-
-    rois = np.ones_like(labels)
-
-    def numpy_patches():
-        n = 0
-        for image, label, roi in zip(images, labels, rois):
-            a = sliding_window_view(image, (PATCH, PATCH), axis=(0, 1))[::STRIDE, ::STRIDE].copy()
-            b = sliding_window_view(label, (PATCH, PATCH))[::STRIDE, ::STRIDE].copy()
-            c = sliding_window_view(roi, (PATCH, PATCH))[::STRIDE, ::STRIDE].copy()
-            n += a.shape[0] * a.shape[1] + 0 * (b.size + c.size)
-        return n
-
-    rows["(c) numpy sliding_window_view"] = _timed(numpy_patches, repeats)
-
-    # (d) memcpy of the same bytes
-    total = num * per_image
-    src = np.ones(total * patch_bytes, np.uint8)
-    dst = np.empty_like(src)
-    np.copyto(dst, src)  # fault the pages in first
-
-    def memcpy():
-        np.copyto(dst, src)
-        return total
-
-    rows["(d) memory copy"] = _timed(memcpy, max(repeats, 5))
-
-    # (e) BalancedPatches, 49 per image
-    balanced = source.apply(P.BalancedPatches(PATCH, num_per_image=per_image, num_classes=5, seed=0))
-    balanced = balanced.batch(BATCH).with_options(options)
-    rows["(e) BalancedPatches"] = _timed(lambda: _count(balanced), repeats)
-
-    # (f) stitching the grid patches of (a), gaussian blend, one Stitcher per image
-    batches = [(b["image"].numpy(), b["origin"].numpy(), b["source_index"].numpy()) for b in grid]
+    # (B) numpy overlap-add, then the Stitcher and the whole predictor on the same images
+    t, n = _timed(lambda: sum(numpy_overlap_add(im, PATCH, STRIDE)[1] for im in images), repeats)
+    rows.append(("512", "B numpy overlap-add", n, t, None))
+    predictions = []
+    for image in images:
+        origins = P.grid_origins_2d((512, 512), PATCH, STRIDE)
+        x = image.astype(np.float32) / 255.0
+        predictions.append((origins, np.stack([x[y : y + PATCH, xx : xx + PATCH] for y, xx in origins])))
 
     def stitch_all():
-        stitchers = {}
-        n = 0
-        for pred, origin, index in batches:
-            for i in np.unique(index):
-                if i not in stitchers:
-                    stitchers[i] = P.Stitcher((512, 512), PATCH, 3, blend="gaussian", stride=STRIDE)
-                sel = index == i
-                stitchers[i].add(pred[sel], origin[sel])
-                n += int(sel.sum())
-        for s in stitchers.values():
+        for origins, pred in predictions:
+            s = Stitcher((512, 512), PATCH, 3, blend="gaussian", stride=STRIDE)
+            for i in range(0, len(origins), BATCH):
+                s.add(pred[i : i + BATCH], origins[i : i + BATCH])
             s.result()
-        return n
+        return sum(len(o) for o, _ in predictions)
 
-    rows["(f) Stitcher gaussian"] = _timed(stitch_all, repeats)
+    t, n = _timed(stitch_all, repeats)
+    rows.append(("512", "Stitcher gaussian (numpy)", n, t, "B"))
+    predictor = SlidingWindowPredictor(_identity_model(), patch_size=PATCH, stride=STRIDE, blend="gaussian",
+                                       batch_size=BATCH, pad_to_multiple=1)
+    predictor.predict(images[0])  # trace once
+    t, _ = _timed(lambda: [predictor.predict(im) for im in images], repeats)
+    rows.append(("512", "SlidingWindowPredictor identity", num * per_image, t, "B"))
+
+    big_image = _images([(big, big)], seed=2)[0][0]
+    t, n = _timed(lambda: numpy_overlap_add(big_image, 256, 128)[1], 1)
+    rows.append((str(big), "B numpy overlap-add", n, t, None))
+    big_predictor = SlidingWindowPredictor(_identity_model(), patch_size=256, stride=128, blend="gaussian",
+                                           batch_size=16, pad_to_multiple=1)
+    big_predictor.predict(big_image[:300, :300])  # trace once
+    t, _ = _timed(lambda: big_predictor.predict(big_image), 1)
+    rows.append((str(big), "SlidingWindowPredictor identity", n, t, "B"))
 
     load = os.getloadavg()[0]
-    wall_d, cpu_d, _ = rows["(d) memory copy"]
-    print(f"\npatches: {num} images 512x512 RGB+label+roi, patch {PATCH}, stride {STRIDE}, "
-          f"{per_image} patches/image, batch {BATCH}; {THREADS} threads; load average {load:.1f} "
-          f"on {os.cpu_count()} cores")
-    print(f"{'variant':34s} {'patches/s':>10s} {'% of (d)':>9s} {'cpu % of (d)':>13s}")
-    results = {}
-    for name, (wall, cpu, n) in rows.items():
-        rate = n / wall
-        share = (n / wall) / (total / wall_d)
-        cpu_share = (n / cpu) / (total / cpu_d) if cpu > 0 else float("nan")
-        results[name] = {"patches_per_s": rate, "share_of_memcpy": share, "cpu_share_of_memcpy": cpu_share}
-        print(f"{name:34s} {rate:10.0f} {100 * share:8.1f}% {100 * cpu_share:12.1f}%")
+    print(f"\npatches: 512 set = {num} RGB 512x512 + mask, patch {PATCH}, stride {STRIDE}, batch {BATCH}; "
+          f"8-size set = {len(images8)} RGB images {images8[0].shape[0]}x{images8[0].shape[1]}..; "
+          f"{big}x{big}: patch 256, stride 128. {THREADS} threads; load average {load:.1f} on {os.cpu_count()} cores")
+    print(f"{'set':6s} {'variant':34s} {'patches/s':>10s} {'share of ref':>13s}")
+    refs, results = {}, {}
+    for group, name, n, t, ref in rows:
+        rate = n / t
+        if ref is None:
+            refs[group, name[0]] = rate
+            share = ""
+        else:
+            share = f"{rate / refs[group, ref]:12.2f}x" if ref == "B" else f"{100 * rate / refs[group, ref]:11.1f} %"
+        results[f"{group}: {name}"] = {"patches_per_s": rate, "share": rate / refs[group, ref] if ref else 1.0}
+        print(f"{group:6s} {name:34s} {rate:10.0f} {share:>13s}")
 
-    size = 4096 if quick else 8192
-    cut_added, cut_n, source_bytes = _memory("cut-noopt", size)
-    rewrite_added, _, _ = _memory("cut", size)
-    st_added, st_n, out_bytes = _memory("stitch", size)
-    mib = 2**20
-    print(f"\n{size}x{size} RGB, patch 256, stride 128 ({cut_n} patches):")
-    print(f"  cutting adds   {cut_added / mib:7.1f} MiB over the source element of {source_bytes / mib:.0f} MiB "
-          f"(target <= 300 MiB)")
-    print(f"                 {rewrite_added / mib:7.1f} MiB with tf.data's default graph rewrite, which copies a "
-          "from_tensors source once")
-    print(f"  stitching adds {st_added / mib:7.1f} MiB = {st_added / out_bytes:.2f}x its float32 output "
-          f"of {out_bytes / mib:.0f} MiB (target <= 1.1x)")
-    results["memory"] = {
-        "cut_added_mib": cut_added / mib,
-        "cut_added_with_rewrite_mib": rewrite_added / mib,
-        "stitch_added_ratio": st_added / out_bytes,
-    }
+    cut_added, cut_n, arrays_bytes, built = _memory("cut", big)
+    pred_added, _, out_bytes, _ = _memory("predict", big)
+    print(f"\n{big}x{big} RGB + mask ({arrays_bytes / MIB:.0f} MiB of numpy arrays), patch 256, stride 128 ({cut_n} patches):")
+    print(f"  from_arrays + ExtractPatches adds {cut_added / MIB:7.1f} MiB over the arrays (target <= 300 MiB); "
+          f"building the source alone {built / MIB:.1f} MiB")
+    print(f"  SlidingWindowPredictor adds       {pred_added / MIB:7.1f} MiB = {pred_added / out_bytes:.2f}x its float32 "
+          f"output of {out_bytes / MIB:.0f} MiB (target <= 1.3x)")
+    results["memory"] = {"cut_added_mib": cut_added / MIB, "source_built_mib": built / MIB,
+                         "predict_added_ratio": pred_added / out_bytes}
     return results
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="8 images and a 4096² memory test")
-    parser.add_argument("--memory-child", choices=["cut", "cut-noopt", "stitch"], help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true", help="8 + 4 images and a 4096² image")
+    parser.add_argument("--memory-child", choices=["cut", "predict"], help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, default=8192, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:

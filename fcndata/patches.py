@@ -1,9 +1,10 @@
-"""Patches: grid, random and class-balanced extraction, patch origins, and stitching.
+"""Patches: grid, random and class-balanced extraction and patch origins.
 
 Patchwise training cuts every image into many N×N patches and mixes the patches of
 several images in one batch; sliding-window inference cuts the same grid, runs the
-model on each patch and stitches the outputs back. Both use the same origins, so a
-patch trained on is a patch predicted on.
+model on each patch and stitches the outputs back (stitching lives next to the
+predictor, in :mod:`fcndata.infer`). Both use the same origins, so a patch trained on
+is a patch predicted on.
 
 Geometry along one axis (rows and columns alike) of length L, patch n, stride s::
 
@@ -17,8 +18,10 @@ Geometry along one axis (rows and columns alike) of length L, patch n, stride s:
 
 Every patch keeps ``origin`` (its top-left corner in source coordinates),
 ``source_shape``, ``source_index`` and ``path``, so it can be traced back and stitched.
-Patches are produced lazily, one slice of the source at a time: an 8192×8192 image
-never has its ~3,900 patches in memory at once.
+Grid patches are cut in chunks of at most ``chunk_size`` (64) by one ``tf.gather`` per
+plane, and the per-patch stream is the chunk stream unbatched (random and balanced
+origins are cut one slice per patch, see :func:`patches_at`): an 8192×8192 image never has
+its ~3,900 patches in memory at once, only its source and the chunks in flight.
 
 Example:
   >>> import fcndata.testing as t
@@ -41,12 +44,7 @@ import tensorflow as tf
 from fcndata import elements as E
 
 BORDERS = ("shift", "pad", "drop")
-BLENDS = ("average", "gaussian", "hann", "crop")
 CLASS_PROBABILITIES = ("uniform", "inverse_frequency")
-
-#: Smallest per-axis blend weight, so an edge pixel covered by one patch only keeps a
-#: positive weight (a Hann window is 0 at its ends) and identity stitching stays exact.
-WEIGHT_FLOOR = 1e-4
 
 # Salts separating the stateless random streams of the random stages.
 _SALT_RANDOM = 0x7A7C
@@ -314,6 +312,120 @@ def patches_at(element, origins, patch_size: Pair, ignore_label: int = E.IGNORE_
     return tf.data.Dataset.from_tensor_slices((origins, begins2, begins3)).map(cut)
 
 
+# ---------------------------------------------------------------------------- chunked cutting
+
+#: Default patches per chunk: an 8192² RGB image with 256² patches holds one chunk of
+#: 64 × 256² × 5 bytes = 20 MiB besides its source.
+CHUNK_SIZE = 64
+
+_PIXEL_KEYS = (E.IMAGE, E.LABEL, E.ROI, E.WEIGHT)
+_META_KEYS = (E.SOURCE_SHAPE, E.SOURCE_INDEX, E.PATH, E.EPOCH)
+
+
+def _pad_for(element, origins, patch_size, ignore_label):
+    """Pads the element's pixel planes once so every patch at ``origins`` lies inside.
+
+    Returns ``(planes, origins)`` with origins in padded coordinates. Nothing is copied
+    when no origin reaches outside the element.
+    """
+    size = tf.constant(patch_size, tf.int32)
+    origins = tf.reshape(tf.cast(origins, tf.int32), [-1, 2])
+    hw = tf.shape(element[E.IMAGE], out_type=tf.int32)[:2]
+    before = -tf.reduce_min(tf.concat([origins, tf.zeros([1, 2], tf.int32)], 0), axis=0)
+    after = tf.reduce_max(tf.concat([origins + size, hw[None]], 0), axis=0) - hw
+    keys = [k for k in _PIXEL_KEYS if k in element]
+    fill = {E.IMAGE: 0, E.LABEL: ignore_label, E.ROI: 0, E.WEIGHT: 0}
+
+    def pad():
+        paddings = tf.stack([before, after], axis=1)
+        out = {}
+        for k in keys:
+            x = element[k]
+            p = tf.concat([paddings, tf.zeros([x.shape.rank - 2, 2], tf.int32)], 0)
+            out[k] = tf.pad(x, p, constant_values=tf.cast(fill[k], x.dtype))
+        return out
+
+    needs_pad = tf.reduce_any(before > 0) | tf.reduce_any(after > 0)
+    planes = tf.cond(needs_pad, pad, lambda: {k: tf.identity(element[k]) for k in keys})
+    for k in keys:  # the padded branch has a dynamic size; keep rank and channels static
+        planes[k].set_shape([None, None] + element[k].shape[2:].as_list())
+    return planes, origins + before[None]
+
+
+def _chunk_meta(element, origins):
+    """A chunk's non-pixel keys: origin in source coordinates, metadata repeated per patch."""
+    k = tf.shape(origins)[0]
+    meta = {E.ORIGIN: element[E.ORIGIN][None] + origins}
+    for key in _META_KEYS:
+        if key in element:
+            meta[key] = tf.fill([k], element[key]) if element[key].shape.rank == 0 else tf.tile(element[key][None], [k, 1])
+    return meta
+
+
+def _ordered(chunk):
+    return {k: chunk[k] for k in (*E.REQUIRED_KEYS, *E.OPTIONAL_KEYS) if k in chunk}
+
+
+def grid_tables(planes, origins, patch_size: Pair, stride: Pair) -> dict:
+    """Lays out pixel planes so grid patches are cut by one ``tf.gather`` per plane.
+
+    A plane ``[H, W, ...]`` becomes a table of rows of ``g`` pixels,
+    ``g = gcd(patch width, stride width)``. A patch at (y, x) is then ``nh × nw/g``
+    whole table rows, ``(y + r) * width_blocks + x/g + t``, so a chunk of patches is cut
+    straight into ``[K, nh, nw, ...]``: no per-patch op, each output byte written once::
+
+        W = 12, nw = 4, s = 2, g = 2     | 0 1 | 2 3 | 4 5 | 6 7 | 8 9 | 10 11 |
+        patch at x = 4 = table columns        2     3   of the rows it spans
+
+    Rows need no alignment (any y). The table is a free reshape when W and every x
+    origin are multiples of g; otherwise (``border="shift"``'s last column at W - nw, a
+    width not a multiple of g) it is the aligned columns plus that one last column band,
+    which costs one copy of the planes. Grid origins have at most one unaligned column.
+
+    Args:
+      planes: dict of ``[H, W, ...]`` tensors (image, label, roi, weight).
+      origins: ``[N, 2]`` int32 grid origins inside the planes.
+      patch_size, stride: the grid's.
+
+    Returns:
+      A dict of tensors: ``table/<key>`` ``[rows, g * channels]`` per plane,
+      ``block`` ``[N]`` the table column of each origin, ``blocks`` the table width.
+    """
+    nw = _pair(patch_size, "patch_size", "grid_tables")[1]
+    g = math.gcd(nw, _pair(stride, "stride", "grid_tables")[1])
+    origins = tf.cast(origins, tf.int32)
+    width = tf.shape(planes[E.IMAGE], out_type=tf.int32)[1]
+    xs = origins[:, 1]
+    wb = width // g
+    aligned = tf.equal(xs % g, 0) & (xs + nw <= wb * g)
+    extra = tf.reduce_any(~aligned)
+    extra_x = tf.reduce_max(tf.concat([tf.where(aligned, 0, xs), [0]], 0))
+    extra_w = tf.where(extra, nw, 0)
+    copy = extra | tf.not_equal(width % g, 0)
+    out = {"block": tf.where(aligned, xs // g, wb), "blocks": wb + extra_w // g}
+    for k, x in planes.items():
+        c = tf.reduce_prod(tf.shape(x, out_type=tf.int32)[2:])  # 1 for [H, W] planes
+        rest = x.shape.rank - 2
+
+        def view(x=x, c=c):
+            return tf.reshape(x, [-1, g * c])
+
+        def rebuilt(x=x, c=c, rest=rest):
+            last = tf.slice(x, tf.concat([[0, extra_x], tf.zeros([rest], tf.int32)], 0),
+                            tf.concat([[-1, extra_w], -tf.ones([rest], tf.int32)], 0))
+            return tf.reshape(tf.concat([x[:, : wb * g], last], axis=1), [-1, g * c])
+
+        out[f"table/{k}"] = tf.cond(copy, rebuilt, view)
+    return out
+
+
+def grid_table_index(y, block, blocks, patch_size: Pair, g: int) -> tf.Tensor:
+    """Table rows of the patches at rows ``y`` ``[K]`` and table columns ``block`` ``[K]``: ``[K, nh, nw/g]``."""
+    nh, nw = patch_size
+    rows = (y[:, None, None] + tf.range(nh)[None, :, None]) * blocks
+    return rows + block[:, None, None] + tf.range(nw // g)[None, None, :]
+
+
 def random_origins(shape, patch_size: Pair, num: int, key) -> tf.Tensor:
     """``num`` uniform (y, x) origins with the patch inside the image: ``[num, 2]`` int32.
 
@@ -451,20 +563,39 @@ def balanced_origins(
 # ---------------------------------------------------------------------------- stages
 
 
-def _interleave(ds: tf.data.Dataset, patches_of: Callable, images_per_batch: int) -> tf.data.Dataset:
-    # block_length=1 alternates images patch by patch, so a batch of k*m patches holds m
-    # patches of each of k images (FCN: 20 patches of 3 images per minibatch of 60).
-    # Parallel but deterministic: the order never depends on thread timing.
-    # One image needs no parallel interleave: it only burns CPU on a shared machine.
+def _stream(ds, job, chunks_of, cut, images_per_batch: int) -> tf.data.Dataset:
+    """Per-patch stream from chunks: image -> job (origins, padding, tables) -> chunks -> unbatch.
+
+    One image: each image's chunks are cut in turn, then unbatched. k images: their chunk streams are interleaved patch by patch
+    (cycle_length=k, block_length=1), so a batch of k*m patches holds m patches of each
+    image (FCN: 20 patches of 3 images per minibatch of 60).
+    """
+    # Sequential per image, as the per-patch engine was: on a shared 2-core machine
+    # parallel maps of these short functions measured slower (benchmarks/patches.py).
+    jobs = ds.map(job)
     if images_per_batch == 1:
-        return ds.interleave(patches_of, cycle_length=1, block_length=1)
-    return ds.interleave(
-        patches_of,
+        return _chunks(jobs, chunks_of, cut).unbatch()
+    return jobs.interleave(
+        lambda j: chunks_of(j).map(lambda c: cut(j, c)).unbatch(),
         cycle_length=images_per_batch,
         block_length=1,
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
+
+
+def _chunks(jobs, chunks_of, cut) -> tf.data.Dataset:
+    # (job, chunk index) pairs are cheap: the job's tensors are shared, not copied.
+    return jobs.flat_map(lambda j: chunks_of(j).map(lambda c: cut(j, c)))
+
+
+def _num_chunks(count, chunk_size: int) -> tf.data.Dataset:
+    count = tf.cast(count, tf.int64)
+    return tf.data.Dataset.range((count + chunk_size - 1) // chunk_size)
+
+
+def _job_meta(element) -> dict:
+    return {k: element[k] for k in (E.ORIGIN, *_META_KEYS) if k in element}
 
 
 def count_skipped(dataset: tf.data.Dataset, patch_size: Pair) -> int:
@@ -482,14 +613,42 @@ def count_skipped(dataset: tf.data.Dataset, patch_size: Pair) -> int:
     return int(small.reduce(tf.constant(0, tf.int64), lambda total, x: total + x))
 
 
+def _sliced_stream(stage, ds: tf.data.Dataset, where: str, chunks_only: bool = False) -> tf.data.Dataset:
+    """Random / balanced stages: the origins are drawn once per image, then cut by
+    :func:`patches_at` (one slice per patch). Measured here, cutting these free origins
+    as chunks (K unrolled slices, or a gather with 1-pixel table rows) was 4x slower
+    than the per-patch slices, so they stay; chunks are those patches batched per image.
+    """
+    E.check_spec(ds, where=where)
+
+    def patches(element):
+        return patches_at(element, stage.origins(element), stage.patch_size, stage.ignore_label)
+
+    if chunks_only:
+        return ds.flat_map(lambda e: patches(e).batch(stage.chunk_size))
+    if stage.images_per_batch == 1:
+        return ds.interleave(patches, cycle_length=1, block_length=1)
+    return ds.interleave(
+        patches,
+        cycle_length=stage.images_per_batch,
+        block_length=1,
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+
+
 @dataclass(frozen=True)
 class ExtractPatches:
     """Every image becomes its grid of overlapping patches (patchwise training, inference).
 
-    Origins follow :func:`grid_origins` on each axis (row-major). Patches are cut one
-    at a time from the source (no ``extract_patches`` of everything), so memory is one
-    source image plus a few patches. With ``border="drop"`` an image smaller than the
-    patch yields nothing; :meth:`count_skipped` says how many.
+    Origins follow :func:`grid_origins` on each axis (row-major). Patches are cut in
+    chunks of at most ``chunk_size`` by one ``tf.gather`` per plane (see
+    :func:`grid_tables`), in a parallel deterministic map, then unbatched into single
+    patches; :meth:`chunks` gives the chunk stream itself. Memory: the source, plus one
+    copy of it when its width or the shifted last column is not aligned to
+    gcd(patch, stride) or when ``border="pad"`` / a small image needs padding, plus the
+    chunks in flight. With ``border="drop"`` an image smaller than the patch yields
+    nothing; :meth:`count_skipped` says how many.
 
     Args:
       patch_size: int or (height, width).
@@ -498,6 +657,7 @@ class ExtractPatches:
       ignore_label: label value of padded pixels.
       images_per_batch: interleave this many images' patch streams (cycle_length=k,
         block_length=1, deterministic).
+      chunk_size: patches cut per op (a chunk never mixes images).
 
     Input element:
       image [H, W, C], label [H, W], roi [H, W] uint8, origin, source_shape,
@@ -521,6 +681,7 @@ class ExtractPatches:
     border: str = "shift"
     ignore_label: int = E.IGNORE_LABEL
     images_per_batch: int = 1
+    chunk_size: int = CHUNK_SIZE
 
     def __post_init__(self):
         where = "ExtractPatches"
@@ -529,6 +690,7 @@ class ExtractPatches:
         _choice(self.border, "border", where, BORDERS, hint=" ('shift' covers every pixel without padding)")
         _check_stride(n, s, self.border, where)
         _positive_int(self.images_per_batch, "images_per_batch", where)
+        _positive_int(self.chunk_size, "chunk_size", where)
         object.__setattr__(self, "patch_size", n)
         object.__setattr__(self, "stride", s)
 
@@ -536,10 +698,52 @@ class ExtractPatches:
         """``[N, 2]`` int32 grid origins of an image of ``shape`` (H, W, ...)."""
         return grid_origins_2d_tf(tf.cast(shape, tf.int32)[:2], self.patch_size, self.stride, self.border)
 
-    def patches(self, element) -> tf.data.Dataset:
-        """The lazy dataset of one element's patches."""
+    def _job(self, element) -> dict:
         origins = self.origins(tf.shape(element[E.IMAGE], out_type=tf.int32))
-        return patches_at(element, origins, self.patch_size, self.ignore_label)
+        planes, starts = _pad_for(element, origins, self.patch_size, self.ignore_label)
+        job = dict(_job_meta(element), origins=origins, starts=starts)
+        job.update(grid_tables(planes, starts, self.patch_size, self.stride))
+        return job
+
+    def _chunks_of(self, job) -> tf.data.Dataset:
+        return _num_chunks(tf.shape(job["origins"])[0], self.chunk_size)
+
+    def _cutter(self, spec) -> Callable:
+        """The chunk-cutting function for elements of ``spec`` (channel shapes stay static)."""
+        shapes = {k: spec[k].shape[2:].as_list() for k in _PIXEL_KEYS if k in spec}
+        return lambda job, chunk: self._cut(job, chunk, shapes)
+
+    def _cut(self, job, chunk, shapes) -> dict:
+        n = tf.shape(job["origins"])[0]
+        first = tf.cast(chunk, tf.int32) * self.chunk_size
+        rows = tf.range(first, tf.minimum(n, first + self.chunk_size))
+        g = math.gcd(self.patch_size[1], self.stride[1])
+        idx = grid_table_index(tf.gather(job["starts"][:, 0], rows), tf.gather(job["block"], rows), job["blocks"], self.patch_size, g)
+        out = _chunk_meta(job, tf.gather(job["origins"], rows))
+        for k in _PIXEL_KEYS:
+            if f"table/{k}" in job:
+                patches = tf.gather(job[f"table/{k}"], idx)
+                rest = shapes[k]
+                out[k] = tf.reshape(patches, [tf.size(rows), *self.patch_size] + [-1] * len(rest))
+                out[k].set_shape([None, *self.patch_size] + rest)
+        return _ordered(out)
+
+    def patches(self, element) -> tf.data.Dataset:
+        """The lazy dataset of one element's patches (cut chunk by chunk)."""
+        job, cut = self._job(element), self._cutter(element)
+        return self._chunks_of(job).map(lambda c: cut(job, c)).unbatch()
+
+    def chunks(self, ds: tf.data.Dataset) -> tf.data.Dataset:
+        """The chunk stream: batched contract elements of at most ``chunk_size`` patches of one image.
+
+        Example:
+          >>> import fcndata.testing as t
+          >>> ds = t.dataset([(37, 53), (29, 41)]).apply(ExtractPatches(16, 8, chunk_size=10).chunks)
+          >>> [int(c["image"].shape[0]) for c in ds], ds.element_spec["image"].shape.as_list()
+          ([10, 10, 4, 10, 5], [None, 16, 16, 3])
+        """
+        E.check_spec(ds, where="ExtractPatches")
+        return _chunks(ds.map(self._job), self._chunks_of, self._cutter(ds.element_spec))
 
     def count_skipped(self, dataset: tf.data.Dataset) -> int:
         """Images of ``dataset`` that this stage skips (only ``border="drop"`` skips)."""
@@ -547,7 +751,7 @@ class ExtractPatches:
 
     def __call__(self, ds: tf.data.Dataset) -> tf.data.Dataset:
         E.check_spec(ds, where="ExtractPatches")
-        return _interleave(ds, self.patches, self.images_per_batch)
+        return _stream(ds, self._job, self._chunks_of, self._cutter(ds.element_spec), self.images_per_batch)
 
 
 @dataclass(frozen=True)
@@ -564,6 +768,7 @@ class RandomPatches:
       seed: stage seed.
       ignore_label: label value of padded pixels.
       images_per_batch: interleave this many images' patch streams.
+      chunk_size: patches per element of :meth:`chunks` (a chunk never mixes images).
 
     Input element:
       contract element (image [H, W, C], label, roi, ...; optional weight, epoch).
@@ -583,24 +788,28 @@ class RandomPatches:
     seed: int = 0
     ignore_label: int = E.IGNORE_LABEL
     images_per_batch: int = 1
+    chunk_size: int = CHUNK_SIZE
 
     def __post_init__(self):
         where = "RandomPatches"
         object.__setattr__(self, "patch_size", _pair(self.patch_size, "patch_size", where))
         _positive_int(self.num_per_image, "num_per_image", where)
         _positive_int(self.images_per_batch, "images_per_batch", where)
+        _positive_int(self.chunk_size, "chunk_size", where)
         if not isinstance(self.seed, (int, np.integer)) or isinstance(self.seed, bool):
             raise TypeError(f"{where}: seed must be an int. Received: seed={self.seed!r}")
 
-    def patches(self, element) -> tf.data.Dataset:
-        """The lazy dataset of one element's random patches."""
+    def origins(self, element) -> tf.Tensor:
+        """``[num_per_image, 2]`` origins of one element, keyed by (seed, epoch, source_index)."""
         key = E.element_seed(self.seed, element, _SALT_RANDOM)
-        origins = random_origins(tf.shape(element[E.IMAGE]), self.patch_size, self.num_per_image, key)
-        return patches_at(element, origins, self.patch_size, self.ignore_label)
+        return random_origins(tf.shape(element[E.IMAGE]), self.patch_size, self.num_per_image, key)
+
+    def chunks(self, ds: tf.data.Dataset) -> tf.data.Dataset:
+        """The chunk stream: batched contract elements of at most ``chunk_size`` patches of one image."""
+        return _sliced_stream(self, ds, "RandomPatches", chunks_only=True)
 
     def __call__(self, ds: tf.data.Dataset) -> tf.data.Dataset:
-        E.check_spec(ds, where="RandomPatches")
-        return _interleave(ds, self.patches, self.images_per_batch)
+        return _sliced_stream(self, ds, "RandomPatches")
 
 
 @dataclass(frozen=True)
@@ -625,6 +834,7 @@ class BalancedPatches:
       seed: stage seed.
       ignore_label: label value of ignored and padded pixels.
       images_per_batch: interleave this many images' patch streams.
+      chunk_size: patches per element of :meth:`chunks` (a chunk never mixes images).
 
     Input element:
       contract element (image [H, W, C], label [H, W], roi [H, W], ...).
@@ -648,6 +858,7 @@ class BalancedPatches:
     seed: int = 0
     ignore_label: int = E.IGNORE_LABEL
     images_per_batch: int = 1
+    chunk_size: int = CHUNK_SIZE
 
     def __post_init__(self):
         where = "BalancedPatches"
@@ -655,6 +866,7 @@ class BalancedPatches:
         _positive_int(self.num_per_image, "num_per_image", where)
         _positive_int(self.num_classes, "num_classes", where)
         _positive_int(self.images_per_batch, "images_per_batch", where)
+        _positive_int(self.chunk_size, "chunk_size", where)
         p = self.class_probabilities
         if isinstance(p, str):
             _choice(p, "class_probabilities", where, CLASS_PROBABILITIES, hint=" or a list of one probability per class")
@@ -698,13 +910,12 @@ class BalancedPatches:
             return_classes,
         )
 
-    def patches(self, element) -> tf.data.Dataset:
-        """The lazy dataset of one element's balanced patches."""
-        return patches_at(element, self.origins(element), self.patch_size, self.ignore_label)
+    def chunks(self, ds: tf.data.Dataset) -> tf.data.Dataset:
+        """The chunk stream: batched contract elements of at most ``chunk_size`` patches of one image."""
+        return _sliced_stream(self, ds, "BalancedPatches", chunks_only=True)
 
     def __call__(self, ds: tf.data.Dataset) -> tf.data.Dataset:
-        E.check_spec(ds, where="BalancedPatches")
-        return _interleave(ds, self.patches, self.images_per_batch)
+        return _sliced_stream(self, ds, "BalancedPatches")
 
 
 @dataclass(frozen=True)
@@ -747,7 +958,7 @@ def patches_from_config(cfg, data, seed: int = 0) -> ShuffledPatches:
       >>> from fcndata.config import load_config_text
       >>> cfg = load_config_text("patches: {mode: balanced, patch_size: 16, foreground_fraction: 0.33}")
       >>> patches_from_config(cfg.patches, cfg.data, seed=1).patches
-      BalancedPatches(patch_size=(16, 16), num_per_image=16, num_classes=3, class_probabilities='uniform', foreground_fraction=0.33, seed=1, ignore_label=255, images_per_batch=4)
+      BalancedPatches(patch_size=(16, 16), num_per_image=16, num_classes=3, class_probabilities='uniform', foreground_fraction=0.33, seed=1, ignore_label=255, images_per_batch=4, chunk_size=64)
     """
     common = dict(patch_size=cfg.patch_size, ignore_label=data.ignore_label, images_per_batch=cfg.images_per_batch)
     if cfg.mode == "grid":
@@ -766,247 +977,3 @@ def patches_from_config(cfg, data, seed: int = 0) -> ShuffledPatches:
     else:
         raise ValueError(f"patches.mode must be one of ['grid', 'random', 'balanced']. Received: mode={cfg.mode!r}")
     return ShuffledPatches(stage, buffer_size=cfg.shuffle_buffer, seed=seed)
-
-
-# ---------------------------------------------------------------------------- stitching
-
-
-def blend_window(patch_size: int, blend: str = "gaussian") -> np.ndarray:
-    """The 1-D blend weights of one axis (the 2-D window is their outer product).
-
-    ``average`` and ``crop``: ones; ``gaussian``: σ = n/8 around the patch centre (as
-    MONAI and nnU-Net); ``hann``: a Hann window of n + 2 points without its zero ends
-    (as TorchIO). All are floored at :data:`WEIGHT_FLOOR`, never 0.
-
-    Example:
-      >>> blend_window(5, "hann").round(2).tolist()
-      [0.25, 0.75, 1.0, 0.75, 0.25]
-      >>> [round(float(v), 4) for v in blend_window(8, "gaussian")[[0, 3]]]
-      [0.0022, 0.8825]
-    """
-    _choice(blend, "blend", "blend_window", BLENDS)
-    n = int(patch_size)
-    if blend == "gaussian":
-        i = np.arange(n) - (n - 1) / 2
-        w = np.exp(-0.5 * (i / (n / 8)) ** 2)
-    elif blend == "hann":
-        w = np.hanning(n + 2)[1:-1]
-    else:
-        w = np.ones(n)
-    return np.maximum(w, WEIGHT_FLOOR).astype(np.float32)
-
-
-def _nearest_centre_intervals(origins: np.ndarray, length: int, n: int) -> dict[int, tuple[int, int]]:
-    """Crop blend on one axis: the local interval [a, b) of each patch whose pixels have
-    this patch's centre as the nearest one (first patch on ties). In 1-D these cells are
-    intervals, so crop stitching on a grid is a copy of one rectangle per patch."""
-    centres = origins + (n - 1) / 2
-    nearest = np.argmin(np.abs(np.arange(length)[:, None] - centres[None, :]), axis=1)
-    out = {}
-    for i, o in enumerate(origins.tolist()):
-        pixels = np.flatnonzero(nearest == i)
-        pixels = pixels[(pixels >= o) & (pixels < o + n)]
-        out[o] = (int(pixels[0] - o), int(pixels[-1] + 1 - o)) if len(pixels) else (0, 0)
-    return out
-
-
-class Stitcher:
-    """Re-assembles per-patch outputs into one ``[H, W, C]`` float32 map, batch by batch.
-
-    Output = per-pixel weighted sum of the patch outputs divided by the summed weights
-    (``blend`` sets the window, see :func:`blend_window`); ``crop`` takes each pixel
-    from the patch whose centre is nearest, i.e. keeps the centre of every overlap.
-    Pixels no patch covers (only possible with ``border="drop"``) are 0.
-
-    Give ``stride`` (and ``border``) when the patches come from the grid: the summed
-    weights are then separable, two vectors of H and W, and memory is the output
-    alone. Without ``stride`` any origins are accepted and an [H, W] weight map is kept.
-
-    Args:
-      source_shape: (H, W) of the image.
-      patch_size: int or (height, width) of the patch outputs.
-      channels: channels C of the outputs.
-      blend: ``"average"`` | ``"gaussian"`` | ``"hann"`` | ``"crop"``.
-      stride: the grid stride, or None for arbitrary origins.
-      border: the grid border rule (with ``stride``).
-      dtype: accumulator dtype, ``"float32"`` or ``"float64"`` (bit-exact identity).
-
-    Example:
-      >>> import fcndata.testing as t
-      >>> image = t.coordinate_image(37, 53, dtype="float32")
-      >>> origins = grid_origins_2d((37, 53), 16, 8)
-      >>> patches = np.stack([image[y:y + 16, x:x + 16] for y, x in origins])
-      >>> s = Stitcher((37, 53), 16, channels=3, blend="average", stride=8)
-      >>> s.add(patches[:10], origins[:10]); s.add(patches[10:], origins[10:])
-      >>> bool(np.array_equal(s.result(), image.numpy()))
-      True
-    """
-
-    def __init__(
-        self,
-        source_shape: Sequence[int],
-        patch_size: Pair,
-        channels: int,
-        blend: str = "gaussian",
-        stride: Pair | None = None,
-        border: str = "shift",
-        dtype: str = "float32",
-    ):
-        where = "Stitcher"
-        self.source_shape = _pair(tuple(int(v) for v in source_shape[:2]), "source_shape", where)
-        self.patch_size = _pair(patch_size, "patch_size", where)
-        _positive_int(channels, "channels", where)
-        _choice(blend, "blend", where, BLENDS)
-        _choice(border, "border", where, BORDERS)
-        _choice(str(np.dtype(dtype)), "dtype", where, ("float32", "float64"))
-        self.channels, self.blend, self.border = int(channels), blend, border
-        self.stride = None if stride is None else _pair(stride, "stride", where)
-        (h, w), (nh, nw) = self.source_shape, self.patch_size
-        self._out = np.zeros((h, w, self.channels), dtype)
-        self._tmp = np.zeros((nh, nw, self.channels), dtype)
-        window = np.outer(blend_window(nh, blend), blend_window(nw, blend)).astype(dtype)
-        self._window = window
-        # Repeated over channels: a broadcast over a last axis of 3 runs numpy ~10x slower.
-        self._window_c = np.ascontiguousarray(np.repeat(window[:, :, None], self.channels, axis=2))
-        self._grid = None
-        if self.stride is not None:
-            _check_stride(self.patch_size, self.stride, border, where)
-            self._grid = []
-            for length, n, s in zip(self.source_shape, self.patch_size, self.stride):
-                origins = grid_origins(length, n, s, border)
-                if blend == "crop":
-                    self._grid.append((_nearest_centre_intervals(origins, length, n), None))
-                    continue
-                total = np.zeros(length + n + int(origins[-1] if len(origins) else 0), np.float64)
-                for o in origins.tolist():
-                    total[o : o + n] += blend_window(n, blend)
-                total = total[:length]
-                self._grid.append(({int(o): None for o in origins}, np.where(total > 0, total, 1.0).astype(dtype)))
-        elif blend == "crop":
-            i = (np.arange(nh) - (nh - 1) / 2) ** 2
-            j = (np.arange(nw) - (nw - 1) / 2) ** 2
-            self._distance = (i[:, None] + j[None, :]).astype(np.float32)
-            self._best = np.full((h, w), np.inf, np.float32)
-        else:
-            self._weight = np.zeros((h, w), dtype)
-
-    def _regions(self, origin, local_from=(0, 0), local_to=None):
-        """Source and patch slices of the part of a patch inside the image (and inside
-        the local box [local_from, local_to))."""
-        local_to = local_to or self.patch_size
-        out, local = [], []
-        for o, a0, b0, length in zip(origin, local_from, local_to, self.source_shape):
-            a, b = max(o + a0, 0), min(o + b0, length)
-            if b <= a:
-                return None
-            out.append(slice(a, b))
-            local.append(slice(a - o, b - o))
-        return tuple(out), tuple(local)
-
-    def _check_on_grid(self, y, x):
-        (ys, _), (xs, _) = self._grid
-        if y not in ys or x not in xs:
-            raise ValueError(
-                f"Stitcher.add: origin ({y}, {x}) is not on the grid of patch_size={self.patch_size}, "
-                f"stride={self.stride}, border={self.border!r} for source_shape={self.source_shape}; "
-                f"create the Stitcher without stride to accept arbitrary origins. Received: origin=({y}, {x})"
-            )
-
-    def add(self, predictions, origins) -> None:
-        """Adds a batch: ``predictions [B, nh, nw, C]`` (any real dtype), ``origins [B, 2]`` (y, x)."""
-        predictions = np.asarray(predictions)
-        origins = np.asarray(origins).astype(np.int64).reshape(-1, 2)
-        expected = (*self.patch_size, self.channels)
-        if predictions.ndim != 4 or predictions.shape[1:] != expected or len(predictions) != len(origins):
-            raise ValueError(
-                f"Stitcher.add: predictions must be [B, {expected[0]}, {expected[1]}, {expected[2]}] with one "
-                f"(y, x) origin per patch. Received: predictions.shape={predictions.shape}, "
-                f"origins.shape={origins.shape}"
-            )
-        if self.blend == "crop":
-            if self._grid is None:
-                self._add_nearest(predictions, origins)
-                return
-            (ys, _), (xs, _) = self._grid
-            for patch, (y, x) in zip(predictions, origins.tolist()):
-                self._check_on_grid(y, x)
-                (ay, by), (ax, bx) = ys[y], xs[x]
-                regions = self._regions((y, x), (ay, ax), (by, bx))
-                if regions is not None:
-                    self._out[regions[0]] = patch[regions[1]]
-            return
-        weighted = self._tmp  # one patch, reused: stays in cache between multiply and add
-        for patch, (y, x) in zip(predictions, origins.tolist()):
-            if self._grid is not None:
-                self._check_on_grid(y, x)
-            regions = self._regions((y, x))
-            if regions is None:
-                continue
-            out, local = regions
-            np.multiply(patch, self._window_c, out=weighted, casting="unsafe")
-            view = self._out[out]
-            np.add(view, weighted[local], out=view)
-            if self._grid is None:
-                self._weight[out] += self._window[local]
-
-    def _add_nearest(self, predictions, origins) -> None:
-        for patch, (y, x) in zip(predictions, origins.tolist()):
-            regions = self._regions((y, x))
-            if regions is None:
-                continue
-            out, local = regions
-            best = self._best[out]
-            closer = self._distance[local] < best
-            best[closer] = self._distance[local][closer]
-            self._out[out][closer] = patch[local][closer]
-
-    def result(self) -> np.ndarray:
-        """The stitched ``[H, W, C]`` float32 map (call once, after the last :meth:`add`).
-
-        With a float32 accumulator the normalisation is done in place and the
-        accumulator itself is returned (no second copy of the output).
-        """
-        out = self._out
-        if self.blend == "crop":
-            pass  # values were copied, not summed
-        elif self._grid is not None:
-            (_, total_y), (_, total_x) = self._grid
-            out /= total_y[:, None, None]
-            out /= total_x[None, :, None]
-        else:
-            out /= np.where(self._weight > 0, self._weight, 1)[:, :, None]
-        return out.astype(np.float32, copy=False)
-
-
-def stitch(predictions, origins, source_shape: Sequence[int], blend: str = "gaussian") -> np.ndarray:
-    """Stitches all patch outputs of one image at once: ``[N, nh, nw, C]`` -> ``[H, W, C]`` float32.
-
-    Any origins are accepted (grid, random, balanced; partly outside the image). The
-    sums run in float64, so stitching the patches of an image with an identity model
-    returns the image bit for bit with every blend. Use :class:`Stitcher` to stream
-    batches of a large image instead of holding all its patches.
-
-    Args:
-      predictions: per-patch outputs, any channel count.
-      origins: ``[N, 2]`` (y, x) of each patch in the source image.
-      source_shape: (H, W) of the source image.
-      blend: ``"average"`` | ``"gaussian"`` | ``"hann"`` | ``"crop"``.
-
-    Example:
-      >>> import fcndata.testing as t
-      >>> image = t.coordinate_image(37, 53, dtype="float32")
-      >>> ds = t.dataset([(37, 53)], dtype="float32").apply(ExtractPatches(16, stride=5))
-      >>> ps = next(iter(ds.batch(1000)))
-      >>> out = stitch(ps["image"], ps["origin"], (37, 53), blend="hann")
-      >>> out.shape, out.dtype, bool(np.array_equal(out, image.numpy()))
-      ((37, 53, 3), dtype('float32'), True)
-    """
-    predictions = np.asarray(predictions)
-    if predictions.ndim != 4:
-        raise ValueError(
-            "stitch: predictions must be [N, height, width, channels] (add a channel axis to "
-            f"single-channel outputs). Received: predictions.shape={predictions.shape}"
-        )
-    stitcher = Stitcher(source_shape, predictions.shape[1:3], predictions.shape[3], blend, dtype="float64")
-    stitcher.add(predictions, origins)
-    return stitcher.result()

@@ -7,8 +7,12 @@ import keras
 import numpy as np
 import pytest
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from fcndata.config import dump_config, load_config
-from fcndata.infer import SlidingWindowPredictor
+from fcndata.infer import BLENDS, SlidingWindowPredictor, Stitcher
+from fcndata.patches import grid_origins_2d
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,7 +28,56 @@ def test_identity_model_reproduces_the_input(blend, size):
     image = np.random.default_rng(1).random((*size, 3)).astype(np.float32)
     p = SlidingWindowPredictor(_identity(), patch_size=(16, 24), stride=(8, 10), blend=blend, batch_size=5,
                                pad_to_multiple=8)
-    np.testing.assert_allclose(p.predict(image), image, atol=1e-5)
+    out = p.predict(image)
+    assert out.dtype == np.float32 and out.shape == image.shape
+    if blend == "crop":  # one patch per pixel with weight 1: exact
+        assert np.array_equal(out, image)
+    else:  # weighted sum / summed weights, divided per axis: exact to float32 rounding
+        np.testing.assert_allclose(out, image, rtol=1e-6, atol=0)
+
+
+@settings(max_examples=12, deadline=None)
+@given(h=st.integers(1, 90), w=st.integers(1, 90), n=st.sampled_from([8, 16, 24]), data=st.data(),
+       blend=st.sampled_from(BLENDS))
+def test_identity_any_size_and_stride(h, w, n, data, blend):
+    s = data.draw(st.integers(1, n))
+    image = (np.random.default_rng(h * w).random((h, w, 3)) * 255).astype(np.uint8)
+    out = SlidingWindowPredictor(_identity(), patch_size=n, stride=s, blend=blend, batch_size=7,
+                                 pad_to_multiple=8).predict(image)
+    expected = image / np.float32(255)
+    if blend == "crop":
+        assert np.array_equal(out, expected)
+    else:
+        np.testing.assert_allclose(out, expected, rtol=1e-6, atol=0)
+
+
+class _Scores(keras.Model):
+    """A model whose output depends on the position inside the patch (so blending shows)."""
+
+    def call(self, x):
+        ramp = keras.ops.arange(keras.ops.shape(x)[2], dtype="float32")[None, None, :, None]
+        return keras.ops.concatenate([x[..., :1] * 2.0 + ramp, keras.ops.sum(x, axis=-1, keepdims=True)], axis=-1)
+
+
+@pytest.mark.parametrize("blend", BLENDS)
+def test_predictor_equals_the_numpy_stitcher(blend):
+    image = np.random.default_rng(3).random((45, 61, 3)).astype(np.float32)
+    model = _Scores(name="scores")
+    out = SlidingWindowPredictor(model, patch_size=16, stride=(6, 10), blend=blend, batch_size=4,
+                                 pad_to_multiple=8).predict(image)
+    origins = grid_origins_2d((45, 61), 16, (6, 10))
+    patches = np.stack([image[y : y + 16, x : x + 16] for y, x in origins])
+    reference = Stitcher((45, 61), 16, 2, blend=blend)  # generic: [H, W] weight map, any origins
+    reference.add(model(patches).numpy(), origins)
+    np.testing.assert_allclose(out, reference.result(), rtol=1e-5, atol=1e-5)
+
+
+def test_masked_model_sees_roi_zero_on_padding():
+    image = keras.Input((None, None, 3), name="image")
+    roi = keras.Input((None, None, 1), name="roi")
+    model = keras.Model({"image": image, "roi": roi}, keras.layers.Concatenate()([image, roi]))
+    out = SlidingWindowPredictor(model, patch_size=16, stride=8, pad_to_multiple=8).predict(np.ones((10, 20, 3), np.float32))
+    assert out.shape == (10, 20, 4) and np.allclose(out, 1.0)  # the padded rows 10..15 never come back
 
 
 def test_whole_image_prediction_pads_and_crops_back():

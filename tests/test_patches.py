@@ -12,6 +12,7 @@ import fcndata.testing as t
 from fcndata import elements as E
 from fcndata import patches as P
 from fcndata.config import load_config_text
+from fcndata.infer import BLENDS, Stitcher, blend_window, stitch
 
 FAST = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SLOW = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
@@ -184,10 +185,10 @@ def test_extract_then_stitch_is_identity(h, w, n, data, border):
     for y, x in b["origin"]:
         coverage[max(y, 0) : y + n, max(x, 0) : x + n] += 1
     assert coverage.min() >= 1
-    for blend in P.BLENDS:
-        out = P.stitch(b["image"], b["origin"], (h, w), blend=blend)
+    for blend in BLENDS:
+        out = stitch(b["image"], b["origin"], (h, w), blend=blend)
         assert out.dtype == np.float32 and np.array_equal(out, image), blend
-        grid = P.Stitcher((h, w), n, 3, blend=blend, stride=s, border=border)
+        grid = Stitcher((h, w), n, 3, blend=blend, stride=s, border=border)
         grid.add(b["image"], b["origin"])
         np.testing.assert_allclose(grid.result(), image, rtol=1e-6, atol=0)
 
@@ -370,16 +371,16 @@ def _two_patches():
 )
 def test_stitch_golden(blend, row):
     predictions, origins = _two_patches()
-    assert P.stitch(predictions, origins, (1, 6), blend)[0, :, 0].tolist() == row
-    s = P.Stitcher((1, 6), (1, 4), 1, blend=blend, stride=(1, 2))
+    assert stitch(predictions, origins, (1, 6), blend)[0, :, 0].tolist() == row
+    s = Stitcher((1, 6), (1, 4), 1, blend=blend, stride=(1, 2))
     s.add(predictions, origins)
     assert s.result()[0, :, 0].tolist() == row
 
 
 def test_stitch_hann_weights_by_hand():
     predictions, origins = _two_patches()
-    w = P.blend_window(4, "hann")  # [0.345, 0.905, 0.905, 0.345]
-    out = P.stitch(predictions, origins, (1, 6), "hann")[0, :, 0]
+    w = blend_window(4, "hann")  # [0.345, 0.905, 0.905, 0.345]
+    out = stitch(predictions, origins, (1, 6), "hann")[0, :, 0]
     expected_col2 = (1 * w[2] + 3 * w[0]) / (w[2] + w[0])
     assert out[0] == 1 and out[5] == 3 and abs(out[2] - expected_col2) < 1e-6
 
@@ -388,9 +389,9 @@ def test_stitcher_grid_and_generic_agree_any_channels():
     rng = np.random.default_rng(0)
     origins = P.grid_origins_2d((37, 53), 16, 6)
     predictions = rng.random((len(origins), 16, 16, 5), dtype=np.float32)
-    for blend in P.BLENDS:
-        grid = P.Stitcher((37, 53), 16, 5, blend=blend, stride=6)
-        generic = P.Stitcher((37, 53), 16, 5, blend=blend)
+    for blend in BLENDS:
+        grid = Stitcher((37, 53), 16, 5, blend=blend, stride=6)
+        generic = Stitcher((37, 53), 16, 5, blend=blend)
         for i in range(0, len(origins), 7):  # batches, never all at once
             grid.add(predictions[i : i + 7], origins[i : i + 7])
             generic.add(predictions[i : i + 7], origins[i : i + 7])
@@ -400,18 +401,90 @@ def test_stitcher_grid_and_generic_agree_any_channels():
 def test_stitch_keeps_random_patches_exact():
     ds = t.dataset([(37, 53)], dtype="float32").apply(P.RandomPatches(16, num_per_image=60, seed=0))
     b = one_batch(ds)
-    out = P.stitch(b["image"], b["origin"], (37, 53), "gaussian")
-    covered = P.stitch(np.ones_like(b["image"][..., :1]), b["origin"], (37, 53), "average")[..., 0] > 0
+    out = stitch(b["image"], b["origin"], (37, 53), "gaussian")
+    covered = stitch(np.ones_like(b["image"][..., :1]), b["origin"], (37, 53), "average")[..., 0] > 0
     assert np.array_equal(out[covered], t.coordinate_image(37, 53, dtype="float32").numpy()[covered])
 
 
 def test_stitcher_errors():
-    s = P.Stitcher((37, 53), 16, 3, stride=8)
+    s = Stitcher((37, 53), 16, 3, stride=8)
     with pytest.raises(ValueError, match=r"Stitcher.add: origin \(3, 0\) is not on the grid .* Received: origin=\(3, 0\)"):
         s.add(np.zeros((1, 16, 16, 3)), [[3, 0]])
     with pytest.raises(ValueError, match=r"Stitcher.add: predictions must be \[B, 16, 16, 3\].*Received: predictions.shape=\(1, 16, 16\)"):
         s.add(np.zeros((1, 16, 16)), [[0, 0]])
     with pytest.raises(ValueError, match=r"Stitcher: blend must be one of .* Received: blend='max'"):
-        P.Stitcher((37, 53), 16, 3, blend="max")
+        Stitcher((37, 53), 16, 3, blend="max")
     with pytest.raises(ValueError, match=r"stitch: predictions must be \[N, height, width, channels\]"):
-        P.stitch(np.zeros((2, 4, 4)), [[0, 0], [0, 0]], (4, 4))
+        stitch(np.zeros((2, 4, 4)), [[0, 0], [0, 0]], (4, 4))
+
+
+# ---------------------------------------------------------------------------- chunked engine
+
+
+def _reference(element, origins, n):
+    """Today's per-patch engine (one slice per patch): the pixels every stage must reproduce."""
+    return as_list(P.patches_at(element, origins, n)) if len(origins) else []
+
+
+@SLOW
+@given(
+    h=st.integers(1, 120),
+    w=st.integers(1, 120),
+    n=st.integers(1, 40),
+    data=st.data(),
+    border=st.sampled_from(P.BORDERS),
+    chunk=st.sampled_from([1, 7, 64]),
+    dtype=st.sampled_from(["uint8", "float32"]),
+)
+def test_grid_chunks_equal_per_patch_engine(h, w, n, data, border, chunk, dtype):
+    s = data.draw(st.integers(1, n))
+    origins = P.grid_origins_2d((h, w), n, s, border)
+    assume(len(origins) <= 150)
+    element = dict(t.element(h, w, dtype=dtype), weight=tf.fill([h, w], 0.5))
+    ds = tf.data.Dataset.from_tensors(element)
+    stage = P.ExtractPatches(n, s, border=border, chunk_size=chunk)
+    new = as_list(ds.apply(stage))
+    old = _reference(element, origins, n)
+    assert len(new) == len(old) == len(origins)
+    for a, b in zip(new, old):
+        assert a.keys() == b.keys()
+        for k in b:
+            assert np.array_equal(a[k], b[k]), k
+    sizes = [int(c["image"].shape[0]) for c in ds.apply(stage.chunks)]
+    assert all(0 < v <= chunk for v in sizes) and sum(sizes) == len(origins)
+
+
+@pytest.mark.parametrize(
+    "stage",
+    [
+        P.RandomPatches((8, 6), num_per_image=11, seed=3, chunk_size=4),
+        P.BalancedPatches(9, num_per_image=5, num_classes=3, seed=2, foreground_fraction=0.5),
+    ],
+)
+def test_random_and_balanced_chunks_equal_per_patch_engine(stage):
+    for h, w in [(37, 53), (5, 40), (29, 3)]:
+        element = t.element(h, w)
+        origins = stage.origins(element)
+        new = as_list(tf.data.Dataset.from_tensors(element).apply(stage))
+        old = _reference(element, origins, stage.patch_size)
+        assert len(new) == len(old) == stage.num_per_image
+        for a, b in zip(new, old):
+            for k in b:
+                assert np.array_equal(a[k], b[k]), k
+        chunks = list(tf.data.Dataset.from_tensors(element).apply(stage.chunks))
+        assert [int(c["origin"].shape[0]) for c in chunks] == [min(stage.chunk_size, stage.num_per_image - i) for i in range(0, stage.num_per_image, stage.chunk_size)]
+
+
+def test_chunks_follow_the_batched_contract():
+    stage = P.ExtractPatches((16, 24), (8, 12), chunk_size=5)
+    chunks = t.dataset([(37, 53), (29, 41)], dtype="uint16").apply(stage.chunks)
+    E.check_spec(chunks, batched=True, where="test")
+    for c in chunks:
+        assert len(set(c["source_index"].numpy().tolist())) == 1  # a chunk never mixes images
+        assert c["image"].dtype == tf.uint16 and c["path"].shape == c["source_index"].shape
+
+
+def test_grid_stream_is_deterministic_under_parallel_map():
+    stage = P.ExtractPatches(8, 5, chunk_size=3, images_per_batch=2)
+    first = _stream(stage)
+    assert first == _stream(stage) and len(first) == sum(len(P.grid_origins_2d(hw, 8, 5)) for hw in [(37, 53), (29, 41), (64, 31)])
