@@ -31,13 +31,11 @@ from typing import Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from fcndata.common import choice, pair, positive_int
 from fcndata.patches import (
     BORDERS,
     Pair,
     _check_stride,
-    _choice,
-    _pair,
-    _positive_int,
     grid_origins,
     grid_table_index,
     grid_tables,
@@ -280,7 +278,7 @@ def blend_window(patch_size: int, blend: str = "gaussian") -> np.ndarray:
       >>> [round(float(v), 4) for v in blend_window(8, "gaussian")[[0, 3]]]
       [0.0022, 0.8825]
     """
-    _choice(blend, "blend", "blend_window", BLENDS)
+    choice(blend, "blend", "blend_window", BLENDS)
     n = int(patch_size)
     if blend == "gaussian":
         i = np.arange(n) - (n - 1) / 2
@@ -350,14 +348,14 @@ class Stitcher:
         dtype: str = "float32",
     ):
         where = "Stitcher"
-        self.source_shape = _pair(tuple(int(v) for v in source_shape[:2]), "source_shape", where)
-        self.patch_size = _pair(patch_size, "patch_size", where)
-        _positive_int(channels, "channels", where)
-        _choice(blend, "blend", where, BLENDS)
-        _choice(border, "border", where, BORDERS)
-        _choice(str(np.dtype(dtype)), "dtype", where, ("float32", "float64"))
+        self.source_shape = pair(tuple(int(v) for v in source_shape[:2]), "source_shape", where)
+        self.patch_size = pair(patch_size, "patch_size", where)
+        positive_int(channels, "channels", where)
+        choice(blend, "blend", where, BLENDS)
+        choice(border, "border", where, BORDERS)
+        choice(str(np.dtype(dtype)), "dtype", where, ("float32", "float64"))
         self.channels, self.blend, self.border = int(channels), blend, border
-        self.stride = None if stride is None else _pair(stride, "stride", where)
+        self.stride = None if stride is None else pair(stride, "stride", where)
         (h, w), (nh, nw) = self.source_shape, self.patch_size
         self._out = np.zeros((h, w, self.channels), dtype)
         self._tmp = np.zeros((nh, nw, self.channels), dtype)

@@ -42,6 +42,7 @@ import numpy as np
 import tensorflow as tf
 
 from fcndata import elements as E
+from fcndata.common import choice, pair, positive_int
 
 BORDERS = ("shift", "pad", "drop")
 CLASS_PROBABILITIES = ("uniform", "inverse_frequency")
@@ -56,29 +57,6 @@ Pair = Union[int, Sequence[int]]
 # ---------------------------------------------------------------------------- validation
 
 
-def _pair(value, name: str, where: str, minimum: int = 1) -> tuple[int, int]:
-    """An int or (height, width) as a tuple of two ints >= minimum."""
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        value = (int(value), int(value))
-    if not isinstance(value, (tuple, list)) or not all(
-        isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value
-    ):
-        raise TypeError(
-            f"{where}: {name} must be an int or a (height, width) pair of ints. Received: {name}={value!r}"
-        )
-    if len(value) != 2 or min(value) < minimum:
-        raise ValueError(
-            f"{where}: {name} must be an int or a (height, width) pair of ints >= {minimum}. "
-            f"Received: {name}={value!r}"
-        )
-    return (int(value[0]), int(value[1]))
-
-
-def _choice(value, name: str, where: str, choices: tuple[str, ...], hint: str = "") -> None:
-    if value not in choices:
-        raise ValueError(f"{where}: {name} must be one of {list(choices)}{hint}. Received: {name}={value!r}")
-
-
 def _check_stride(patch_size, stride, border, where):
     if border != "drop" and any(s > n for s, n in zip(stride, patch_size)):
         raise ValueError(
@@ -86,13 +64,6 @@ def _check_stride(patch_size, stride, border, where):
             f"border={border!r}; use stride <= patch_size, or border='drop' if gaps are wanted. "
             f"Received: stride={tuple(stride)}, patch_size={tuple(patch_size)}"
         )
-
-
-def _positive_int(value, name: str, where: str) -> None:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
-        raise TypeError(f"{where}: {name} must be an int. Received: {name}={value!r}")
-    if value < 1:
-        raise ValueError(f"{where}: {name} must be >= 1. Received: {name}={value!r}")
 
 
 # ---------------------------------------------------------------------------- geometry
@@ -133,7 +104,7 @@ def grid_origins(length: int, patch_size: int, stride: int, border: str = "shift
       ([0], [])
     """
     where = "grid_origins"
-    _choice(border, "border", where, BORDERS)
+    choice(border, "border", where, BORDERS)
     for name, value, low in (("length", length, 0), ("patch_size", patch_size, 1), ("stride", stride, 1)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
             raise ValueError(f"{where}: {name} must be an int >= {low}. Received: {name}={value!r}")
@@ -158,7 +129,7 @@ def grid_origins_tf(length, patch_size: int, stride: int, border: str = "shift")
       >>> tf.function(lambda L: grid_origins_tf(L, 4, 3, "pad"))(tf.constant(11)).numpy().tolist()
       [0, 3, 6, 9]
     """
-    _choice(border, "border", "grid_origins_tf", BORDERS)
+    choice(border, "border", "grid_origins_tf", BORDERS)
     length = tf.cast(length, tf.int32)
     n, s = int(patch_size), int(stride)
     if border == "drop":
@@ -179,8 +150,8 @@ def grid_origins_2d(shape: Sequence[int], patch_size: Pair, stride: Pair, border
       >>> grid_origins_2d((5, 7), 4, 3).tolist()
       [[0, 0], [0, 3], [1, 0], [1, 3]]
     """
-    n = _pair(patch_size, "patch_size", "grid_origins_2d")
-    s = _pair(stride, "stride", "grid_origins_2d")
+    n = pair(patch_size, "patch_size", "grid_origins_2d")
+    s = pair(stride, "stride", "grid_origins_2d")
     ys = grid_origins(int(shape[0]), n[0], s[0], border)
     xs = grid_origins(int(shape[1]), n[1], s[1], border)
     yy, xx = np.meshgrid(ys, xs, indexing="ij")
@@ -189,8 +160,8 @@ def grid_origins_2d(shape: Sequence[int], patch_size: Pair, stride: Pair, border
 
 def grid_origins_2d_tf(shape, patch_size: Pair, stride: Pair, border: str = "shift") -> tf.Tensor:
     """The graph twin of :func:`grid_origins_2d`: ``[N, 2]`` int32 from a dynamic (H, W)."""
-    n = _pair(patch_size, "patch_size", "grid_origins_2d_tf")
-    s = _pair(stride, "stride", "grid_origins_2d_tf")
+    n = pair(patch_size, "patch_size", "grid_origins_2d_tf")
+    s = pair(stride, "stride", "grid_origins_2d_tf")
     shape = tf.cast(shape, tf.int32)
     ys = grid_origins_tf(shape[0], n[0], s[0], border)
     xs = grid_origins_tf(shape[1], n[1], s[1], border)
@@ -221,7 +192,7 @@ def crop_patch(element, origin, patch_size: Pair, ignore_label: int = E.IGNORE_L
       >>> p["image"][..., 0].numpy().tolist()[:3], p["label"].numpy()[2:].tolist(), p["origin"].numpy().tolist()
       ([[3, 3, 3, 0], [4, 4, 4, 0], [0, 0, 0, 0]], [[255, 255, 255, 255], [255, 255, 255, 255]], [3, 4])
     """
-    nh, nw = _pair(patch_size, "patch_size", "crop_patch")
+    nh, nw = pair(patch_size, "patch_size", "crop_patch")
     size = tf.constant([nh, nw], tf.int32)
     origin = tf.cast(origin, tf.int32)
     hw = tf.shape(element[E.IMAGE], out_type=tf.int32)[:2]
@@ -268,7 +239,7 @@ def patches_at(element, origins, patch_size: Pair, ignore_label: int = E.IGNORE_
       >>> [(p["origin"].numpy().tolist(), int(p["roi"].numpy().sum())) for p in ds]
       [([0, 0], 16), ([3, 4], 6), ([-1, -1], 9)]
     """
-    nh, nw = _pair(patch_size, "patch_size", "patches_at")
+    nh, nw = pair(patch_size, "patch_size", "patches_at")
     size = tf.constant([nh, nw], tf.int32)
     origins = tf.reshape(tf.cast(origins, tf.int32), [-1, 2])
     hw = tf.shape(element[E.IMAGE], out_type=tf.int32)[:2]
@@ -391,8 +362,8 @@ def grid_tables(planes, origins, patch_size: Pair, stride: Pair) -> dict:
       A dict of tensors: ``table/<key>`` ``[rows, g * channels]`` per plane,
       ``block`` ``[N]`` the table column of each origin, ``blocks`` the table width.
     """
-    nw = _pair(patch_size, "patch_size", "grid_tables")[1]
-    g = math.gcd(nw, _pair(stride, "stride", "grid_tables")[1])
+    nw = pair(patch_size, "patch_size", "grid_tables")[1]
+    g = math.gcd(nw, pair(stride, "stride", "grid_tables")[1])
     origins = tf.cast(origins, tf.int32)
     width = tf.shape(planes[E.IMAGE], out_type=tf.int32)[1]
     xs = origins[:, 1]
@@ -438,7 +409,7 @@ def random_origins(shape, patch_size: Pair, num: int, key) -> tf.Tensor:
       >>> int(o.min()), int(o[:, 0].max()), int(o[:, 1].max())
       (0, 21, 37)
     """
-    n = tf.constant(_pair(patch_size, "patch_size", "random_origins"), tf.int32)
+    n = tf.constant(pair(patch_size, "patch_size", "random_origins"), tf.int32)
     shape = tf.cast(shape, tf.int32)[:2]
     low = tf.minimum(0, shape - n)
     high = tf.maximum(0, shape - n)
@@ -509,7 +480,7 @@ def balanced_origins(
       ([1, 1, 1, 1], True)
     """
     k = int(num_classes)
-    n = tf.constant(_pair(patch_size, "patch_size", "balanced_origins"), tf.int32)
+    n = tf.constant(pair(patch_size, "patch_size", "balanced_origins"), tf.int32)
     label = tf.cast(label, tf.int32)
     shape = tf.shape(label, out_type=tf.int32)
     width = shape[1]
@@ -608,7 +579,7 @@ def count_skipped(dataset: tf.data.Dataset, patch_size: Pair) -> int:
       >>> count_skipped(t.dataset([(37, 53), (10, 80), (20, 20)]), 16)
       1
     """
-    n = tf.constant(_pair(patch_size, "patch_size", "count_skipped"), tf.int32)
+    n = tf.constant(pair(patch_size, "patch_size", "count_skipped"), tf.int32)
     small = dataset.map(lambda e: tf.cast(tf.reduce_any(tf.shape(e[E.IMAGE], out_type=tf.int32)[:2] < n), tf.int64))
     return int(small.reduce(tf.constant(0, tf.int64), lambda total, x: total + x))
 
@@ -620,6 +591,7 @@ def _sliced_stream(stage, ds: tf.data.Dataset, where: str, chunks_only: bool = F
     than the per-patch slices, so they stay; chunks are those patches batched per image.
     """
     E.check_spec(ds, where=where)
+    ds = E.with_epoch(ds, stage.seed)  # fresh draws every epoch, even without build_pipeline
 
     def patches(element):
         return patches_at(element, stage.origins(element), stage.patch_size, stage.ignore_label)
@@ -685,12 +657,12 @@ class ExtractPatches:
 
     def __post_init__(self):
         where = "ExtractPatches"
-        n = _pair(self.patch_size, "patch_size", where)
-        s = _pair(self.stride if self.stride is not None else tuple(max(1, v // 2) for v in n), "stride", where)
-        _choice(self.border, "border", where, BORDERS, hint=" ('shift' covers every pixel without padding)")
+        n = pair(self.patch_size, "patch_size", where)
+        s = pair(self.stride if self.stride is not None else tuple(max(1, v // 2) for v in n), "stride", where)
+        choice(self.border, "border", where, BORDERS, hint=" ('shift' covers every pixel without padding)")
         _check_stride(n, s, self.border, where)
-        _positive_int(self.images_per_batch, "images_per_batch", where)
-        _positive_int(self.chunk_size, "chunk_size", where)
+        positive_int(self.images_per_batch, "images_per_batch", where)
+        positive_int(self.chunk_size, "chunk_size", where)
         object.__setattr__(self, "patch_size", n)
         object.__setattr__(self, "stride", s)
 
@@ -792,10 +764,10 @@ class RandomPatches:
 
     def __post_init__(self):
         where = "RandomPatches"
-        object.__setattr__(self, "patch_size", _pair(self.patch_size, "patch_size", where))
-        _positive_int(self.num_per_image, "num_per_image", where)
-        _positive_int(self.images_per_batch, "images_per_batch", where)
-        _positive_int(self.chunk_size, "chunk_size", where)
+        object.__setattr__(self, "patch_size", pair(self.patch_size, "patch_size", where))
+        positive_int(self.num_per_image, "num_per_image", where)
+        positive_int(self.images_per_batch, "images_per_batch", where)
+        positive_int(self.chunk_size, "chunk_size", where)
         if not isinstance(self.seed, (int, np.integer)) or isinstance(self.seed, bool):
             raise TypeError(f"{where}: seed must be an int. Received: seed={self.seed!r}")
 
@@ -862,14 +834,14 @@ class BalancedPatches:
 
     def __post_init__(self):
         where = "BalancedPatches"
-        object.__setattr__(self, "patch_size", _pair(self.patch_size, "patch_size", where))
-        _positive_int(self.num_per_image, "num_per_image", where)
-        _positive_int(self.num_classes, "num_classes", where)
-        _positive_int(self.images_per_batch, "images_per_batch", where)
-        _positive_int(self.chunk_size, "chunk_size", where)
+        object.__setattr__(self, "patch_size", pair(self.patch_size, "patch_size", where))
+        positive_int(self.num_per_image, "num_per_image", where)
+        positive_int(self.num_classes, "num_classes", where)
+        positive_int(self.images_per_batch, "images_per_batch", where)
+        positive_int(self.chunk_size, "chunk_size", where)
         p = self.class_probabilities
         if isinstance(p, str):
-            _choice(p, "class_probabilities", where, CLASS_PROBABILITIES, hint=" or a list of one probability per class")
+            choice(p, "class_probabilities", where, CLASS_PROBABILITIES, hint=" or a list of one probability per class")
         else:
             try:
                 p = tuple(float(v) for v in p)

@@ -205,7 +205,6 @@ def test_hand_composed_epochs_stage_resumes_exactly():
     assert not _same(full[:per_epoch], full[per_epoch:2 * per_epoch])
 
 
-@pytest.mark.xfail(strict=True, reason="needs the per-iteration key in patches.py")
 def test_random_patches_alone_draw_fresh_each_epoch():
     ds = t.dataset(t.ODD_SIZES).apply(RandomPatches(patch_size=8, num_per_image=3, seed=3))
     first, second = _batches(ds, 100), _batches(ds, 100)
