@@ -37,9 +37,10 @@ def quiet_defaults() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
     if "cv2" in sys.modules and os.environ["OPENCV_LOG_LEVEL"] == "ERROR":
-        import cv2
+        # cv2 was imported before us and has read the variable already
+        import cv2.utils.logging as cv2_logging
 
-        cv2.setLogLevel(2)  # 2 = ERROR, when cv2 was imported before us
+        cv2_logging.setLogLevel(cv2_logging.LOG_LEVEL_ERROR)
 
 
 def _quiet_python_loggers() -> None:
