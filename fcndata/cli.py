@@ -1,8 +1,8 @@
 """What every ``python -m fcndata.*`` command does the same way.
 
 * Quiet defaults, set before TensorFlow is imported and only where the user's
-  environment says nothing: ``TF_CPP_MIN_LOG_LEVEL=2`` (no oneDNN / CPU-feature start-up
-  lines), ``OPENCV_LOG_LEVEL=ERROR`` (no ``[ WARN ]`` lines from OpenCV's decoders), and
+  environment says nothing: ``TF_CPP_MIN_LOG_LEVEL=3`` (no oneDNN / CPU-feature / absl
+  start-up lines), ``OPENCV_LOG_LEVEL=ERROR`` (no ``[ WARN ]`` lines from OpenCV's decoders), and
   absl's Python logger at ``error`` once TensorFlow is loaded.
 * An expected failure — a bad recipe, a missing or unreadable file, a data error that
   TensorFlow raises with the file's name in its message — ends in one line on stderr,
@@ -34,7 +34,9 @@ def quiet_defaults() -> None:
     Call it before TensorFlow (or OpenCV) is imported: the C++ loggers read their
     environment variables once, at import.
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # 3, not 2: TensorFlow logs start-up and graph-version notices at ERROR level too
+    # ("NodeDef mentions attribute ..."); real failures still raise Python exceptions.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
     if "cv2" in sys.modules and os.environ["OPENCV_LOG_LEVEL"] == "ERROR":
         # cv2 was imported before us and has read the variable already
@@ -74,10 +76,19 @@ def expected_errors() -> tuple[type[BaseException], ...]:
 
 
 _NODE = re.compile(r"\s*\[\[\{\{node [^\]]*\]\]")
+_FUNCTION = re.compile(r"\{\{function_node [^}]*\}\}\s*")
+_ASSERTION = re.compile(r"assertion failed:\s*\[(.*)\]", re.I | re.S)
+_USER_FUNCTION = re.compile(r"^Error in user-defined function passed to .*? transformation with iterator: [^:]*:\s*")
 
 
 def one_line(error: BaseException) -> str:
-    """The message of ``error`` on one line: TensorFlow's node names and stack dropped."""
+    """The message of ``error`` on one line: TensorFlow's op, node and function names dropped.
+
+    Example:
+      >>> one_line(ValueError("{{function_node __wrapped__X}} Error in user-defined function passed to "
+      ...     "Map:3 transformation with iterator: Root::Map: assertion failed: [image a.png is truncated] [Op:X] name:"))
+      'image a.png is truncated'
+    """
     tf = sys.modules.get("tensorflow")
     if tf is not None and hasattr(tf, "errors") and isinstance(error, tf.errors.OpError):
         text = error.message
@@ -85,13 +96,15 @@ def one_line(error: BaseException) -> str:
         text = f"{error.filename}: {error.strerror}"
     else:
         text = str(error)
-    text = _NODE.sub("", text)
-    # TF appends "\n\nStack trace for op ..." / "[Op:...]"; only the first paragraph is the message.
-    text = text.split("\n\n")[0]
-    text = re.sub(r"\s*\[Op:[^\]]*\]( name: .*)?$", "", text.strip())
-    text = re.sub(r"^(Assertion failed|assertion failed):\s*", "", text)
+    text = _FUNCTION.sub("", _NODE.sub("", text))
+    text = text.split("\n\n")[0]  # TF appends the op's stack trace after a blank line
+    text = re.sub(r"\s*\[Op:[^\]]*\]( name:.*)?$", "", text.strip(), flags=re.S)
+    found = _ASSERTION.search(text)
+    if found:  # tf.debugging.assert_* wraps our message in [ ... ]
+        text = found.group(1).split("] [")[0]
+    text = _USER_FUNCTION.sub("", text.strip())
     text = " ".join(part.strip() for part in text.splitlines() if part.strip())
-    return text.strip("[] ") or type(error).__name__
+    return text or type(error).__name__
 
 
 class Interrupted(KeyboardInterrupt):
