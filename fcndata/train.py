@@ -67,13 +67,11 @@ def _enable_op_determinism() -> None:
         _op_determinism = True
 
 
-def make_optimizer(config, steps_per_epoch: int):
-    """The optimizer and learning-rate schedule of ``config.train``.
+def learning_rate_schedule(config, steps_per_epoch: int):
+    """The learning rate of ``config.train``: a float or a Keras ``LearningRateSchedule``.
 
     ``warmup_steps`` ramps the rate linearly from 0 to ``learning_rate`` and then runs the
-    schedule over the remaining steps, whatever the schedule. ``weight_decay: null`` is
-    the optimizer's default (none for adam / sgd, Keras' 0.004 for adamw); a number,
-    0 included, is used as given.
+    schedule over the remaining steps, whatever the schedule.
 
     Raises:
       ValueError: ``warmup_steps`` is not fewer than the training steps.
@@ -99,6 +97,19 @@ def make_optimizer(config, steps_per_epoch: int):
         lr = keras.optimizers.schedules.PolynomialDecay(t.learning_rate, decay, end_learning_rate=0.0, power=0.9)
     if t.warmup_steps:
         lr = LinearWarmup(lr, t.warmup_steps, t.learning_rate)
+    return lr
+
+
+def make_optimizer(config, steps_per_epoch: int):
+    """The optimizer of ``config.train``, with :func:`learning_rate_schedule`.
+
+    ``weight_decay: null`` is the optimizer's default (none for adam / sgd, Keras' 0.004
+    for adamw); a number, 0 included, is used as given.
+    """
+    import keras
+
+    t = config.train
+    lr = learning_rate_schedule(config, steps_per_epoch)
     if t.optimizer == "sgd":
         return keras.optimizers.SGD(lr, momentum=t.momentum, weight_decay=t.weight_decay or None)
     if t.optimizer == "adamw":
