@@ -121,7 +121,9 @@ def test_readme_quickstart_is_the_brain_recipe():
 def _commands() -> list[str]:
     """Every ``python -m fcndata.*`` / ``make`` / ``python benchmarks`` line of the README's shell blocks."""
     out = []
-    for block in re.findall(r"```(?:bash)?\n(.*?)```", README, re.S):
+    for lang, block in re.findall(r"^```(\w*)\n(.*?)^```", README, re.S | re.M):
+        if lang not in ("", "bash"):
+            continue
         text = block.replace("\\\n", " ")
         for line in text.splitlines():
             line = line.split("  #")[0].strip().removeprefix("$ ")
@@ -175,7 +177,13 @@ def test_readme_train_predict_inspect_commands_run(tmp_path, monkeypatch, capsys
     for command in train:
         argv = _argv(command, tmp_path)
         if argv[0] == "--resume":
-            argv = ["--resume", str(first_run)]  # the README's run folder is an example name
+            # the README's run folder is an example name; make the first run one of 2 epochs
+            # that stopped after its first, as a crash or Ctrl-C would leave it
+            from fcndata.config import dump_config, load_config
+
+            cfg = load_config(first_run / "config.yaml", ["train.epochs=2"])
+            dump_config(cfg, first_run / "config.yaml")
+            argv = ["--resume", str(first_run)]
         else:
             name = Path(argv[1]).stem
             argv += sum((["--set", s] for s in _tiny(argv[1]) + [f"train.run_dir={runs}", f"train.name={name}"]), [])
