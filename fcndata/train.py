@@ -322,7 +322,8 @@ def train(config, run_dir: Path | None = None, resume: bool = False) -> dict:
                 verbose=t.verbose,
                 shuffle=False,  # the pipeline already shuffles, per epoch and seeded
             )
-        print("fcndata: saving model.keras, evaluating on the validation split, drawing the PNGs...", flush=True)
+        print("fcndata: saving model.keras, evaluating on the validation split, drawing the PNGs...", file=sys.stderr,
+              flush=True)
         model.save(run_dir / "model.keras")
         result = evaluate(model, config)
         history = _read_history(run_dir / "metrics.csv")
