@@ -145,7 +145,11 @@ class DataConfig:
                 "data.max_size must be >= data.min_size. "
                 f"Received: data.min_size={self.min_size}, data.max_size={self.max_size}"
             )
-        _range(self.class_imbalance, "data.class_imbalance", 1, why="it is the ratio of the most to the least frequent class")
+        if self.class_imbalance < 1:
+            raise ConfigError(
+                "data.class_imbalance (the ratio of the most to the least frequent shape class) must be >= 1. "
+                f"Received: data.class_imbalance={self.class_imbalance}"
+            )
         _range(self.val_fraction, "data.val_fraction", 0, 1, low_open=True, high_open=True)
         required = {"folder": ("images", "masks"), "tfrecord": ("tfrecords",), "tfds": ("tfds_name",)}
         for name in required.get(self.source, ()):
@@ -363,7 +367,7 @@ class LossConfig:
         if self.name == "sum" and not self.terms:
             raise ConfigError(
                 "loss.terms: name 'sum' needs a list of terms, e.g. terms: [{name: cross_entropy, weight: 1.0}, "
-                "{name: dice, weight: 0.5}]. Received: loss.terms=None"
+                "{name: dice, weight: 0.5}]. Received: terms=None"
             )
         if self.terms is not None and self.name != "sum":
             raise ConfigError(
@@ -377,7 +381,9 @@ class LossConfig:
                 if key not in TERM_KEYS:
                     close = difflib.get_close_matches(str(key), TERM_KEYS, n=1)
                     hint = f"; did you mean '{close[0]}'?" if close else "."
-                    raise ConfigError(f"{where}: unknown key '{key}'{hint} Valid keys: {', '.join(TERM_KEYS)}")
+                    raise ConfigError(
+                        f"{where}: unknown key '{key}'{hint} Valid keys: {', '.join(TERM_KEYS)}. Received: {term!r}"
+                    )
             _choice(term["name"], f"{where}.name", LOSS_NAMES)
             for key, (tp, low, high) in {"weight": (float, 0, None), "gamma": (float, 0, None),
                                          "label_smoothing": (float, 0, 1), "smooth": (float, 0, None)}.items():
