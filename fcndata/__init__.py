@@ -18,7 +18,13 @@ from __future__ import annotations
 
 import importlib
 
+from fcndata import saving as _saving  # imports neither Keras nor TensorFlow
+
 __version__ = "0.1.0"
+
+# A saved model.keras loads with plain keras.models.load_model after `import fcndata`:
+# fcndata's custom layers, losses and metrics are made known to Keras without loading them here.
+_saving.install()
 
 #: Public name -> module that defines it.
 _EXPORTS = {
@@ -45,6 +51,7 @@ _EXPORTS = {
     "BucketBySize": "fcndata.batching",
     "to_keras": "fcndata.batching",
     "SlidingWindowPredictor": "fcndata.infer",
+    "load_model": "fcndata.saving",
 }
 
 __all__ = list(sorted(_EXPORTS))

@@ -51,6 +51,21 @@ def _choice(value, name: str, choices: tuple) -> None:
         raise ConfigError(f"{name} must be one of {list(choices)}. Received: {name}={value!r}")
 
 
+def _range(value, name: str, low=None, high=None, why: str = "", *, low_open=False, high_open=False) -> None:
+    """Checks ``low <= value <= high`` (open ends where asked); None bounds are unchecked."""
+    if value is None:
+        return
+    ok = (low is None or (value > low if low_open else value >= low)) and (
+        high is None or (value < high if high_open else value <= high)
+    )
+    if not ok:
+        if high is None:
+            interval = f"{'>' if low_open else '>='} {low}"
+        else:
+            interval = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise ConfigError(f"{name} must be {interval}{'; ' + why if why else ''}. Received: {name}={value!r}")
+
+
 # ---------------------------------------------------------------------------- sections
 
 
@@ -118,6 +133,45 @@ class DataConfig:
                 f"data.class_names must have num_classes={self.num_classes} entries. "
                 f"Received: {len(self.class_names)} names"
             )
+        if self.palette is not None and len(self.palette) != self.num_classes:
+            raise ConfigError(
+                f"data.palette must have one RGB colour per class, num_classes={self.num_classes}. "
+                f"Received: {len(self.palette)} colours"
+            )
+        for name in ("num_images", "val_num_images", "min_size", "slice_step"):
+            _range(getattr(self, name), f"data.{name}", 1)
+        if self.max_size < self.min_size:
+            raise ConfigError(
+                "data.max_size must be >= data.min_size. "
+                f"Received: data.min_size={self.min_size}, data.max_size={self.max_size}"
+            )
+        if self.class_imbalance < 1:
+            raise ConfigError(
+                "data.class_imbalance (the ratio of the most to the least frequent shape class) must be >= 1. "
+                f"Received: data.class_imbalance={self.class_imbalance}"
+            )
+        _range(self.val_fraction, "data.val_fraction", 0, 1, low_open=True, high_open=True)
+        required = {"folder": ("images", "masks"), "tfrecord": ("tfrecords",), "tfds": ("tfds_name",)}
+        for name in required.get(self.source, ()):
+            if getattr(self, name) is None:
+                raise ConfigError(
+                    f"data.{name} is needed with data.source={self.source}; see pipelines/folder.yaml. "
+                    f"Received: data.{name}=None"
+                )
+        if (self.val_images is None) != (self.val_masks is None) and self.source == "folder":
+            raise ConfigError(
+                "data.val_images and data.val_masks go together: give both, or remove both to train without "
+                f"validation. Received: data.val_images={self.val_images!r}, data.val_masks={self.val_masks!r}"
+            )
+
+    @property
+    def has_validation(self) -> bool:
+        """Whether the recipe names validation data (a folder or TFRecord source may have none)."""
+        if self.source == "folder":
+            return self.val_images is not None
+        if self.source == "tfrecord":
+            return self.val_tfrecords is not None
+        return True
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -163,6 +217,21 @@ class PatchesConfig:
             )
 
 
+#: augment key -> (low, high, why, high end open); Augment's own checks use the same ranges.
+AUGMENT_RANGES = {
+    "rotate": (0, 180, "it is the maximum absolute angle in degrees", False),
+    "shear": (0, 60, "it is the maximum absolute shear angle in degrees", False),
+    "brightness": (0, 1, "it is a fraction of the dynamic range", False),
+    "contrast": (0, 1, "factors are drawn from [1 - contrast, 1 + contrast]", False),
+    "gamma": (0, 1, "exponents are drawn from [1 - gamma, 1 + gamma]", True),
+    "hue": (0, 0.5, "it is a fraction of the colour circle", False),
+    "saturation": (0, 1, "factors are drawn from [1 - s, 1 + s]", False),
+    "noise_std": (0, 1, "it is a fraction of the dynamic range", False),
+    "blur_sigma": (0, 20, "it is the maximum sigma in pixels", False),
+    "probability": (0, 1, "it is the chance of each enabled transform", False),
+}
+
+
 @dataclass(frozen=True)
 class AugmentConfig:
     """``augment:`` — joint image/label/roi augmentation, train mode only.
@@ -193,6 +262,13 @@ class AugmentConfig:
     def __post_init__(self):
         if self.crop_size is not None:
             object.__setattr__(self, "crop_size", _pair(self.crop_size, "augment.crop_size"))
+        if self.scale is not None and not 0 < self.scale[0] <= self.scale[1]:
+            raise ConfigError(
+                f"augment.scale must be [min, max] with 0 < min <= max, e.g. [0.75, 1.25]. Received: augment.scale={list(self.scale)}"
+            )
+        # The same ranges as fcndata.augment.Augment checks (tests/test_config.py compares them).
+        for name, (low, high, why, high_open) in AUGMENT_RANGES.items():
+            _range(getattr(self, name), f"augment.{name}", low, high, why, high_open=high_open)
 
 
 @dataclass(frozen=True)
@@ -217,6 +293,10 @@ class SamplingConfig:
         p = self.loss_keep_probability
         if p is not None and not 0.0 < p <= 1.0:
             raise ConfigError(f"sampling.loss_keep_probability must be in (0, 1]. Received: {p}")
+        _range(self.beta, "sampling.beta", 0, 1, low_open=True, high_open=True)
+        _range(self.max_weight, "sampling.max_weight", 0, low_open=True)
+        if isinstance(self.class_weights, tuple) and any(w < 0 for w in self.class_weights):
+            raise ConfigError(f"sampling.class_weights must be >= 0. Received: {list(self.class_weights)}")
 
 
 @dataclass(frozen=True)
@@ -238,6 +318,8 @@ class BatchingConfig:
                 "batching.batch_size and batching.pad_to_multiple must be >= 1. Received: "
                 f"batch_size={self.batch_size}, pad_to_multiple={self.pad_to_multiple}"
             )
+        _range(self.num_buckets, "batching.num_buckets", 1)
+        _range(self.shuffle_buffer, "batching.shuffle_buffer", 0, why="0 disables shuffling")
 
 
 @dataclass(frozen=True)
@@ -256,6 +338,13 @@ class ModelConfig:
         _choice(self.variant, "model.variant", ("fcn8s", "fcn16s", "fcn32s", "fcn4s", "fcn2s"))
         _choice(self.backbone, "model.backbone", ("tiny", "vgg16", "resnet50", "mobilenetv2"))
         _choice(self.norm, "model.norm", ("batch", "frozen_batch", "group", "none"))
+        _range(self.width, "model.width", 1)
+        _range(self.dropout, "model.dropout", 0, 1, high_open=True)
+
+
+LOSS_NAMES = ("cross_entropy", "focal", "sigmoid_focal", "dice")
+#: keys of one entry of ``loss.terms`` (fcndata.losses reads the same ones)
+TERM_KEYS = ("name", "weight", "gamma", "alpha", "label_smoothing", "smooth", "per_image")
 
 
 @dataclass(frozen=True)
@@ -271,7 +360,40 @@ class LossConfig:
     terms: Optional[tuple[dict, ...]] = None  # name: sum -> [{name: cross_entropy, weight: 1.0}, {name: dice, weight: 0.5}]
 
     def __post_init__(self):
-        _choice(self.name, "loss.name", ("cross_entropy", "focal", "sigmoid_focal", "dice", "sum"))
+        _choice(self.name, "loss.name", LOSS_NAMES + ("sum",))
+        _range(self.gamma, "loss.gamma", 0)
+        _range(self.label_smoothing, "loss.label_smoothing", 0, 1, high_open=True)
+        _range(self.smooth, "loss.smooth", 0)
+        if self.name == "sum" and not self.terms:
+            raise ConfigError(
+                "loss.terms: name 'sum' needs a list of terms, e.g. terms: [{name: cross_entropy, weight: 1.0}, "
+                "{name: dice, weight: 0.5}]. Received: terms=None"
+            )
+        if self.terms is not None and self.name != "sum":
+            raise ConfigError(
+                f"loss.terms is only read with loss.name: sum; set name: sum or remove terms. Received: loss.name={self.name!r}"
+            )
+        for i, term in enumerate(self.terms or ()):
+            where = f"loss.terms[{i}]"
+            if "name" not in term:
+                raise ConfigError(f"{where}: each term is a mapping with a 'name' key. Received: {term!r}")
+            for key in term:
+                if key not in TERM_KEYS:
+                    close = difflib.get_close_matches(str(key), TERM_KEYS, n=1)
+                    hint = f"; did you mean '{close[0]}'?" if close else "."
+                    raise ConfigError(
+                        f"{where}: unknown key '{key}'{hint} Valid keys: {', '.join(TERM_KEYS)}. Received: {term!r}"
+                    )
+            _choice(term["name"], f"{where}.name", LOSS_NAMES)
+            for key, (tp, low, high) in {"weight": (float, 0, None), "gamma": (float, 0, None),
+                                         "label_smoothing": (float, 0, 1), "smooth": (float, 0, None)}.items():
+                if key in term:
+                    value = term[key]
+                    if isinstance(value, bool) or not isinstance(value, (int, float)):
+                        raise ConfigError(f"{where}.{key} must be a number. Received: {key}={value!r}")
+                    _range(value, f"{where}.{key}", low, high, high_open=key == "label_smoothing")
+            if "per_image" in term and not isinstance(term["per_image"], bool):
+                raise ConfigError(f"{where}.per_image must be true or false. Received: per_image={term['per_image']!r}")
 
 
 @dataclass(frozen=True)
@@ -284,9 +406,9 @@ class TrainConfig:
     optimizer: str = "adam"  # adam | sgd | adamw
     learning_rate: float = 1e-3
     momentum: float = 0.9  # sgd; the paper's "heavy" setting is batch 1 with 0.99
-    weight_decay: float = 0.0
+    weight_decay: Optional[float] = None  # null: the optimizer's default (0; adamw: 0.004, Keras' default)
     schedule: str = "constant"  # constant | cosine | poly
-    warmup_steps: int = 0
+    warmup_steps: int = 0  # linear warm-up from 0 to learning_rate, then the schedule, with any schedule
     mixed_precision: str = "auto"  # auto (mixed_float16 on GPU) | off | mixed_float16 | mixed_bfloat16
     jit_compile: bool = False
     run_dir: str = "runs"
@@ -299,6 +421,22 @@ class TrainConfig:
         _choice(self.optimizer, "train.optimizer", ("adam", "sgd", "adamw"))
         _choice(self.schedule, "train.schedule", ("constant", "cosine", "poly"))
         _choice(self.mixed_precision, "train.mixed_precision", ("auto", "off", "mixed_float16", "mixed_bfloat16"))
+        _range(self.epochs, "train.epochs", 1)
+        _range(self.steps_per_epoch, "train.steps_per_epoch", 1, why="null means one pass over the training data")
+        _range(self.validation_steps, "train.validation_steps", 1, why="null means the whole validation split")
+        _range(self.learning_rate, "train.learning_rate", 0, low_open=True)
+        _range(self.momentum, "train.momentum", 0, 1, high_open=True)
+        _range(self.weight_decay, "train.weight_decay", 0, why="0 turns weight decay off")
+        _range(self.warmup_steps, "train.warmup_steps", 0)
+        _choice(self.verbose, "train.verbose", (0, 1, 2))
+        if self.steps_per_epoch is not None and self.warmup_steps >= self.epochs * self.steps_per_epoch:
+            raise ConfigError(
+                "train.warmup_steps must be fewer than the training steps (train.epochs x train.steps_per_epoch = "
+                f"{self.epochs * self.steps_per_epoch}), or the learning rate never reaches train.learning_rate. "
+                f"Received: train.warmup_steps={self.warmup_steps}"
+            )
+        if self.name is not None and (not self.name or "/" in self.name or "\\" in self.name):
+            raise ConfigError(f"train.name is a folder name inside train.run_dir, without '/'. Received: train.name={self.name!r}")
 
 
 @dataclass(frozen=True)
@@ -313,6 +451,7 @@ class PredictConfig:
 
     def __post_init__(self):
         _choice(self.blend, "predict.blend", ("average", "gaussian", "hann", "crop"))
+        _range(self.batch_size, "predict.batch_size", 1)
         if self.patch_size is not None:
             object.__setattr__(self, "patch_size", _pair(self.patch_size, "predict.patch_size"))
             stride = self.stride if self.stride is not None else tuple(max(1, n // 2) for n in self.patch_size)
@@ -333,6 +472,26 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
     source: Optional[str] = field(default=None, compare=False)
+
+    def __post_init__(self):
+        # Checks that need two sections.
+        k = self.data.num_classes
+        weights = self.sampling.class_weights if self.sampling is not None else None
+        if isinstance(weights, tuple) and len(weights) != k:
+            raise ConfigError(
+                f"sampling.class_weights needs one weight per class, num_classes={k}. Received: {len(weights)} weights"
+            )
+        alphas = [("loss.alpha", self.loss.alpha, self.loss.name)] + [
+            (f"loss.terms[{i}].alpha", t.get("alpha"), t.get("name")) for i, t in enumerate(self.loss.terms or ())
+        ]
+        for name, alpha, loss in alphas:
+            if isinstance(alpha, (list, tuple)) and loss in ("focal", "sigmoid_focal", "sum") and len(alpha) != k:
+                raise ConfigError(f"{name} needs one value per class, num_classes={k}. Received: {name}={list(alpha)}")
+        probs = self.patches.class_probabilities if self.patches is not None else None
+        if isinstance(probs, tuple) and len(probs) != k:
+            raise ConfigError(
+                f"patches.class_probabilities needs one value per class, num_classes={k}. Received: {len(probs)} values"
+            )
 
     def replace(self, **sections) -> "Config":
         """A copy with whole sections replaced (``cfg.replace(batching=...)``)."""
@@ -446,7 +605,10 @@ def config_from_dict(raw: dict | None, name: str = "<config>") -> Config:
         if _is_optional(cls):
             cls = next(a for a in typing.get_args(cls) if a is not type(None))
         kwargs[section] = _build_section(cls, value, name, section)
-    return Config(**kwargs, source=name)
+    try:
+        return Config(**kwargs, source=name)
+    except ConfigError as e:
+        raise ConfigError(f"{name}: {e}") from None
 
 
 def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...], name: str = "--set") -> dict:
@@ -461,7 +623,21 @@ def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...], name: str
             raise ConfigError(f"{name}: overrides look like section.key=value, e.g. train.epochs=5. Received: {item!r}")
         path, text = item.split("=", 1)
         section, key = path.strip().split(".", 1)
-        value = yaml.safe_load(text)
+        where = f"{name} {item}"
+        if section not in SECTIONS:
+            close = difflib.get_close_matches(section, list(SECTIONS), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else "."
+            raise ConfigError(f"{where}: unknown section '{section}'{hint} Valid sections: {', '.join(SECTIONS)}")
+        cls = typing.get_type_hints(Config)[section]
+        if _is_optional(cls):
+            cls = next(a for a in typing.get_args(cls) if a is not type(None))
+        valid = [f.name for f in dataclasses.fields(cls)]
+        if key not in valid:
+            raise _unknown_key(where, key, section, valid)
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{where}: the value is not valid YAML ({e}). Quote strings with ':' or '#'.") from None
         current = raw.get(section)
         if current is None:
             current = {}

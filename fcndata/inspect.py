@@ -18,13 +18,14 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import Counter
+from typing import TYPE_CHECKING
 
 import numpy as np
-import tensorflow as tf
 
 from fcndata import config as C
-from fcndata import elements as E
-from fcndata import sources
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 
 def inspect_dataset(dataset: tf.data.Dataset, num_classes: int, class_names=None, report=None) -> dict:
@@ -44,6 +45,10 @@ def inspect_dataset(dataset: tf.data.Dataset, num_classes: int, class_names=None
       ``images_with_class``, ``ignored_pixels``, ``total_pixels`` and ``skipped``
       (``[(path, reason)]``).
     """
+    import tensorflow as tf
+
+    from fcndata import elements as E
+
     E.check_spec(dataset, where="inspect")
     names = list(class_names) if class_names is not None else [f"class{k}" for k in range(num_classes)]
 
@@ -110,26 +115,34 @@ def format_report(info: dict, title: str = "dataset") -> str:
 
 
 def main(argv=None) -> int:
+    from fcndata import cli
+
+    cli.quiet_defaults()  # before TensorFlow is imported
     parser = argparse.ArgumentParser(prog="python -m fcndata.inspect", description=__doc__.split("\n")[0])
     C.add_config_arguments(parser)
     parser.add_argument("--split", choices=("train", "validation"), default="train")
+    cli.add_debug_argument(parser)
     args = parser.parse_args(argv)
-    try:
+
+    def body() -> int:
+        from fcndata import sources
+
         cfg = C.load_config(args.config, args.overrides)
-    except C.ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    data = cfg.data
-    report = sources.SkipReport(f"{data.source} source ({args.split})")
-    try:
+        data = cfg.data
+        if args.split == "validation" and not data.has_validation:
+            raise ValueError(
+                f"{cfg.source}: the recipe has no validation data (data.val_images / data.val_tfrecords is not set). "
+                "Received: --split validation"
+            )
+        report = sources.SkipReport(f"{data.source} source ({args.split})")
         # file-level problems (empty glob, unpaired files) are found here, and named
         ds = sources.load_source(data, args.split, report=report)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    info = inspect_dataset(ds, data.num_classes, data.names, report)
-    print(format_report(info, f"{args.config or '<defaults>'} [{data.source}, {args.split}]"))
-    return 0
+        print(f"fcndata: one pass over the {args.split} split...", file=sys.stderr, flush=True)
+        info = inspect_dataset(ds, data.num_classes, data.names, report)
+        print(format_report(info, f"{args.config or '<defaults>'} [{data.source}, {args.split}]"))
+        return 0
+
+    return cli.run(body, debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -514,25 +514,79 @@ def model_from_config(cfg, data) -> keras.Model:
 
 
 def _foldable_pairs(model: keras.Model) -> dict:
-    """Maps id(BN layer) -> the Conv2D / DepthwiseConv2D whose only consumer it is."""
+    """Maps id(BN layer) -> the Conv2D / DepthwiseConv2D whose only consumer it is.
+
+    Read from each functional model's own config (``get_config()``: every layer's
+    ``inbound_nodes`` name the producing layer, node and tensor), a public and
+    serialised description of the graph, so no private Keras attribute is touched.
+    Nested functional models (keras.applications backbones) are read the same way.
+    """
     pairs = {}
-    for layer in _all_layers(model):
-        if not isinstance(layer, layers.BatchNormalization) or len(layer._inbound_nodes) != 1:
-            continue
-        if layer.axis not in (-1, 3):
-            continue
-        tensors = layer._inbound_nodes[0].input_tensors
-        if len(tensors) != 1:
-            continue
-        producer = tensors[0]._keras_history.operation
-        if (
-            type(producer) in (layers.Conv2D, layers.DepthwiseConv2D)
-            and len(producer._inbound_nodes) == 1
-            and len(producer._outbound_nodes) == 1
-            and producer.activation is keras.activations.linear
-        ):
-            pairs[id(layer)] = producer
+    for graph in _all_models(model):
+        config = graph.get_config()
+        if not isinstance(config, dict) or "layers" not in config:
+            continue  # a subclassed or Sequential model: nothing is folded inside it
+        producers, consumers, calls = {}, {}, {}
+        for entry in config["layers"]:
+            nodes = entry.get("inbound_nodes", [])
+            calls[entry["name"]] = len(nodes)
+            for node in nodes:
+                sources = _keras_histories(node)
+                if len(nodes) == 1:
+                    producers[entry["name"]] = sources
+                for source in sources:
+                    consumers[source] = consumers.get(source, 0) + 1
+        outputs = config.get("output_layers", [])
+        if outputs and isinstance(outputs[0], str):
+            outputs = [outputs]  # one output: a single [name, node, tensor] triple
+        for name, node, index in outputs:
+            consumers[(name, node, index)] = consumers.get((name, node, index), 0) + 1
+        for entry in config["layers"]:
+            layer = graph.get_layer(entry["name"])
+            if not isinstance(layer, layers.BatchNormalization) or layer.axis not in (-1, 3):
+                continue
+            sources = producers.get(entry["name"])
+            if not sources or len(sources) != 1:
+                continue
+            name, node, index = sources[0]
+            producer = graph.get_layer(name)
+            if (
+                type(producer) in (layers.Conv2D, layers.DepthwiseConv2D)
+                and calls.get(name) == 1
+                and consumers.get((name, node, index)) == 1
+                and producer.activation is keras.activations.linear
+            ):
+                pairs[id(layer)] = producer
     return pairs
+
+
+def _all_models(model):
+    """``model`` and every functional model nested in it."""
+    yield model
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _all_models(layer)
+
+
+def _keras_histories(node) -> list[tuple[str, int, int]]:
+    """The (layer, node, tensor) triples a serialised inbound node reads."""
+    found = []
+
+    def walk(value):
+        if isinstance(value, dict):
+            if value.get("class_name") == "__keras_tensor__":
+                name, node_index, tensor_index = value["config"]["keras_history"]
+                found.append((name, node_index, tensor_index))
+                return
+            for v in value.values():
+                walk(v)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                walk(v)
+
+    walk(node.get("args", []))
+    walk(node.get("kwargs", {}))
+    return found
 
 
 def fold_batch_norm(model: keras.Model) -> keras.Model:

@@ -12,7 +12,6 @@ writes ``X_label.png`` (class ids, the input's size) and ``X_overlay.png``.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -57,10 +56,34 @@ def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.nda
     return np.where(fg, (1 - alpha) * img + alpha * colours, img).astype(np.uint8)
 
 
-def main(argv=None) -> int:
-    import cv2
+def check_model_matches(model, config, model_path) -> None:
+    """Refuses a model whose inputs or classes differ from what the recipe says.
 
-    from fcndata.config import ConfigError, load_config
+    Raises:
+      ValueError: channels or number of classes differ; the message names both files.
+    """
+    inputs = model.inputs[0] if isinstance(model.inputs, (list, tuple)) else model.inputs
+    channels, classes = inputs.shape[-1], model.outputs[0].shape[-1]
+    recipe = config.source or "the recipe"
+    if classes is not None and classes != config.data.num_classes:
+        raise ValueError(
+            f"{model_path}: the model predicts {classes} classes but {recipe} says data.num_classes="
+            f"{config.data.num_classes}; use the config.yaml of the run that trained this model (or --set "
+            f"data.num_classes={classes}). Received: model classes={classes}, data.num_classes={config.data.num_classes}"
+        )
+    if channels is not None and channels != config.data.channels:
+        raise ValueError(
+            f"{model_path}: the model takes {channels}-channel images but {recipe} says data.channels="
+            f"{config.data.channels}; use the config.yaml of the run that trained this model (or --set "
+            f"data.channels={channels}). Received: model channels={channels}, data.channels={config.data.channels}"
+        )
+
+
+def main(argv=None) -> int:
+    from fcndata import cli
+
+    cli.quiet_defaults()  # before TensorFlow and OpenCV are imported
+    from fcndata.config import load_config
 
     parser = argparse.ArgumentParser(prog="python -m fcndata.predict", description="Predict label PNGs with a trained model.")
     parser.add_argument("--model", required=True, help="model.keras written by fcndata.train")
@@ -68,46 +91,45 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--config", help="recipe (default: config.yaml next to the model)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    cli.add_debug_argument(parser)
     args = parser.parse_args(argv)
 
-    model_path = Path(args.model)
-    if not model_path.is_file():
-        print(f"error: --model {model_path}: file not found; pass the model.keras of a run (runs/NAME/model.keras).",
-              file=sys.stderr)
-        return 2
-    recipe = args.config or (model_path.parent / "config.yaml")
-    try:
+    def body() -> int:
+        model_path = Path(args.model)
+        if not model_path.is_file():
+            raise FileNotFoundError(
+                f"--model {model_path}: file not found; pass the model.keras of a run (runs/NAME/model.keras). "
+                f"Received: --model {model_path}"
+            )
+        recipe = args.config or (model_path.parent / "config.yaml")
         config = load_config(recipe if Path(recipe).is_file() else None, args.overrides)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        missing = [name for name in args.input if not Path(name).is_file()]
+        if missing:
+            raise FileNotFoundError(f"--input: {len(missing)} file(s) not found: {', '.join(missing)}. Received: {missing}")
 
-    import keras
+        import cv2
 
-    import fcndata.losses  # noqa: F401  (registers the custom objects model.keras refers to)
-    import fcndata.metrics  # noqa: F401
-    import fcndata.models  # noqa: F401
-    from fcndata.infer import predictor_from_config
+        from fcndata.infer import predictor_from_config
+        from fcndata.saving import load_model
 
-    model = keras.models.load_model(model_path, compile=False)
-    predictor = predictor_from_config(model, config.predict, masked=config.model.masked)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for name in args.input:
-        try:
+        print(f"fcndata: loading {model_path}...", file=sys.stderr, flush=True)
+        model = load_model(model_path, compile=False)
+        check_model_matches(model, config, model_path)
+        predictor = predictor_from_config(model, config.predict, masked=config.model.masked)
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        for name in args.input:
             image = read_image(name, config.data.channels)
-        except ValueError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        # scaled here with training's rule; float32 passes the predictor's own scaling unchanged
-        labels = predictor.predict_labels(model_input(image))
-        stem = Path(name).stem
-        cv2.imwrite(str(out / f"{stem}_label.png"), labels)
-        cv2.imwrite(str(out / f"{stem}_overlay.png"), overlay(image, labels)[..., ::-1])
-        print(f"{name} -> {out / (stem + '_label.png')}, {out / (stem + '_overlay.png')}")
-    return 0
+            # scaled here with training's rule; float32 passes the predictor's own scaling unchanged
+            labels = predictor.predict_labels(model_input(image))
+            stem = Path(name).stem
+            cv2.imwrite(str(out / f"{stem}_label.png"), labels)
+            cv2.imwrite(str(out / f"{stem}_overlay.png"), overlay(image, labels)[..., ::-1])
+            print(f"{name} -> {out / (stem + '_label.png')}, {out / (stem + '_overlay.png')}")
+        return 0
+
+    return cli.run(body, debug=args.debug)
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.exit(main())

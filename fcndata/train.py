@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -49,26 +48,72 @@ def _policy(config) -> str:
     return "float32" if mp == "off" else mp
 
 
-def make_optimizer(config, steps_per_epoch: int):
-    """The optimizer and learning-rate schedule of ``config.train``."""
+_op_determinism = False  # whether this process turned TensorFlow's op determinism on
+
+
+def _enable_op_determinism() -> None:
+    """Turns TensorFlow's op determinism on, once per process.
+
+    Bit-identical reruns and resumes; costs little on CPU, some speed on GPU. TensorFlow's
+    public API can switch it on (``tf.config.experimental.enable_op_determinism``) but
+    neither read nor switch it off, so the trainer keeps the state here, and once on it
+    stays on for the rest of the process.
+    """
+    global _op_determinism
+    import tensorflow as tf
+
+    if not _op_determinism:
+        tf.config.experimental.enable_op_determinism()
+        _op_determinism = True
+
+
+def learning_rate_schedule(config, steps_per_epoch: int):
+    """The learning rate of ``config.train``: a float or a Keras ``LearningRateSchedule``.
+
+    ``warmup_steps`` ramps the rate linearly from 0 to ``learning_rate`` and then runs the
+    schedule over the remaining steps, whatever the schedule.
+
+    Raises:
+      ValueError: ``warmup_steps`` is not fewer than the training steps.
+    """
     import keras
+
+    from fcndata.schedules import LinearWarmup
 
     t = config.train
     total = max(1, t.epochs * steps_per_epoch)
+    if t.warmup_steps >= total:
+        raise ValueError(
+            f"{config.source or 'recipe'}: train.warmup_steps must be fewer than the training steps "
+            f"(train.epochs x steps per epoch = {t.epochs} x {steps_per_epoch} = {total}). "
+            f"Received: train.warmup_steps={t.warmup_steps}"
+        )
+    decay = total - t.warmup_steps  # the schedule runs after the warm-up
     lr = t.learning_rate
     if t.schedule == "cosine":
-        lr = keras.optimizers.schedules.CosineDecay(t.learning_rate, total, warmup_target=None)
+        lr = keras.optimizers.schedules.CosineDecay(t.learning_rate, decay)
     elif t.schedule == "poly":
         # The poly schedule of DeepLab / FCN follow-ups: lr * (1 - step/total)^0.9.
-        lr = keras.optimizers.schedules.PolynomialDecay(t.learning_rate, total, end_learning_rate=0.0, power=0.9)
-    if t.warmup_steps and t.schedule == "cosine":
-        lr = keras.optimizers.schedules.CosineDecay(
-            0.0, total, warmup_target=t.learning_rate, warmup_steps=t.warmup_steps
-        )
+        lr = keras.optimizers.schedules.PolynomialDecay(t.learning_rate, decay, end_learning_rate=0.0, power=0.9)
+    if t.warmup_steps:
+        lr = LinearWarmup(lr, t.warmup_steps, t.learning_rate)
+    return lr
+
+
+def make_optimizer(config, steps_per_epoch: int):
+    """The optimizer of ``config.train``, with :func:`learning_rate_schedule`.
+
+    ``weight_decay: null`` is the optimizer's default (none for adam / sgd, Keras' 0.004
+    for adamw); a number, 0 included, is used as given.
+    """
+    import keras
+
+    t = config.train
+    lr = learning_rate_schedule(config, steps_per_epoch)
     if t.optimizer == "sgd":
         return keras.optimizers.SGD(lr, momentum=t.momentum, weight_decay=t.weight_decay or None)
     if t.optimizer == "adamw":
-        return keras.optimizers.AdamW(lr, weight_decay=t.weight_decay or 0.004)
+        return keras.optimizers.AdamW(lr, weight_decay=0.004 if t.weight_decay is None else t.weight_decay)
     return keras.optimizers.Adam(lr, weight_decay=t.weight_decay or None)
 
 
@@ -233,25 +278,20 @@ def train(config, run_dir: Path | None = None, resume: bool = False) -> dict:
     from fcndata.preview import plot_batch, plot_history, plot_predictions
 
     t = config.train
-    if run_dir is None:
-        stem = Path(config.source).stem if config.source and config.source.endswith(".yaml") else "run"
-        run_dir = Path(t.run_dir) / (t.name or f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
-    run_dir = Path(run_dir)
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
     run_dir.mkdir(parents=True, exist_ok=True)
     dump_config(config, run_dir / "config.yaml")
 
     keras.utils.set_random_seed(t.seed)
-    from tensorflow.python.framework import config as tf_config
-
-    was_deterministic = tf_config.is_op_determinism_enabled()
-    if t.deterministic and not t.jit_compile:
-        # Bit-identical reruns and resumes; costs little on CPU, some speed on GPU.
-        tf_config.enable_op_determinism()
-    else:
-        # Keras turns XLA off while op determinism is on: jit_compile wins, and says so.
-        if t.deterministic:
-            print("fcndata: train.jit_compile=true turns op determinism off (Keras runs XLA only without it)")
-        tf_config.disable_op_determinism()
+    if t.jit_compile:
+        # Keras runs XLA only without op determinism: jit_compile wins where it still can.
+        if _op_determinism:
+            print("fcndata: train.jit_compile=true is ignored: op determinism was turned on earlier in this "
+                  "process and cannot be turned off; run this recipe in a new process for XLA", file=sys.stderr)
+        elif t.deterministic:
+            print("fcndata: train.jit_compile=true runs without op determinism (Keras runs XLA only without it)")
+    elif t.deterministic:
+        _enable_op_determinism()
     policy = _policy(config)
     keras.mixed_precision.set_global_policy(policy)
     strategy = select_strategy()
@@ -290,6 +330,8 @@ def train(config, run_dir: Path | None = None, resume: bool = False) -> dict:
                 verbose=t.verbose,
                 shuffle=False,  # the pipeline already shuffles, per epoch and seeded
             )
+        print("fcndata: saving model.keras, evaluating on the validation split, drawing the PNGs...", file=sys.stderr,
+              flush=True)
         model.save(run_dir / "model.keras")
         result = evaluate(model, config, dataset=val_elements.apply(to_keras(masked_input=config.model.masked)))
         history = _read_history(run_dir / "metrics.csv")
@@ -302,7 +344,6 @@ def train(config, run_dir: Path | None = None, resume: bool = False) -> dict:
         plot_predictions(images, labels, preds, config.data.names).savefig(run_dir / "predictions.png", dpi=100)
     finally:
         keras.mixed_precision.set_global_policy("float32")
-        (tf_config.enable_op_determinism if was_deterministic else tf_config.disable_op_determinism)()
     summary = {
         "run_dir": str(run_dir),
         "epochs": t.epochs,
@@ -319,35 +360,62 @@ def train(config, run_dir: Path | None = None, resume: bool = False) -> dict:
     return summary
 
 
+def default_run_dir(config) -> Path:
+    """``train.run_dir / train.name``, the name defaulting to the recipe's stem and a timestamp."""
+    t = config.train
+    stem = Path(config.source).stem if config.source and config.source.endswith(".yaml") else "run"
+    return Path(t.run_dir) / (t.name or f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
 def main(argv=None) -> int:
-    from fcndata.config import ConfigError, add_config_arguments, load_config
+    from fcndata import cli
+
+    cli.quiet_defaults()  # before TensorFlow is imported
+    from fcndata.config import add_config_arguments, load_config
 
     parser = argparse.ArgumentParser(prog="python -m fcndata.train", description="Train the bundled FCN on a recipe.")
     add_config_arguments(parser, default=None)
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    cli.add_debug_argument(parser)
     args = parser.parse_args(argv)
-    try:
+    run_dir: Path | None = None
+
+    def interrupted() -> str:
+        if run_dir is not None and (run_dir / "config.yaml").is_file():
+            return f"interrupted; continue with: python -m fcndata.train --resume {run_dir}"
+        return "interrupted before the run folder was written; nothing to resume"
+
+    def body() -> int:
+        nonlocal run_dir
         if args.resume:
             run_dir = Path(args.resume)
             if not (run_dir / "config.yaml").is_file():
-                parser.error(f"--resume {run_dir}: no config.yaml there; pass a folder written by fcndata.train.")
+                raise FileNotFoundError(
+                    f"--resume {run_dir}: no config.yaml there; pass a folder written by fcndata.train, "
+                    "e.g. runs/NAME. Received: --resume " + str(run_dir)
+                )
             config = load_config(run_dir / "config.yaml", args.overrides)
         else:
-            run_dir = None
             recipe = args.config or _default_recipe()
             config = load_config(recipe, args.overrides)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    summary = train(config, run_dir, resume=bool(args.resume))
-    v = summary["validation"]
-    per_class = ", ".join(f"{n} {x:.3f}" if x is not None else f"{n} n/a" for n, x in v["per_class_iou"].items())
-    print(f"fcndata: validation mean IoU {v['mean_iou']:.3f} ({per_class}); pixel accuracy {v['pixel_accuracy']:.3f}; "
-          f"{summary['seconds']:.0f} s")
-    print(f"fcndata: results in {summary['run_dir']}/ (model.keras, predictions.png, history.png, summary.json)")
-    return 0
+            run_dir = default_run_dir(config)
+        if not config.data.has_validation:
+            # TODO(issue 12, part 2): train without validation once train() can skip it.
+            raise ValueError(
+                f"{config.source}: the recipe has no validation data (data.val_images / data.val_tfrecords is not "
+                "set) and the trainer evaluates on it; add validation files to the recipe. Received: "
+                f"data.source={config.data.source}"
+            )
+        summary = train(config, run_dir, resume=bool(args.resume))
+        v = summary["validation"]
+        per_class = ", ".join(f"{n} {x:.3f}" if x is not None else f"{n} n/a" for n, x in v["per_class_iou"].items())
+        print(f"fcndata: validation mean IoU {v['mean_iou']:.3f} ({per_class}); "
+              f"pixel accuracy {v['pixel_accuracy']:.3f}; {summary['seconds']:.0f} s")
+        print(f"fcndata: results in {summary['run_dir']}/ (model.keras, predictions.png, history.png, summary.json)")
+        return 0
+
+    return cli.run(body, debug=args.debug, on_interrupt=interrupted)
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.exit(main())

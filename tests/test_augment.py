@@ -282,7 +282,12 @@ def test_photometric_changes_only_the_image_and_keeps_dtype():
 def test_photometric_saturates_instead_of_wrapping():
     e = E.make_element(tf.fill([5, 7, 3], tf.constant(250, tf.uint8)), tf.zeros([5, 7], tf.uint8))
     out = Augment(brightness=1.0, probability=1.0, seed=0).augment(e)["image"].numpy()
-    assert len(np.unique(out)) == 1 and (out[0, 0, 0] >= 250 or out[0, 0, 0] < 250)
+    # the same draw on a float32 image (not clipped) gives the exact shift; uint8 must be it, saturated
+    f = E.make_element(tf.fill([5, 7, 3], tf.constant(250 / 255, tf.float32)), tf.zeros([5, 7], tf.uint8))
+    shifted = 255 * Augment(brightness=1.0, probability=1.0, seed=0).augment(f)["image"].numpy()
+    assert shifted[0, 0, 0] != pytest.approx(250, abs=1)  # the draw moved the pixel
+    assert len(np.unique(out)) == 1
+    np.testing.assert_allclose(out.astype(np.float32), np.clip(np.round(shifted), 0, 255), atol=1)
     bright = [
         Augment(brightness=1.0, probability=1.0, seed=s).augment(e)["image"].numpy()[0, 0, 0]
         for s in range(8)

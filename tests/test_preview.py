@@ -368,7 +368,6 @@ def test_cli_bad_config(tmp_path, capsys):
 
 
 def test_cli_end_to_end_on_shapes(tmp_path, capsys):
-    pytest.importorskip("fcndata.pipeline")
     out = tmp_path / "shapes.png"
     argv = [
         "--out",

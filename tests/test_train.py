@@ -45,19 +45,42 @@ def test_train_writes_every_artifact(tmp_path, capsys):
     assert load_config(run / "config.yaml").train.steps_per_epoch == 3
 
 
+ONE_STEP = r"""
+import json, sys
+import keras
+from fcndata.config import load_config
+from fcndata.train import train
+summary = train(load_config(sys.argv[1], sys.argv[2:]))
+print(json.dumps({"loss": summary["last_epoch"]["loss"], "jit_compile": summary["jit_compile"],
+                  "policy": summary["policy"], "after": keras.mixed_precision.global_policy().name}))
+"""
+
+
 @pytest.mark.parametrize("extra", [["train.mixed_precision=mixed_bfloat16"], ["train.jit_compile=true"]])
 def test_one_step_under_mixed_precision_and_xla(tmp_path, extra):
-    from fcndata.train import train
-
-    cfg = load_config(RECIPE, TINY + ["train.epochs=1", "train.steps_per_epoch=1", f"train.run_dir={tmp_path}",
-                                      "train.name=x", *extra])
-    summary = train(cfg)
-    assert np.isfinite(summary["last_epoch"]["loss"])
+    # A fresh process: op determinism, once turned on by an earlier run in this process, cannot
+    # be turned off with TensorFlow's public API, and Keras runs XLA only without it.
+    args = TINY + ["train.epochs=1", "train.steps_per_epoch=1", f"train.run_dir={tmp_path}", "train.name=x", *extra]
+    out = subprocess.run([sys.executable, "-c", ONE_STEP, RECIPE, *args], env=ENV, cwd=ROOT, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert np.isfinite(summary["loss"])
     assert summary["jit_compile"] == ("train.jit_compile=true" in extra)
     assert summary["policy"] == ("mixed_bfloat16" if "mixed" in extra[0] else "float32")
-    import keras
+    assert summary["after"] == "float32"  # restored afterwards
 
-    assert keras.mixed_precision.global_policy().name == "float32"  # restored afterwards
+
+def test_jit_compile_after_op_determinism_in_the_same_process_says_so(tmp_path, capsys):
+    from fcndata import train as T
+
+    T._enable_op_determinism()
+    cfg = load_config(RECIPE, TINY + ["train.epochs=1", "train.steps_per_epoch=1", f"train.run_dir={tmp_path}",
+                                      "train.name=x", "train.jit_compile=true"])
+    summary = T.train(cfg)
+    assert summary["jit_compile"] is False
+    assert "train.jit_compile=true is ignored: op determinism was turned on earlier in this process" in \
+        capsys.readouterr().err
 
 
 def _weights(path):

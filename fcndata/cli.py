@@ -1,0 +1,154 @@
+"""What every ``python -m fcndata.*`` command does the same way.
+
+* Quiet defaults, set before TensorFlow is imported and only where the user's
+  environment says nothing: ``TF_CPP_MIN_LOG_LEVEL=3`` (no oneDNN / CPU-feature / absl
+  start-up lines), ``OPENCV_LOG_LEVEL=ERROR`` (no ``[ WARN ]`` lines from OpenCV's decoders), and
+  absl's Python logger at ``error`` once TensorFlow is loaded.
+* An expected failure — a bad recipe, a missing or unreadable file, a data error that
+  TensorFlow raises with the file's name in its message — ends in one line on stderr,
+  ``error: <message>``, and exit status 2. ``--debug`` shows the traceback instead.
+* Ctrl-C (SIGINT) and SIGTERM end in one line, ``interrupted`` (plus how to continue,
+  where there is a way), and exit status 130 (128 + SIGINT) or 143 (128 + SIGTERM).
+
+Example:
+  >>> one_line(ValueError("images/a.png: truncated\\n\\t [[{{node check}}]]\\n"))
+  'images/a.png: truncated'
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import sys
+from typing import Callable
+
+#: exit status of an expected failure (bad recipe, bad file); argparse uses 2 too
+EXIT_ERROR = 2
+
+
+def quiet_defaults() -> None:
+    """Sets quiet logging defaults that the user's environment can override.
+
+    Call it before TensorFlow (or OpenCV) is imported: the C++ loggers read their
+    environment variables once, at import.
+    """
+    # 3, not 2: TensorFlow logs start-up and graph-version notices at ERROR level too
+    # ("NodeDef mentions attribute ..."); real failures still raise Python exceptions.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+    if "cv2" in sys.modules and os.environ["OPENCV_LOG_LEVEL"] == "ERROR":
+        # cv2 was imported before us and has read the variable already
+        import cv2.utils.logging as cv2_logging
+
+        cv2_logging.setLogLevel(cv2_logging.LOG_LEVEL_ERROR)
+
+
+def _quiet_python_loggers() -> None:
+    # TensorFlow's Python warnings go to the "tensorflow" logger (and absl's); follow the
+    # C++ level the environment asks for, unless the user configured that logger already.
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL") in ("2", "3"):
+        logger = logging.getLogger("tensorflow")
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.ERROR)
+        absl = sys.modules.get("absl.logging")
+        if absl is not None:
+            absl.set_verbosity("error")
+
+
+def add_debug_argument(parser) -> None:
+    """Adds ``--debug``: show the traceback of a failure instead of one ``error:`` line."""
+    parser.add_argument("--debug", action="store_true", help="print tracebacks instead of one 'error:' line")
+
+
+def expected_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that are the user's input, not a bug: reported in one line.
+
+    TensorFlow's ``OpError`` (``InvalidArgumentError`` from the data checks, which name
+    the file; ``NotFoundError``, ...) counts only if TensorFlow is already loaded.
+    """
+    errors: tuple[type[BaseException], ...] = (ValueError, TypeError, OSError)
+    tf = sys.modules.get("tensorflow")
+    if tf is not None and hasattr(tf, "errors"):
+        errors += (tf.errors.OpError,)
+    return errors
+
+
+_NODE = re.compile(r"\s*\[\[\{\{node [^\]]*\]\]")
+_FUNCTION = re.compile(r"\{\{function_node [^}]*\}\}\s*")
+_ASSERTION = re.compile(r"assertion failed:\s*\[(.*)\]", re.I | re.S)
+_USER_FUNCTION = re.compile(r"^Error in user-defined function passed to .*? transformation with iterator: [^:]*:\s*")
+
+
+def one_line(error: BaseException) -> str:
+    """The message of ``error`` on one line: TensorFlow's op, node and function names dropped.
+
+    Example:
+      >>> one_line(ValueError("{{function_node __wrapped__X}} Error in user-defined function passed to "
+      ...     "Map:3 transformation with iterator: Root::Map: assertion failed: [image a.png is truncated] [Op:X] name:"))
+      'image a.png is truncated'
+    """
+    tf = sys.modules.get("tensorflow")
+    if tf is not None and hasattr(tf, "errors") and isinstance(error, tf.errors.OpError):
+        text = error.message
+    elif isinstance(error, OSError) and error.filename is not None and error.strerror:
+        text = f"{error.filename}: {error.strerror}"
+    else:
+        text = str(error)
+    text = _FUNCTION.sub("", _NODE.sub("", text))
+    text = text.split("\n\n")[0]  # TF appends the op's stack trace after a blank line
+    text = re.sub(r"\s*\[Op:[^\]]*\]( name:.*)?$", "", text.strip(), flags=re.S)
+    found = _ASSERTION.search(text)
+    if found:  # tf.debugging.assert_* wraps our message in [ ... ]
+        text = found.group(1).split("] [")[0]
+    text = _USER_FUNCTION.sub("", text.strip())
+    text = " ".join(part.strip() for part in text.splitlines() if part.strip())
+    return text or type(error).__name__
+
+
+class Interrupted(KeyboardInterrupt):
+    """Raised by the SIGTERM handler, so ``finally`` blocks run as for Ctrl-C."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _on_sigterm(signum, frame):
+    raise Interrupted(signum)
+
+
+def run(body: Callable[[], int], *, debug: bool = False, on_interrupt: Callable[[], str] | None = None) -> int:
+    """Runs a command's ``body`` and turns its failures into one line and an exit status.
+
+    Args:
+      body: the command; returns its exit status.
+      debug: re-raise instead (``--debug``): the full traceback.
+      on_interrupt: returns the line printed on Ctrl-C / SIGTERM (default ``interrupted``).
+
+    Returns:
+      ``body()``'s status; 2 after an expected error; 130 after Ctrl-C, 143 after SIGTERM.
+    """
+    previous = None
+    try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:
+        pass  # not the main thread (a test calling main() from a thread): leave signals alone
+    try:
+        _quiet_python_loggers()
+        return body()
+    except KeyboardInterrupt as e:
+        if debug:
+            raise
+        signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+        print(f"\n{on_interrupt() if on_interrupt else 'interrupted'}", file=sys.stderr, flush=True)
+        return 128 + int(signum)
+    except expected_errors() as e:
+        if debug:
+            raise
+        print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
+        return EXIT_ERROR
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
