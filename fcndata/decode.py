@@ -114,11 +114,21 @@ def precheck(contents: tf.Tensor) -> tf.Tensor:
     return tf.where(tf.equal(n, 0), EMPTY, tf.where(truncated, TRUNCATED, OK))
 
 
+def _bytes(value) -> bytes:
+    """A string argument of a numpy_function: bytes in a graph, a 0-d array when run eagerly."""
+    value = value if isinstance(value, bytes) else np.asarray(value).item()
+    return value.encode() if isinstance(value, str) else value
+
+
+def _text(value) -> str:
+    return _bytes(value).decode()
+
+
 def _cv2_decode(contents: bytes, dtype_name: bytes) -> np.ndarray:
     import cv2  # only TIFF needs OpenCV
 
-    want = np.dtype(dtype_name.decode())
-    arr = cv2.imdecode(np.frombuffer(contents, np.uint8), cv2.IMREAD_UNCHANGED)
+    want = np.dtype(_text(dtype_name))
+    arr = cv2.imdecode(np.frombuffer(_bytes(contents), np.uint8), cv2.IMREAD_UNCHANGED)
     if arr is None:
         raise ValueError("OpenCV could not decode the file")
     if arr.dtype == np.float64 and want == np.float32:
@@ -172,12 +182,13 @@ def _cv2_error(contents: bytes, dtype_name: bytes) -> np.int32:
     import cv2
 
     try:
-        arr = cv2.imdecode(np.frombuffer(contents, np.uint8), cv2.IMREAD_UNCHANGED)
+        arr = cv2.imdecode(np.frombuffer(_bytes(contents), np.uint8), cv2.IMREAD_UNCHANGED)
     except cv2.error:
         arr = None
     if arr is None:
         return np.int32(UNREADABLE)
-    ok = arr.dtype.name == dtype_name.decode() or (arr.dtype == np.float64 and dtype_name == b"float32")
+    want = _text(dtype_name)
+    ok = arr.dtype.name == want or (arr.dtype == np.float64 and want == "float32")
     return np.int32(UNREADABLE if ok else BIT_DEPTH)
 
 
