@@ -40,7 +40,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-VARIANTS = ("fcn8s", "fcn16s", "fcn32s", "fcn4s", "fcn2s")
+VARIANTS = ("fcn8s", "fcn16s", "fcn32s", "fcn4s", "fcn2s", "unet")
 #: Variants that fuse the stride-4 / stride-2 maps: only the tiny backbone exposes them.
 FINE_VARIANTS = ("fcn4s", "fcn2s")
 BACKBONES = ("tiny", "vgg16", "resnet50", "mobilenetv2")
@@ -194,15 +194,37 @@ def _conv_block(x, channels, kernel, norm, name, roi=None):
 
 
 def _tiny_backbone(x, width, norm, rois):
-    """5 stages of 2 × conv-norm-relu + 2×2 max-pool; returns the stride 2, 4, 8, 16, 32 maps."""
-    features = []
+    """5 stages of 2 × conv-norm-relu + 2×2 max-pool.
+
+    Returns the pooled stride 2, 4, 8, 16, 32 maps (the FCN skips) and the stride 1, 2,
+    4, 8, 16 maps before each pool (the U-Net skips: they keep the stage's full resolution).
+    """
+    features, before_pool = [], []
     for stage, mult in enumerate((1, 2, 4, 8, 8), start=1):
         roi = rois.get(2 ** (stage - 1)) if rois else None
         for i in (1, 2):
             x = _conv_block(x, width * mult, 3, norm, f"block{stage}_{i}", roi)
+        before_pool.append(x)
         x = layers.MaxPooling2D(2, name=f"pool{stage}")(x)
         features.append(x)
-    return features
+    return features, before_pool
+
+
+def _conv_decoder(x, skips, norm, rois, name="up"):
+    """U-Net decoder: per skip, ×2 upsample, concat the skip, then 2 × conv-norm-relu (3×3).
+
+    ``skips`` runs coarse to fine as ``(feature, stride, channels)``; each step doubles
+    the resolution of ``x``, so every skip's stride is half the previous one. Unlike the
+    FCN fusion (1×1 class scores added), the decoder keeps ``channels`` features per
+    pixel all the way to the finest skip, which is what thin, multi-class boundaries need.
+    """
+    for feature, stride, channels in skips:
+        roi = rois[stride] if rois else None
+        x = layers.UpSampling2D(2, interpolation="bilinear", name=f"{name}{stride}_upsample")(x)
+        x = layers.Concatenate(name=f"{name}{stride}_concat")([x, feature])
+        for i in (1, 2):
+            x = _conv_block(x, channels, 3, norm, f"{name}{stride}_{i}", roi)
+    return x
 
 
 def _call_without_bn_kwargs(layer, *args, **kwargs):
@@ -397,7 +419,7 @@ def fcn(
     if backbone == "tiny":
         if masked:
             x = RoiMask(name="image_roi")(x, rois[1])
-        pool1, pool2, pool3, pool4, pool5 = _tiny_backbone(x, width, norm, rois)
+        (pool1, pool2, pool3, pool4, pool5), before_pool = _tiny_backbone(x, width, norm, rois)
         head = 8 * width
     else:
         if input_channels != 3:
@@ -419,6 +441,15 @@ def fcn(
             pool4 = RoiMask(name="pool4_roi")(pool4, rois[16])
             pool5 = RoiMask(name="pool5_roi")(pool5, rois[32])
         head = 512
+
+    if variant == "unet":
+        return _finish(
+            _unet_head(
+                pool5, (before_pool if backbone == "tiny" else None), (pool3, pool4), num_classes, norm,
+                rois, width, dropout, backbone,
+            ),
+            inputs, num_classes, variant, backbone, name, input_channels, weights, weights_kind,
+        )
 
     roi32 = rois[32] if masked else None
     x = _conv_block(pool5, head, 3, norm, "fc6", roi32)
@@ -451,6 +482,39 @@ def fcn(
     # "upscore2" is already the first ×2 step's name (the paper's), hence fcn2s's own name
     last = f"upscore{final_factor}" if final_factor != 2 else "upscore_out2"
     score = _upsample(score, final_factor, num_classes, last, trainable=False)
+    return _finish(score, inputs, num_classes, variant, backbone, name, input_channels, weights, weights_kind)
+
+
+def _unet_head(pool5, before_pool, app_features, num_classes, norm, rois, width, dropout, backbone):
+    """``variant="unet"``: a conv bottleneck at stride 32, then the conv decoder.
+
+    Tiny backbone: the decoder climbs back to full resolution through the four stage
+    outputs before pooling (stride 16, 8, 4, 2, 1; channels 8w, 4w, 2w, w), so the
+    class scores are computed at the input resolution. keras.applications backbones
+    expose only their stride-8/16 maps: the decoder refines at 16 (8w) and 8 (4w) and a
+    fixed bilinear ×8 takes the scores to the input resolution.
+    """
+    roi32 = rois[32] if rois else None
+    x = _conv_block(pool5, 8 * width, 3, norm, "bottleneck_1", roi32)
+    if dropout:
+        x = layers.Dropout(dropout, name="bottleneck_dropout")(x)
+    x = _conv_block(x, 8 * width, 3, norm, "bottleneck_2", roi32)
+    if backbone == "tiny":
+        s1, s2, s4, s8, s16 = before_pool
+        skips = [(s16, 16, 8 * width), (s8, 8, 4 * width), (s4, 4, 2 * width), (s2, 2, width), (s1, 1, width)]
+        x = _conv_decoder(x, skips, norm, rois)
+        return _score(x, num_classes, "score")
+    pool3, pool4 = app_features
+    x = _conv_decoder(x, [(pool4, 16, 8 * width), (pool3, 8, 4 * width)], norm, rois)
+    score = _score(x, num_classes, "score")
+    if rois:
+        # scores at padding would otherwise carry the bias into real pixels when upsampled
+        score = RoiMask(name="score_roi")(score, rois[8])
+    return _upsample(score, 8, num_classes, "upscore8", trainable=False)
+
+
+def _finish(score, inputs, num_classes, variant, backbone, name, input_channels, weights, weights_kind):
+    """Float32 ``logits`` layer, the model, channel-adapter init and weights loading."""
     logits = layers.Activation("linear", dtype="float32", name="logits")(score)
     model = keras.Model(inputs, logits, name=name or f"{variant}_{backbone}")
 
