@@ -211,7 +211,7 @@ def _tiny_backbone(x, width, norm, rois):
 
 
 def _conv_decoder(x, skips, norm, rois, name="up"):
-    """U-Net decoder: per skip, ×2 upsample, concat the skip, then 2 × conv-norm-relu (3×3).
+    """U-Net decoder: per skip, ×2 up-convolution, concat the skip, then 2 × conv-norm-relu (3×3).
 
     ``skips`` runs coarse to fine as ``(feature, stride, channels)``; each step doubles
     the resolution of ``x``, so every skip's stride is half the previous one. Unlike the
@@ -220,7 +220,8 @@ def _conv_decoder(x, skips, norm, rois, name="up"):
     """
     for feature, stride, channels in skips:
         roi = rois[stride] if rois else None
-        x = layers.UpSampling2D(2, interpolation="bilinear", name=f"{name}{stride}_upsample")(x)
+        # U-Net's up-convolution: a learned 2×2 transposed conv, stride 2 (cheap, and shape-agnostic)
+        x = layers.Conv2DTranspose(channels, 2, strides=2, name=f"{name}{stride}_upconv")(x)
         x = layers.Concatenate(name=f"{name}{stride}_concat")([x, feature])
         for i in (1, 2):
             x = _conv_block(x, channels, 3, norm, f"{name}{stride}_{i}", roi)
