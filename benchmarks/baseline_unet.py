@@ -102,7 +102,7 @@ class StepTimer:
         class _Timer(keras.callbacks.Callback):
             def __init__(self):
                 super().__init__()
-                self.budget, self.steps, self.epoch_steps = budget, [], []
+                self.budget, self.steps, self.epoch_steps, self.curve = budget, [], [], []
 
             def on_train_begin(self, logs=None):
                 self.started = time.perf_counter()
@@ -118,6 +118,11 @@ class StepTimer:
                 self.epoch_steps[-1] += 1
                 if self.budget is not None and time.perf_counter() - self.started >= self.budget:
                     self.model.stop_training = True
+
+            def on_epoch_end(self, epoch, logs=None):
+                # (epoch, fit seconds so far, validation mean IoU when fit validates)
+                val = (logs or {}).get("val_mean_iou")
+                self.curve.append((epoch + 1, round(time.perf_counter() - self.started, 1), val and round(float(val), 3)))
 
             def on_train_end(self, logs=None):
                 self.seconds = time.perf_counter() - self.started
@@ -192,6 +197,7 @@ def train_fcndata(config, seed: int) -> dict:
         "s_per_step": round(timer.seconds_per_step(), 3),
         "mean_iou": v["mean_iou"],
         "per_class_iou": v["per_class_iou"],
+        "curve": timer.curve,
     }
 
 
