@@ -513,7 +513,7 @@ def _unet_head(pool5, before_pool, app_features, num_classes, norm, rois, width,
     """``variant="unet"``: a conv bottleneck at stride 32, then the conv decoder.
 
     Tiny backbone: the decoder climbs back to full resolution through the four stage
-    outputs before pooling (stride 16, 8, 4, 2, 1; channels 8w, 4w, 2w, w), so the
+    outputs before pooling (stride 16, 8, 4, 2, 1; channels 8w, 4w, 2w, w, w), so the
     class scores are computed at the input resolution. keras.applications backbones
     expose only their stride-8/16 maps: the decoder refines at 16 (8w) and 8 (4w) and a
     fixed bilinear ×8 takes the scores to the input resolution.
