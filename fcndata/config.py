@@ -326,7 +326,7 @@ class BatchingConfig:
 class ModelConfig:
     """``model:`` — the bundled FCN."""
 
-    variant: str = "fcn8s"  # fcn8s | fcn16s | fcn32s (the paper's) | fcn4s | fcn2s (tiny backbone)
+    variant: str = "fcn8s"  # fcn8s | fcn16s | fcn32s (the paper's) | fcn4s | fcn2s (tiny backbone); unet (conv decoder)
     backbone: str = "tiny"  # tiny | vgg16 | resnet50 | mobilenetv2
     norm: str = "batch"  # batch | frozen_batch | group | none
     masked: bool = False
@@ -335,7 +335,7 @@ class ModelConfig:
     dropout: float = 0.0
 
     def __post_init__(self):
-        _choice(self.variant, "model.variant", ("fcn8s", "fcn16s", "fcn32s", "fcn4s", "fcn2s"))
+        _choice(self.variant, "model.variant", ("fcn8s", "fcn16s", "fcn32s", "fcn4s", "fcn2s", "unet"))
         _choice(self.backbone, "model.backbone", ("tiny", "vgg16", "resnet50", "mobilenetv2"))
         _choice(self.norm, "model.norm", ("batch", "frozen_batch", "group", "none"))
         _range(self.width, "model.width", 1)

@@ -1,4 +1,4 @@
-"""FCN-32s / 16s / 8s (Long, Shelhamer & Darrell) on four backbones, Keras 3 functional.
+"""FCN-32s / 16s / 8s (Long, Shelhamer & Darrell) and a U-Net-style decoder on four backbones, Keras 3.
 
 The model takes a float32 image batch ``[B, H, W, C]`` in ``[0, 1]`` (what
 ``to_keras`` yields), with H and W multiples of 32, and returns float32 logits
@@ -14,6 +14,18 @@ The model takes a float32 image batch ``[B, H, W, C]`` in ``[0, 1]`` (what
                             │                  logits ◄─ up ×16 (fixed)
     fcn8s:                  └──────── + ◄─ up ×2 ─ (pool4 + up ×2 fr)
                           logits ◄─ up ×8 (fixed)
+
+``variant="unet"`` replaces the score fusion by a decoder with capacity (U-Net style):
+a 2-conv bottleneck at stride 32, then per skip a learned 2×2 up-convolution, a concat
+with the skip and two 3×3 conv-norm-relu blocks, down to full resolution on the tiny
+backbone (skips taken before each pool) and to stride 8 on keras.applications backbones
+(then a fixed bilinear ×8)::
+
+    image ─► block1 ─► block2 ─► block3 ─► block4 ─► block5 ─► pool5 ─► bottleneck
+             (/1)       (/2)      (/4)      (/8)      (/16)                  │
+               │          │         │         │          └─ concat ◄─ up ×2 ─┘
+               │          │         │         └─ concat ◄─ up ×2 ─ 2 × conv
+               ⋮  (the same at /4, /2, /1)               ... ─► score (1×1) ─► logits
 
 Upsampling is a ``Conv2DTranspose`` with kernel 2s and stride s initialised to
 bilinear interpolation; the ×2 steps are trainable, the last one is fixed, as in the
@@ -40,7 +52,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-VARIANTS = ("fcn8s", "fcn16s", "fcn32s", "fcn4s", "fcn2s")
+VARIANTS = ("fcn8s", "fcn16s", "fcn32s", "fcn4s", "fcn2s", "unet")
 #: Variants that fuse the stride-4 / stride-2 maps: only the tiny backbone exposes them.
 FINE_VARIANTS = ("fcn4s", "fcn2s")
 BACKBONES = ("tiny", "vgg16", "resnet50", "mobilenetv2")
@@ -59,6 +71,8 @@ _FEATURES = {
 # mean (vgg16, resnet50 preprocess_input), "tf" = [-1, 1] (mobilenetv2).
 _PREPROCESS = {"vgg16": "caffe", "resnet50": "caffe", "mobilenetv2": "tf"}
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+#: Kernel initialiser of the unet convs (relu everywhere, often without a norm).
+_UNET_INIT = "he_normal"
 
 
 # ---------------------------------------------------------------------------- pure functions
@@ -181,9 +195,11 @@ def _norm_layer(norm: str, channels: int, name: str):
     return None
 
 
-def _conv_block(x, channels, kernel, norm, name, roi=None):
+def _conv_block(x, channels, kernel, norm, name, roi=None, init="glorot_uniform"):
     """conv → norm → relu (→ × roi). Conv has no bias when a norm follows."""
-    x = layers.Conv2D(channels, kernel, padding="same", use_bias=norm == "none", name=f"{name}_conv")(x)
+    x = layers.Conv2D(
+        channels, kernel, padding="same", use_bias=norm == "none", kernel_initializer=init, name=f"{name}_conv"
+    )(x)
     norm_layer = _norm_layer(norm, channels, f"{name}_{norm}norm" if norm != "batch" else f"{name}_bn")
     if norm_layer is not None:
         x = norm_layer(x)
@@ -193,16 +209,39 @@ def _conv_block(x, channels, kernel, norm, name, roi=None):
     return x
 
 
-def _tiny_backbone(x, width, norm, rois):
-    """5 stages of 2 × conv-norm-relu + 2×2 max-pool; returns the stride 2, 4, 8, 16, 32 maps."""
-    features = []
+def _tiny_backbone(x, width, norm, rois, init="glorot_uniform"):
+    """5 stages of 2 × conv-norm-relu + 2×2 max-pool.
+
+    Returns the pooled stride 2, 4, 8, 16, 32 maps (the FCN skips) and the stride 1, 2,
+    4, 8, 16 maps before each pool (the U-Net skips: they keep the stage's full resolution).
+    """
+    features, before_pool = [], []
     for stage, mult in enumerate((1, 2, 4, 8, 8), start=1):
         roi = rois.get(2 ** (stage - 1)) if rois else None
         for i in (1, 2):
-            x = _conv_block(x, width * mult, 3, norm, f"block{stage}_{i}", roi)
+            x = _conv_block(x, width * mult, 3, norm, f"block{stage}_{i}", roi, init)
+        before_pool.append(x)
         x = layers.MaxPooling2D(2, name=f"pool{stage}")(x)
         features.append(x)
-    return features
+    return features, before_pool
+
+
+def _conv_decoder(x, skips, norm, rois, name="up"):
+    """U-Net decoder: per skip, ×2 up-convolution, concat the skip, then 2 × conv-norm-relu (3×3).
+
+    ``skips`` runs coarse to fine as ``(feature, stride, channels)``; each step doubles
+    the resolution of ``x``, so every skip's stride is half the previous one. Unlike the
+    FCN fusion (1×1 class scores added), the decoder keeps ``channels`` features per
+    pixel all the way to the finest skip, which is what thin, multi-class boundaries need.
+    """
+    for feature, stride, channels in skips:
+        roi = rois[stride] if rois else None
+        # U-Net's up-convolution: a learned 2×2 transposed conv, stride 2 (cheap, and shape-agnostic)
+        x = layers.Conv2DTranspose(channels, 2, strides=2, name=f"{name}{stride}_upconv")(x)
+        x = layers.Concatenate(name=f"{name}{stride}_concat")([x, feature])
+        for i in (1, 2):
+            x = _conv_block(x, channels, 3, norm, f"{name}{stride}_{i}", roi, _UNET_INIT)
+    return x
 
 
 def _call_without_bn_kwargs(layer, *args, **kwargs):
@@ -326,6 +365,8 @@ def fcn(
         the paper; ``fcn4s`` and ``fcn2s`` continue the same skip pattern down to pool2 /
         pool1 (tiny backbone only) for structures a few pixels wide, which a stride-8
         prediction cannot draw.
+        ``unet`` is not from the paper: a conv decoder (see the module docstring) that
+        refines each skip with 3×3 convs instead of adding 1×1 class scores.
       backbone: ``tiny`` (from scratch), ``vgg16``, ``resnet50`` or ``mobilenetv2``.
       norm: normalisation after each conv of the tiny backbone and the fc6/fc7 head:
         ``batch``, ``frozen_batch`` (moving statistics only: works at batch size 1),
@@ -344,8 +385,10 @@ def fcn(
       input_channels: image channels C. keras.applications backbones get a trainable
         1x1 conv ``channel_adapter`` to 3 channels, initialised so that output channel
         k copies input channel k mod C (grey is repeated; RGBA drops alpha).
-      width: channels of the first tiny stage (then 2w, 4w, 8w, 8w; fc6/fc7 have 8w).
-      dropout: dropout rate after fc6 and fc7 (the paper uses 0.5).
+      width: channels of the first tiny stage (then 2w, 4w, 8w, 8w; fc6/fc7 have 8w); for
+        ``unet`` also the decoder's (8w at stride 16, 4w at 8, 2w at 4, w at 2 and 1).
+      dropout: dropout rate after fc6 and fc7 (the paper uses 0.5), or after the first
+        ``unet`` bottleneck conv.
       input_size: optional static (H, W), multiples of 32; default None × None.
       name: model name; default ``f"{variant}_{backbone}"``.
 
@@ -397,7 +440,10 @@ def fcn(
     if backbone == "tiny":
         if masked:
             x = RoiMask(name="image_roi")(x, rois[1])
-        pool1, pool2, pool3, pool4, pool5 = _tiny_backbone(x, width, norm, rois)
+        # unet: He init. Its ~22 relu convs without a norm shrink a Glorot-initialised signal
+        # until the relus die (measured: loss stuck after one Adam step at width 4).
+        init = _UNET_INIT if variant == "unet" else "glorot_uniform"
+        (pool1, pool2, pool3, pool4, pool5), before_pool = _tiny_backbone(x, width, norm, rois, init)
         head = 8 * width
     else:
         if input_channels != 3:
@@ -419,6 +465,15 @@ def fcn(
             pool4 = RoiMask(name="pool4_roi")(pool4, rois[16])
             pool5 = RoiMask(name="pool5_roi")(pool5, rois[32])
         head = 512
+
+    if variant == "unet":
+        return _finish(
+            _unet_head(
+                pool5, (before_pool if backbone == "tiny" else None), (pool3, pool4), num_classes, norm,
+                rois, width, dropout, backbone,
+            ),
+            inputs, num_classes, variant, backbone, name, input_channels, weights, weights_kind,
+        )
 
     roi32 = rois[32] if masked else None
     x = _conv_block(pool5, head, 3, norm, "fc6", roi32)
@@ -451,6 +506,39 @@ def fcn(
     # "upscore2" is already the first ×2 step's name (the paper's), hence fcn2s's own name
     last = f"upscore{final_factor}" if final_factor != 2 else "upscore_out2"
     score = _upsample(score, final_factor, num_classes, last, trainable=False)
+    return _finish(score, inputs, num_classes, variant, backbone, name, input_channels, weights, weights_kind)
+
+
+def _unet_head(pool5, before_pool, app_features, num_classes, norm, rois, width, dropout, backbone):
+    """``variant="unet"``: a conv bottleneck at stride 32, then the conv decoder.
+
+    Tiny backbone: the decoder climbs back to full resolution through the four stage
+    outputs before pooling (stride 16, 8, 4, 2, 1; channels 8w, 4w, 2w, w, w), so the
+    class scores are computed at the input resolution. keras.applications backbones
+    expose only their stride-8/16 maps: the decoder refines at 16 (8w) and 8 (4w) and a
+    fixed bilinear ×8 takes the scores to the input resolution.
+    """
+    roi32 = rois[32] if rois else None
+    x = _conv_block(pool5, 8 * width, 3, norm, "bottleneck_1", roi32, _UNET_INIT)
+    if dropout:
+        x = layers.Dropout(dropout, name="bottleneck_dropout")(x)
+    x = _conv_block(x, 8 * width, 3, norm, "bottleneck_2", roi32, _UNET_INIT)
+    if backbone == "tiny":
+        s1, s2, s4, s8, s16 = before_pool
+        skips = [(s16, 16, 8 * width), (s8, 8, 4 * width), (s4, 4, 2 * width), (s2, 2, width), (s1, 1, width)]
+        x = _conv_decoder(x, skips, norm, rois)
+        return _score(x, num_classes, "score")
+    pool3, pool4 = app_features
+    x = _conv_decoder(x, [(pool4, 16, 8 * width), (pool3, 8, 4 * width)], norm, rois)
+    score = _score(x, num_classes, "score")
+    if rois:
+        # scores at padding would otherwise carry the bias into real pixels when upsampled
+        score = RoiMask(name="score_roi")(score, rois[8])
+    return _upsample(score, 8, num_classes, "upscore8", trainable=False)
+
+
+def _finish(score, inputs, num_classes, variant, backbone, name, input_channels, weights, weights_kind):
+    """Float32 ``logits`` layer, the model, channel-adapter init and weights loading."""
     logits = layers.Activation("linear", dtype="float32", name="logits")(score)
     model = keras.Model(inputs, logits, name=name or f"{variant}_{backbone}")
 

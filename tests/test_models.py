@@ -295,3 +295,66 @@ def test_train_step_mixed_bfloat16_masked():
 def test_train_step_jit_compile():
     loss, iou = _train_step(jit_compile=True)
     assert np.isfinite(loss) and 0 <= iou <= 1
+
+
+# ---------------------------------------------------------------------------- conv decoder (unet)
+
+
+def _inputs(x, masked):
+    return {"image": x, "roi": np.ones(x.shape[:3] + (1,), "float32")} if masked else x
+
+
+@pytest.mark.parametrize("norm", models.NORMS)
+@pytest.mark.parametrize("masked", [False, True])
+def test_unet_decoder_builds_on_tiny_for_every_norm(norm, masked):
+    model = fcn(3, "unet", norm=norm, masked=masked, width=2, input_channels=1)
+    out = model(_inputs(_image(2, 32, 64, 1), masked), training=True)
+    assert tuple(out.shape) == (2, 32, 64, 3) and out.dtype == "float32"
+    names = {layer.name for layer in model.layers}
+    # the decoder refines every skip with convs, down to full resolution; no FCN score fusion
+    assert {"up16_concat", "up1_concat", "up1_2_conv", "score"} <= names
+    assert not any(n.startswith(("fuse_", "score_pool")) for n in names)
+
+
+@pytest.mark.parametrize(
+    "backbone, norm, masked",
+    [
+        ("vgg16", "batch", True),
+        ("resnet50", "group", False),
+        ("resnet50", "frozen_batch", True),
+        ("mobilenetv2", "none", True),
+        ("mobilenetv2", "batch", False),
+    ],
+)
+def test_unet_decoder_builds_on_application_backbones(backbone, norm, masked):
+    model = fcn(2, "unet", backbone=backbone, norm=norm, masked=masked, width=2, input_channels=1)
+    out = model(_inputs(_image(1, 32, 64, 1), masked), training=False)
+    assert tuple(out.shape) == (1, 32, 64, 2)
+    assert {"up16_concat", "up8_concat", "upscore8"} <= {layer.name for layer in model.layers}
+    assert not model.get_layer("upscore8").trainable
+
+
+def test_unet_accepts_any_multiple_of_the_stride():
+    model = fcn(2, "unet", width=2, input_channels=1, norm="none")
+    for h, w in [(32, 32), (32, 160), (96, 64), (64, 224)]:
+        assert tuple(model(_image(1, h, w, 1)).shape) == (1, h, w, 2)
+    with pytest.raises(ValueError, match="multiples of 32"):
+        fcn(2, "unet", input_size=(48, 64))
+
+
+def test_unet_loss_decreases_on_shapes_in_a_few_steps():
+    from fcndata.config import load_config
+    from fcndata.pipeline import build_pipeline
+    from fcndata.train import build_model
+
+    cfg = load_config(
+        "pipelines/shapes.yaml",
+        ["data.num_images=4", "batching.batch_size=4", "model.width=4", "train.schedule=constant", "loss.name=cross_entropy"],
+    )
+    assert cfg.model.variant == "unet"
+    x, y, w = next(iter(build_pipeline(cfg, "train", epochs=1)))
+    keras.utils.set_random_seed(0)
+    model = build_model(cfg)
+    losses = [float(model.train_on_batch(x, y, sample_weight=w)[0]) for _ in range(10)]
+    # (width 4: it learns slowly, but steadily) every step lowers the loss
+    assert all(b < a for a, b in zip(losses, losses[1:])) and losses[-1] < 0.95 * losses[0], losses
