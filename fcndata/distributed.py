@@ -1,16 +1,28 @@
-"""Scale: distribution strategy selection and tf.data service helpers.
+"""Scale: distribution strategies, the tf.data service, and a training loop for several hosts.
 
-One machine, several GPUs: ``MirroredStrategy``. Several hosts: ``MultiWorkerMirroredStrategy``
-configured from ``TF_CONFIG``. Preprocessing that outgrows the trainer's CPUs moves to the
-tf.data service (``DispatchServer`` / ``WorkerServer``): fcndata's core stages are graph-only
-and serialise there; the albumentations bridge (``tf.numpy_function``) cannot.
+Three ways past one machine's limits, all TensorFlow's own engines:
 
-Launch a service (each line on its own host or shell)::
+* several GPUs on one host: ``MirroredStrategy`` (``train.strategy: mirrored``, or ``auto``
+  when more than one GPU is visible);
+* several training hosts: ``MultiWorkerMirroredStrategy`` from ``TF_CONFIG``
+  (``train.strategy: multi_worker``). Keras 3 ``fit`` fails under it (see
+  :func:`run_steps`), so fcndata runs the same model, loss and optimizer in its own
+  ``strategy.run`` step loop;
+* preprocessing that outgrows the trainer's CPUs: the tf.data service. Start a dispatcher
+  and workers (each line on its own host or shell)::
 
-    python -m fcndata.distributed dispatcher --port 5050
-    python -m fcndata.distributed worker --dispatcher HOST:5050 --port 5051
+      python -m fcndata.distributed dispatcher --port 5050 --work-dir /shared/dispatcher
+      python -m fcndata.distributed worker --dispatcher HOST:5050 --port 5051
 
-then set ``FCNDATA_DATA_SERVICE=grpc://HOST:5050`` for ``python -m fcndata.train``.
+  and send a pipeline there with :func:`distribute_dataset` (or a recipe's ``service:``
+  section). With ``sharding="dynamic"`` (the default) the dispatcher hands each element of
+  the pipeline's source (one image) to one worker, so every patch arrives once per epoch;
+  fcndata's per-element stateless keys make a patch identical whichever worker cuts it.
+  If a worker dies, the images it had in flight are lost for that epoch (at-most-once
+  delivery); nothing arrives twice.
+
+The service runs a serialised graph in another process: a stage that calls Python
+(``tf.py_function``/``tf.numpy_function``, e.g. the albumentations bridge) cannot run there.
 """
 
 from __future__ import annotations
@@ -18,27 +30,72 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import time
 
 import tensorflow as tf
 
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
+SHARDING = ("dynamic", "off")
 
-def select_strategy(devices: list[str] | None = None) -> tf.distribute.Strategy:
-    """The strategy the trainer uses, chosen from the environment.
 
-    * ``TF_CONFIG`` naming more than one worker: ``MultiWorkerMirroredStrategy``;
-    * more than one GPU visible (or ``devices`` given with more than one): ``MirroredStrategy``;
-    * otherwise the default (single-device) strategy.
-    """
-    if devices is not None and len(devices) > 1:
-        return tf.distribute.MirroredStrategy(devices=devices)
+def _tf_config_workers() -> int:
     tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
-    if len(tf_config.get("cluster", {}).get("worker", [])) > 1:
+    return len(tf_config.get("cluster", {}).get("worker", []))
+
+
+def select_strategy(name: str = "auto", devices: list[str] | None = None) -> tf.distribute.Strategy:
+    """The ``tf.distribute`` strategy for ``train.strategy``.
+
+    * ``auto``: ``multi_worker`` when ``TF_CONFIG`` names more than one worker, ``mirrored``
+      when more than one GPU is visible (or ``devices`` lists several), else ``one_device``;
+    * ``one_device``: the default strategy (one CPU or GPU);
+    * ``mirrored``: ``MirroredStrategy`` over ``devices`` (default: every GPU, else the CPU);
+    * ``multi_worker``: ``MultiWorkerMirroredStrategy`` configured from ``TF_CONFIG``.
+
+    Example:
+      >>> select_strategy("one_device").num_replicas_in_sync
+      1
+    """
+    if name not in STRATEGIES:
+        raise ValueError(f"train.strategy must be one of {list(STRATEGIES)}. Received: strategy={name!r}")
+    if name == "auto":
+        if _tf_config_workers() > 1:
+            name = "multi_worker"
+        elif (devices is not None and len(devices) > 1) or len(tf.config.list_logical_devices("GPU")) > 1:
+            name = "mirrored"
+        else:
+            name = "one_device"
+    if name == "multi_worker":
+        if _tf_config_workers() < 1:
+            raise ValueError(
+                "train.strategy=multi_worker needs TF_CONFIG naming the cluster, e.g. "
+                '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}; '
+                "set it on every host. Received: TF_CONFIG unset or without workers"
+            )
         return tf.distribute.MultiWorkerMirroredStrategy()
-    gpus = tf.config.list_logical_devices("GPU")
-    if len(gpus) > 1:
-        return tf.distribute.MirroredStrategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy(devices=devices)
     return tf.distribute.get_strategy()
+
+
+def strategy_name(strategy: tf.distribute.Strategy) -> str:
+    """``one_device``, ``mirrored`` or ``multi_worker`` for a strategy object."""
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return "multi_worker"
+    if isinstance(strategy, tf.distribute.MirroredStrategy):
+        return "mirrored"
+    return "one_device"
+
+
+def is_chief() -> bool:
+    """True on the host that writes the run's artifacts: the chief, else worker 0, else a lone process."""
+    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
+    task = tf_config.get("task", {})
+    if "chief" in tf_config.get("cluster", {}):
+        return task.get("type") == "chief"
+    return task.get("type", "worker") == "worker" and int(task.get("index", 0)) == 0
 
 
 def has_gpu() -> bool:
@@ -46,47 +103,177 @@ def has_gpu() -> bool:
     return bool(tf.config.list_physical_devices("GPU"))
 
 
-def distribute_dataset(ds: tf.data.Dataset, service: str, job_name: str | None = None) -> tf.data.Dataset:
-    """Runs ``ds`` on a tf.data service (``grpc://host:port`` of its dispatcher).
+def distribute_dataset(
+    ds: tf.data.Dataset,
+    service: str,
+    *,
+    sharding: str = "dynamic",
+    job_name: str | None = None,
+    compression: str | None = "AUTO",
+) -> tf.data.Dataset:
+    """Runs ``ds`` on the tf.data service whose dispatcher is at ``service``.
 
-    With ``job_name`` several trainers share one job and split the data; without, each
-    gets the whole stream (``parallel_epochs``).
+    Args:
+      ds: a graph-only pipeline (its source splittable for ``dynamic``: ``range``,
+        ``from_tensor_slices``, TFRecord files — every fcndata source is).
+      service: the dispatcher, ``grpc://HOST:PORT`` or ``HOST:PORT``.
+      sharding: ``dynamic``: each element of the source (one image) goes to one worker, so
+        with no failures every element arrives exactly once per pass; ``off``: every worker
+        runs the whole pipeline (each element arrives once per worker — only for pipelines
+        that are random per worker).
+      job_name: several trainers naming the same job share one stream (each element goes to
+        one of them); None: each trainer gets its own.
+      compression: ``"AUTO"`` (compress when it pays) or None.
+
+    Returns:
+      The dataset, read from the service's workers.
     """
+    if sharding not in SHARDING:
+        raise ValueError(f"service.sharding must be one of {list(SHARDING)}. Received: sharding={sharding!r}")
+    if not isinstance(service, str) or not service.strip():
+        raise ValueError(f"service.address must be 'HOST:PORT' of a dispatcher. Received: address={service!r}")
+    address = service if "://" in service else f"grpc://{service}"
+    policy = {
+        "dynamic": tf.data.experimental.service.ShardingPolicy.DYNAMIC,
+        "off": tf.data.experimental.service.ShardingPolicy.OFF,
+    }[sharding]
     return ds.apply(
         tf.data.experimental.service.distribute(
-            processing_mode=tf.data.experimental.service.ShardingPolicy.OFF,
-            service=service,
-            job_name=job_name,
+            processing_mode=policy, service=address, job_name=job_name, compression=compression
         )
     )
 
 
-def start_dispatcher(port: int = 0) -> tf.data.experimental.service.DispatchServer:
-    """Starts a tf.data service dispatcher in this process (port 0: pick a free one)."""
-    return tf.data.experimental.service.DispatchServer(tf.data.experimental.service.DispatcherConfig(port=port))
+def start_dispatcher(
+    port: int = 0, work_dir: str | None = None, worker_timeout_ms: int | None = None
+) -> tf.data.experimental.service.DispatchServer:
+    """Starts a tf.data service dispatcher in this process (port 0: pick a free one).
+
+    With ``work_dir`` the dispatcher journals its state there and runs fault tolerant: a
+    dispatcher restarted on the same directory resumes its jobs.
+    """
+    kwargs = {"port": port}
+    if work_dir:
+        os.makedirs(work_dir, exist_ok=True)
+        kwargs.update(work_dir=str(work_dir), fault_tolerant_mode=True)
+    if worker_timeout_ms:
+        kwargs["worker_timeout_ms"] = int(worker_timeout_ms)
+    return tf.data.experimental.service.DispatchServer(tf.data.experimental.service.DispatcherConfig(**kwargs))
 
 
-def start_worker(dispatcher: str, port: int = 0) -> tf.data.experimental.service.WorkerServer:
-    """Starts a tf.data service worker serving the dispatcher at ``host:port``."""
-    dispatcher = dispatcher.removeprefix("grpc://")
-    return tf.data.experimental.service.WorkerServer(
-        tf.data.experimental.service.WorkerConfig(dispatcher_address=dispatcher, port=port)
-    )
+def start_worker(
+    dispatcher: str, port: int = 0, heartbeat_interval_ms: int | None = None
+) -> tf.data.experimental.service.WorkerServer:
+    """Starts a tf.data service worker serving the dispatcher at ``HOST:PORT``."""
+    kwargs = {"dispatcher_address": dispatcher.removeprefix("grpc://"), "port": port}
+    if heartbeat_interval_ms:
+        kwargs["heartbeat_interval_ms"] = int(heartbeat_interval_ms)
+    return tf.data.experimental.service.WorkerServer(tf.data.experimental.service.WorkerConfig(**kwargs))
+
+
+# --- Training on several hosts ---------------------------------------------------------------
+
+
+def run_steps(strategy: tf.distribute.Strategy, model, dataset: tf.data.Dataset, steps: int) -> list[float]:
+    """Trains ``model`` for ``steps`` batches of ``dataset`` under ``strategy``; returns the losses.
+
+    Why not ``model.fit``: Keras 3 (3.15 here) ``fit`` under ``MultiWorkerMirroredStrategy``
+    fails before the first step (``Trainer._maybe_symbolic_build`` reduces the first
+    distributed batch with ``strategy.reduce``, which raises ``ValueError: Attempt to
+    convert a value (PerReplica...) to a Tensor``; upstream tensorflow/tensorflow#72388,
+    keras-team/keras#20585). This loop does what ``fit``'s step does with public APIs: the
+    model's compiled loss (``model.compute_loss``, which divides by the replica count),
+    ``GradientTape``, and the optimizer (which all-reduces gradients across replicas).
+
+    ``dataset`` yields global batches ``(inputs, label, sample_weight)``; each worker
+    takes its share of every batch (``AutoShardPolicy.DATA``), so N workers see the same
+    global batch one process would. Non-trainable state that each replica updates on its
+    own (batch-norm moving statistics) is averaged across replicas at the end, so every
+    worker ends with identical weights.
+    """
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    dist = strategy.experimental_distribute_dataset(dataset.with_options(options))
+    with strategy.scope():
+        if not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+
+    @tf.function
+    def step(batch):
+        def replica(inputs, label, sample_weight):
+            with tf.GradientTape() as tape:
+                pred = model(inputs, training=True)
+                loss = model.compute_loss(x=inputs, y=label, y_pred=pred, sample_weight=sample_weight, training=True)
+            grads = tape.gradient(loss, model.trainable_variables)
+            model.optimizer.apply_gradients(zip(grads, model.trainable_variables))
+            return loss
+
+        return strategy.reduce("SUM", strategy.run(replica, args=batch), axis=None)
+
+    losses = []
+    iterator = iter(dist)
+    for _ in range(steps):
+        losses.append(float(step(next(iterator))))
+    sync_replica_state(strategy, model)
+    return losses
+
+
+def sync_replica_state(strategy: tf.distribute.Strategy, model) -> None:
+    """Averages non-trainable variables (batch-norm moving statistics) across all replicas."""
+    variables = [v for v in model.non_trainable_variables if "float" in str(v.dtype)]
+    if not variables or strategy.num_replicas_in_sync == 1:
+        return
+
+    @tf.function
+    def average():
+        def replica():
+            ctx = tf.distribute.get_replica_context()
+            return [ctx.all_reduce("MEAN", tf.identity(v.value)) for v in variables]
+
+        return strategy.run(replica)
+
+    for variable, value in zip(variables, average()):
+        variable.assign(strategy.experimental_local_results(value)[0])
+
+
+# --- Command line ----------------------------------------------------------------------------
+
+
+def _serve(server, role: str, address: str) -> int:
+    """Blocks until SIGTERM or Ctrl-C, then stops the server cleanly."""
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append("SIGTERM"))
+    print(f"fcndata: tf.data service {role} listening on {address}", flush=True)
+    try:
+        while not stop:
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        stop.append("Ctrl-C")
+    server.stop()
+    print(f"fcndata: tf.data service {role} stopped ({stop[0]})", flush=True)
+    return 0
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fcndata.distributed", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m fcndata.distributed", description="Run a tf.data service dispatcher or worker for fcndata pipelines."
+    )
     sub = parser.add_subparsers(dest="role", required=True)
     d = sub.add_parser("dispatcher", help="run a tf.data service dispatcher")
-    d.add_argument("--port", type=int, default=5050)
+    d.add_argument("--port", type=int, default=5050, help="port to listen on (0: any free port)")
+    d.add_argument("--work-dir", help="journal directory: makes the dispatcher fault tolerant (restart resumes jobs)")
+    d.add_argument("--worker-timeout-ms", type=int, help="declare a silent worker dead after this long")
     w = sub.add_parser("worker", help="run a tf.data service worker")
     w.add_argument("--dispatcher", required=True, help="HOST:PORT of the dispatcher")
-    w.add_argument("--port", type=int, default=5051)
+    w.add_argument("--port", type=int, default=0, help="port to listen on (0: any free port)")
+    w.add_argument("--heartbeat-interval-ms", type=int, help="how often to report to the dispatcher")
     args = parser.parse_args(argv)
-    server = start_dispatcher(args.port) if args.role == "dispatcher" else start_worker(args.dispatcher, args.port)
-    print(f"fcndata: tf.data service {args.role} listening on port {args.port}", flush=True)
-    server.join()
-    return 0
+    if args.role == "dispatcher":
+        server = start_dispatcher(args.port, args.work_dir, args.worker_timeout_ms)
+        mode = f", fault tolerant, work dir {args.work_dir}" if args.work_dir else ""
+        return _serve(server, "dispatcher", f"{server.target}{mode}")
+    server = start_worker(args.dispatcher, args.port, args.heartbeat_interval_ms)
+    return _serve(server, "worker", f"port {args.port or 'auto'} for dispatcher {args.dispatcher}")
 
 
 if __name__ == "__main__":

@@ -132,3 +132,28 @@ def dataset(
 def random_image(height: int, width: int, channels: int = 3, seed: int = 0) -> np.ndarray:
     """Random uint8 pixels (for benchmarks and codecs), deterministic in ``seed``."""
     return np.random.default_rng(seed).integers(0, 256, (height, width, channels), dtype=np.uint8)
+
+
+def slow_down(microseconds: int):
+    """A stage that waits ``microseconds`` before each element: a stand-in for slow storage.
+
+    Graph-only (tf.data's own sleep), so it runs on tf.data service workers too; used by
+    the scale-out tests and benchmarks to make a pipeline latency-bound rather than CPU-bound.
+
+    >>> import time
+    >>> start = time.perf_counter(); _ = list(tf.data.Dataset.range(3).apply(slow_down(20_000)))
+    >>> time.perf_counter() - start >= 0.06
+    True
+    """
+
+    def apply(ds: tf.data.Dataset) -> tf.data.Dataset:
+        specs = tf.nest.flatten(ds.element_spec)
+        variant = tf.raw_ops.SleepDataset(
+            input_dataset=tf.data.experimental.to_variant(ds),
+            sleep_microseconds=tf.constant(microseconds, tf.int64),
+            output_types=[s.dtype for s in specs],
+            output_shapes=[s.shape for s in specs],
+        )
+        return tf.data.experimental.from_variant(variant, ds.element_spec)
+
+    return apply
