@@ -97,11 +97,12 @@ def one_line(error: BaseException) -> str:
     else:
         text = str(error)
     text = _FUNCTION.sub("", _NODE.sub("", text))
+    found = _ASSERTION.search(text)
+    if found:  # tf.debugging.assert_* wraps our message in [ ... ], wherever TF puts it
+        return " ".join(re.split(r"\]\s*\[", found.group(1))[0].split())
+    text = re.sub(r"^\s*Graph execution error:\s*(Detected at node.*?\n\n)?", "", text, flags=re.S)
     text = text.split("\n\n")[0]  # TF appends the op's stack trace after a blank line
     text = re.sub(r"\s*\[Op:[^\]]*\]( name:.*)?$", "", text.strip(), flags=re.S)
-    found = _ASSERTION.search(text)
-    if found:  # tf.debugging.assert_* wraps our message in [ ... ]
-        text = found.group(1).split("] [")[0]
     text = _USER_FUNCTION.sub("", text.strip())
     text = " ".join(part.strip() for part in text.splitlines() if part.strip())
     return text or type(error).__name__
@@ -115,8 +116,23 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
+_RECEIVED: list[int] = []
+
+
 def _on_sigterm(signum, frame):
+    _RECEIVED.append(signum)
     raise Interrupted(signum)
+
+
+def check_interrupted() -> None:
+    """Raises :class:`Interrupted` again if SIGTERM arrived.
+
+    Why: the handler's exception can land inside a C extension (TensorFlow's nest
+    flattening) that swallows it; long loops call this at safe points (the trainer after
+    every batch) so the signal still ends the run.
+    """
+    if _RECEIVED:
+        raise Interrupted(_RECEIVED[-1])
 
 
 def run(body: Callable[[], int], *, debug: bool = False, on_interrupt: Callable[[], str] | None = None) -> int:
@@ -131,6 +147,7 @@ def run(body: Callable[[], int], *, debug: bool = False, on_interrupt: Callable[
       ``body()``'s status; 2 after an expected error; 130 after Ctrl-C, 143 after SIGTERM.
     """
     previous = None
+    _RECEIVED.clear()
     try:
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
     except ValueError:

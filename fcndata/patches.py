@@ -240,29 +240,10 @@ def patches_at(element, origins, patch_size: Pair, ignore_label: int = E.IGNORE_
       [([0, 0], 16), ([3, 4], 6), ([-1, -1], 9)]
     """
     nh, nw = pair(patch_size, "patch_size", "patches_at")
-    size = tf.constant([nh, nw], tf.int32)
     origins = tf.reshape(tf.cast(origins, tf.int32), [-1, 2])
-    hw = tf.shape(element[E.IMAGE], out_type=tf.int32)[:2]
-    before = -tf.reduce_min(tf.concat([origins, tf.zeros([1, 2], tf.int32)], 0), axis=0)
-    after = tf.reduce_max(tf.concat([origins + size, hw[None]], 0), axis=0) - hw
-    keys = [E.IMAGE, E.LABEL, E.ROI] + ([E.WEIGHT] if E.WEIGHT in element else [])
-    fill = {E.IMAGE: 0, E.LABEL: ignore_label, E.ROI: 0, E.WEIGHT: 0}
-
-    def pad():
-        paddings = tf.stack([before, after], axis=1)
-        out = {}
-        for k in keys:
-            x = element[k]
-            p = tf.concat([paddings, tf.zeros([x.shape.rank - 2, 2], tf.int32)], 0)
-            out[k] = tf.pad(x, p, constant_values=tf.cast(fill[k], x.dtype))
-        return out
-
     # Pad the whole element once, and only when needed: a patch is then a plain slice.
-    needs_pad = tf.reduce_any(before > 0) | tf.reduce_any(after > 0)
-    source = tf.cond(needs_pad, pad, lambda: {k: element[k] for k in keys})
-    for k in keys:  # the padded branch has a dynamic size; keep rank and channels static
-        source[k].set_shape([None, None] + element[k].shape[2:].as_list())
-    starts = origins + before
+    source, starts = _pad_for(element, origins, (nh, nw), ignore_label)
+    keys = list(source)
     begins2 = starts
     begins3 = tf.concat([starts, tf.zeros_like(starts[:, :1])], axis=1)
     extras = {k: element[k] for k in (E.SOURCE_SHAPE, E.SOURCE_INDEX, E.PATH, E.EPOCH) if k in element}

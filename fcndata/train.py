@@ -337,11 +337,15 @@ def train(config, run_dir: Path | None = None, resume: bool = False) -> dict:
         val_ds = val_elements.apply(to_keras(masked_input=config.model.masked))
         if t.validation_steps:
             val_ds = val_ds.take(t.validation_steps)
+        from fcndata import cli
+
         callbacks = [
             keras.callbacks.CSVLogger(str(run_dir / "metrics.csv"), append=resume and initial_epoch > 0),
             keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs"), write_graph=False),
             _image_logger(model, config, run_dir / "logs", val_elements),
             checkpoint.callback(),
+            # A SIGTERM whose exception TensorFlow swallowed still stops the run here.
+            keras.callbacks.LambdaCallback(on_train_batch_end=lambda *_, **__: cli.check_interrupted()),
         ]
         if initial_epoch < t.epochs:
             model.fit(

@@ -349,7 +349,7 @@ def test_unet_loss_decreases_on_shapes_in_a_few_steps():
 
     cfg = load_config(
         "pipelines/shapes.yaml",
-        ["data.num_images=4", "batching.batch_size=4", "model.width=4", "train.schedule=constant", "loss.name=cross_entropy"],
+        ["data.num_images=4", "batching.batch_size=4", "model.width=4", "train.schedule=constant", "loss.name=cross_entropy", "loss.terms=null"],
     )
     assert cfg.model.variant == "unet"
     x, y, w = next(iter(build_pipeline(cfg, "train", epochs=1)))

@@ -142,6 +142,8 @@ SKIPPED_COMMANDS = {
     "make train": "trains the default recipe for minutes; the same code runs in the train commands below",
     "make test": "is this test suite",
     "make preview": "is the first preview command, run below",
+    "python benchmarks/": "benchmarks train or measure for minutes (make bench runs them); benchmarks/ is not "
+                          "part of the test suite",
     "python -m fcndata.distributed": "starts long-running tf.data service servers; tests/test_distributed.py runs a "
                                      "local dispatcher and worker",
 }

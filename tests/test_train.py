@@ -132,7 +132,7 @@ batch = next(iter(build_pipeline(cfg, "train", epochs=1)))
 losses = []
 for devices in (None, ["/cpu:0", "/cpu:1"]):
     keras.utils.set_random_seed(0)
-    strategy = select_strategy(devices) if devices else tf.distribute.get_strategy()
+    strategy = select_strategy("auto", devices) if devices else tf.distribute.get_strategy()
     with strategy.scope():
         model = build_model(cfg)
     ds = tf.data.Dataset.from_tensors(batch)
