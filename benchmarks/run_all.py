@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["patches", "batching", "augment", "masking"]
+BENCHMARKS = ["patches", "batching", "augment", "masking", "service"]
 
 
 def main(argv=None) -> int:
