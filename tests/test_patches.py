@@ -443,13 +443,13 @@ def test_grid_chunks_equal_per_patch_engine(h, w, n, data, border, chunk, dtype)
     element = dict(t.element(h, w, dtype=dtype), weight=tf.fill([h, w], 0.5))
     ds = tf.data.Dataset.from_tensors(element)
     stage = P.ExtractPatches(n, s, border=border, chunk_size=chunk)
-    new = as_list(ds.apply(stage))
     old = _reference(element, origins, n)
-    assert len(new) == len(old) == len(origins)
-    for a, b in zip(new, old):
-        assert a.keys() == b.keys()
-        for k in b:
-            assert np.array_equal(a[k], b[k]), k
+    for new in (as_list(ds.apply(stage)), as_list(ds.apply(stage.chunks).unbatch())):
+        assert len(new) == len(old) == len(origins)
+        for a, b in zip(new, old):
+            assert a.keys() == b.keys()
+            for k in b:
+                assert np.array_equal(a[k], b[k]), k
     sizes = [int(c["image"].shape[0]) for c in ds.apply(stage.chunks)]
     assert all(0 < v <= chunk for v in sizes) and sum(sizes) == len(origins)
 
