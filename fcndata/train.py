@@ -428,7 +428,7 @@ def main(argv=None) -> int:
             config = load_config(recipe, args.overrides)
             run_dir = default_run_dir(config)
         if not config.data.has_validation:
-            # TODO(issue 12, part 2): train without validation once train() can skip it.
+            # Refused before any data is read: train() validates, logs images and evaluates on this split.
             raise ValueError(
                 f"{config.source}: the recipe has no validation data (data.val_images / data.val_tfrecords is not "
                 "set) and the trainer evaluates on it; add validation files to the recipe. Received: "
