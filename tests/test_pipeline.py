@@ -64,7 +64,8 @@ def test_same_seed_same_batches_and_epochs_differ():
 
 
 def test_resumed_stream_continues_where_it_was():
-    cfg = _cfg("brain_fullimage.yaml", "batching.batch_size=2")
+    cfg = _cfg("brain_fullimage.yaml", "batching.batch_size=2", "augment.flip_horizontal=true", "augment.rotate=10",
+               "augment.brightness=0.05")
     n = steps_per_epoch(cfg)
     full = _batches(build_pipeline(cfg, "train", keras=False, epochs=3), 3 * n)
     resumed = _batches(build_pipeline(cfg, "train", keras=False, initial_epoch=1, epochs=2), 2 * n)
