@@ -561,10 +561,6 @@ def _as_list(arrays, name: str) -> list[np.ndarray]:
 #: :func:`from_arrays`).
 LARGE_ARRAYS = 64 * 2**20
 
-#: TensorFlow's CPU kernels need buffers aligned to 64 bytes (Eigen's largest alignment).
-_ALIGN = 64
-
-
 def _ragged_source(arrays: list[np.ndarray], dtype) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """Every array in one flat buffer (the single copy ``from_arrays`` makes), the start
     offset of each array in it, and each array's shape.
@@ -575,13 +571,13 @@ def _ragged_source(arrays: list[np.ndarray], dtype) -> tuple[tf.Tensor, tf.Tenso
     a 64-byte boundary, so an element whose byte size is a multiple of 64 is a view of
     the buffer, not a copy.
     """
+    from fcndata.common import ALIGN, aligned_empty
+
     dtype = np.dtype(dtype)
-    step = _ALIGN // dtype.itemsize
+    step = ALIGN // dtype.itemsize
     sizes = np.array([a.size for a in arrays], np.int64)
     offsets = np.concatenate([[0], np.cumsum(-(-sizes // step) * step)]).astype(np.int64)
-    raw = np.empty(int(offsets[-1]) * dtype.itemsize + _ALIGN, np.uint8)
-    start = -raw.ctypes.data % _ALIGN
-    flat = raw[start : start + int(offsets[-1]) * dtype.itemsize].view(dtype)
+    flat = aligned_empty([int(offsets[-1])], dtype)
     for a, o in zip(arrays, offsets.tolist()):
         np.copyto(flat[o : o + a.size].reshape(a.shape), a, casting="unsafe")  # labels: range checked before
     tensor = tf.experimental.dlpack.from_dlpack(flat.__dlpack__()) if flat.size else tf.zeros([0], dtype)
