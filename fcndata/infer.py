@@ -2,10 +2,11 @@
 
 The predictor uses the patch engine's geometry: the same grid origins that
 ``ExtractPatches`` cuts for training (``border="shift"``: full coverage, no padding
-inside the image) and the same blends as :class:`Stitcher`. It runs as one
-``tf.function`` per image: cut a batch (one ``tf.gather``, see
-:func:`fcndata.patches.grid_tables`), run the model, scatter-add the weighted outputs
-into the accumulator laid out the same way, divide by the separable summed weights —
+inside the image) and the same blends as :class:`Stitcher`. It runs one
+``tf.function`` call per band of whole window rows (about :data:`BAND_BYTES` of image;
+one call for a 512² RGB image): cut a batch (one ``tf.gather``, see
+:func:`fcndata.patches.grid_tables`), run the model, scatter-add the outputs, weighted
+by windows normalised per axis beforehand, into the accumulator laid out the same way —
 no Python per patch or per batch. Without a patch size the whole image is padded to a
 multiple of 32 (roi 0 on the padding) and the prediction cropped back.
 
@@ -118,14 +119,15 @@ class SlidingWindowPredictor:
     def predict(self, image: np.ndarray) -> np.ndarray:
         """Per-pixel model output ``[H, W, K]`` (float32) for one image ``[H, W, C]``.
 
-        Memory of the sliding window: one tensor copy of the image as given (uint8
-        stays uint8; pixels are scaled per batch), the float32 output ``[H, W, K]``
-        itself — a variable the batches are scatter-added into in place, handed back
-        without a copy — and one batch; the blend windows are normalised per axis
-        beforehand, so there is no division pass and no weight plane. Images whose
-        width or shifted last column is not aligned to gcd(patch, stride) add one copy
-        of the image and one of the output at the end (see
-        :func:`fcndata.patches.grid_tables`). Identity models return the input to
+        Memory of the sliding window: the float32 output ``[H, W, K]`` itself — a
+        variable the batches are scatter-added into in place, handed back without a
+        copy — plus one band of image rows (about :data:`BAND_BYTES`, as given: uint8
+        stays uint8, pixels are scaled per batch; no copy at all when the band is
+        64-byte aligned and contiguous) and one batch. The blend windows are
+        normalised per axis beforehand, so there is no division pass and no weight
+        plane. Images whose width or shifted last column is not aligned to
+        gcd(patch, stride) add one copy of the band and one of the output at the end
+        (see :func:`fcndata.patches.grid_tables`). Identity models return the input to
         float32 rounding (a few ulp; exactly with ``blend="crop"``).
         """
         if self.patch_size is None:
