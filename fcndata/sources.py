@@ -561,6 +561,7 @@ def _as_list(arrays, name: str) -> list[np.ndarray]:
 #: :func:`from_arrays`).
 LARGE_ARRAYS = 64 * 2**20
 
+
 def _ragged_source(arrays: list[np.ndarray], dtype) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """Every array in one flat buffer (the single copy ``from_arrays`` makes), the start
     offset of each array in it, and each array's shape.
@@ -608,9 +609,10 @@ def from_arrays(
 
     Memory: one copy of the images and one of the labels, made here (your arrays can be
     changed or freed afterwards); an element whose byte size is a multiple of 64 is a
-    view of that copy, others are sliced out per element. TensorFlow itself adds one
-    transient copy when an iterator is created (its graph rewrite serialises the
-    dataset), and each element computes its roi plane (H x W bytes).
+    view of that copy, others are sliced out per element, and each element computes its
+    roi plane (H x W bytes). tf.data's default graph rewrites serialise the pipeline,
+    arrays included, whenever an iterator is made (a transient second copy), so arrays
+    of :data:`LARGE_ARRAYS` bytes or more turn them off (``ds.options()`` shows it).
 
     Args:
       images: list of [H, W] or [H, W, C] arrays (one dtype: uint8, uint16 or float32;
