@@ -47,8 +47,9 @@ def test_identity_any_size_and_stride(h, w, n, data, blend):
     expected = image / np.float32(255)
     if blend == "crop":
         assert np.array_equal(out, expected)
-    else:
-        np.testing.assert_allclose(out, expected, rtol=1e-6, atol=0)
+    else:  # float32 sums of up to (n/s)² weighted terms: the rounding grows with the overlap
+        # (stride 1, patch 24: 3.7e-6 measured, on main as well)
+        np.testing.assert_allclose(out, expected, rtol=1e-6 * max(1.0, n / s / 4), atol=0)
 
 
 class _Scores(keras.Model):
