@@ -86,3 +86,27 @@ def positive_int(value, name: str, where: str) -> None:
         raise TypeError(f"{where}: {name} must be an int. Received: {name}={value!r}")
     if value < 1:
         raise ValueError(f"{where}: {name} must be >= 1. Received: {name}={value!r}")
+
+
+#: Byte alignment TensorFlow's CPU kernels require of a buffer they adopt (Eigen's largest).
+ALIGN = 64
+
+
+def aligned_empty(shape, dtype) -> np.ndarray:
+    """An uninitialised C-contiguous array whose buffer starts on an :data:`ALIGN`-byte boundary.
+
+    TensorFlow can adopt such a buffer without copying it
+    (``tf.experimental.dlpack.from_dlpack(a.__dlpack__())``); numpy's own large arrays
+    start 16 bytes past a page and cannot be adopted. (``tf.constant`` of a numpy array
+    holds two copies of it.)
+
+    Example:
+      >>> a = aligned_empty((3, 5), np.uint16)
+      >>> a.shape, a.dtype.name, a.ctypes.data % ALIGN, a.flags.c_contiguous
+      ((3, 5), 'uint16', 0, True)
+    """
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(nbytes + ALIGN, np.uint8)
+    start = -raw.ctypes.data % ALIGN
+    return raw[start : start + nbytes].view(dtype).reshape(shape)

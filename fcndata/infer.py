@@ -2,10 +2,11 @@
 
 The predictor uses the patch engine's geometry: the same grid origins that
 ``ExtractPatches`` cuts for training (``border="shift"``: full coverage, no padding
-inside the image) and the same blends as :class:`Stitcher`. It runs as one
-``tf.function`` per image: cut a batch (one ``tf.gather``, see
-:func:`fcndata.patches.grid_tables`), run the model, scatter-add the weighted outputs
-into the accumulator laid out the same way, divide by the separable summed weights —
+inside the image) and the same blends as :class:`Stitcher`. It runs one
+``tf.function`` call per band of whole window rows (about :data:`BAND_BYTES` of image;
+one call for a 512² RGB image): cut a batch (one ``tf.gather``, see
+:func:`fcndata.patches.grid_tables`), run the model, scatter-add the outputs, weighted
+by windows normalised per axis beforehand, into the accumulator laid out the same way —
 no Python per patch or per batch. Without a patch size the whole image is padded to a
 multiple of 32 (roi 0 on the padding) and the prediction cropped back.
 
@@ -31,7 +32,7 @@ from typing import Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from fcndata.common import choice, pair, positive_int
+from fcndata.common import ALIGN, aligned_empty, choice, pair, positive_int
 from fcndata.patches import (
     BORDERS,
     Pair,
@@ -118,14 +119,15 @@ class SlidingWindowPredictor:
     def predict(self, image: np.ndarray) -> np.ndarray:
         """Per-pixel model output ``[H, W, K]`` (float32) for one image ``[H, W, C]``.
 
-        Memory of the sliding window: one tensor copy of the image as given (uint8
-        stays uint8; pixels are scaled per batch), the float32 output ``[H, W, K]``
-        itself — a variable the batches are scatter-added into in place, handed back
-        without a copy — and one batch; the blend windows are normalised per axis
-        beforehand, so there is no division pass and no weight plane. Images whose
-        width or shifted last column is not aligned to gcd(patch, stride) add one copy
-        of the image and one of the output at the end (see
-        :func:`fcndata.patches.grid_tables`). Identity models return the input to
+        Memory of the sliding window: the float32 output ``[H, W, K]`` itself — a
+        variable the batches are scatter-added into in place, handed back without a
+        copy — plus one band of image rows (about :data:`BAND_BYTES`, as given: uint8
+        stays uint8, pixels are scaled per batch; no copy at all when the band is
+        64-byte aligned and contiguous) and one batch. The blend windows are
+        normalised per axis beforehand, so there is no division pass and no weight
+        plane. Images whose width or shifted last column is not aligned to
+        gcd(patch, stride) add one copy of the band and one of the output at the end
+        (see :func:`fcndata.patches.grid_tables`). Identity models return the input to
         float32 rounding (a few ulp; exactly with ``blend="crop"``).
         """
         if self.patch_size is None:
@@ -187,7 +189,15 @@ class SlidingWindowPredictor:
         blocks = W // g + extra // g
         k = self._output_channels(image)
         acc = tf.Variable(tf.zeros([H * blocks, g * k], tf.float32), shape=tf.TensorShape(None), trainable=False)
-        self._graph(tf.convert_to_tensor(image), origins, wy, wx, acc)
+        # A divisor the graph cannot see as a constant: it would turn "x / 255" into
+        # "x * (1 / 255)", which is not to_model_input's rounding.
+        divisor = tf.constant({np.uint8: 255.0, np.uint16: 65535.0}.get(image.dtype.type, 1.0), tf.float32)
+        for first, last in _bands(origins[:, 0], nh, image[0].nbytes, BAND_BYTES):
+            y0, y1 = int(origins[first, 0]), int(origins[last - 1, 0]) + nh
+            band = _adopt(image[y0 : min(y1, h)])  # rows are contiguous: a copy of the band at most
+            rows = slice(first, last)
+            self._graph(band, origins[rows] - np.array([y0, 0], np.int32), wy[rows], wx[rows], acc,
+                        tf.constant([y0, y1 - y0, w], tf.int32), divisor)
         out = np.asarray(acc.read_value_no_copy()).reshape(H, blocks * g, k)  # the accumulator itself
         del acc
         if blocks * g != W:  # aligned columns + the shifted last column band: one copy
@@ -215,22 +225,21 @@ class SlidingWindowPredictor:
             self._graph_fn = tf.function(self._predict_graph, reduce_retracing=True)
         return self._graph_fn
 
-    def _predict_graph(self, image, origins, wy, wx, acc):
-        """Cuts every batch of the grid, runs the model and scatter-adds its outputs,
-        weighted by the normalised windows, into ``acc`` (the output, in table layout)."""
+    def _predict_graph(self, band, origins, wy, wx, acc, geometry, divisor):
+        """Cuts every batch of a band's windows, runs the model and scatter-adds its
+        outputs, weighted by the normalised windows, into ``acc`` (the output, in table
+        layout). ``band`` holds image rows [y0, y0 + height) (fewer at the image's end;
+        the rest is padding, roi 0), ``origins`` are band coordinates, ``geometry`` is
+        (y0, height, image width)."""
         (nh, nw), (_, sw) = self.patch_size, self.stride
         g = math.gcd(nw, sw)
-        hw = tf.shape(image, out_type=tf.int32)[:2]
-        H, W = tf.maximum(hw[0], nh), tf.maximum(hw[1], nw)
-        padded = tf.pad(image, [[0, H - hw[0]], [0, W - hw[1]], [0, 0]])
+        y0, height, width = geometry[0], geometry[1], geometry[2]
+        real = tf.shape(band, out_type=tf.int32)[:2]
+        W = tf.maximum(width, nw)
+        padded = tf.pad(band, [[0, height - real[0]], [0, W - real[1]], [0, 0]])
         layout = grid_tables({"image": padded}, origins, self.patch_size, self.stride)
         table, block, blocks = layout["table/image"], layout["block"], layout["blocks"]
-        channels = image.shape[-1]
-        # Integer pixels become floats through a lookup table built by to_model_input itself,
-        # so they match it bit for bit (a graph may turn "x / 255" into "x * (1 / 255)").
-        lookup = None
-        if image.dtype in (tf.uint8, tf.uint16):
-            lookup = tf.constant(to_model_input(np.arange(2 ** (8 * image.dtype.size), dtype=image.dtype.as_numpy_dtype)))
+        channels = band.shape[-1]
         n = tf.shape(origins)[0]
         b = self.batch_size
         for first in tf.range(0, n, b):
@@ -238,19 +247,56 @@ class SlidingWindowPredictor:
             o = tf.gather(origins, rows)
             idx = grid_table_index(o[:, 0], tf.gather(block, rows), blocks, self.patch_size, g)
             batch = tf.reshape(tf.gather(table, idx), [-1, nh, nw, channels])
-            batch = tf.cast(batch, tf.float32) if lookup is None else tf.gather(lookup, tf.cast(batch, tf.int32))
-            ry = tf.cast(o[:, 0, None] + tf.range(nh)[None] < hw[0], tf.float32)
-            rx = tf.cast(o[:, 1, None] + tf.range(nw)[None] < hw[1], tf.float32)
+            batch = tf.cast(batch, tf.float32) / divisor  # a true division, as to_model_input
+            ry = tf.cast(o[:, 0, None] + tf.range(nh)[None] < real[0], tf.float32)
+            rx = tf.cast(o[:, 1, None] + tf.range(nw)[None] < real[1], tf.float32)
             pred = self._forward(batch, ry[:, :, None] * rx[:, None, :])
-            weighted = pred * tf.gather(wy, rows)[:, :, None, None] * tf.gather(wx, rows)[:, None, :, None]
-            k = tf.shape(weighted)[-1]
-            acc.scatter_nd_add(idx[..., None], tf.reshape(weighted, [tf.shape(idx)[0], nh, nw // g, g * k]))
+            k = tf.shape(pred)[-1]
+            # Weights in the table layout [B, nh, nw * k]: broadcasting over a last axis of
+            # k (3) channels runs ~2x slower than over a row.
+            weight = tf.gather(wy, rows)[:, :, None] * tf.repeat(tf.gather(wx, rows), k, axis=1)[:, None, :]
+            weighted = tf.reshape(pred, [-1, nh, nw * k]) * weight
+            acc.scatter_nd_add((idx + y0 * blocks)[..., None], tf.reshape(weighted, [tf.shape(idx)[0], nh, nw // g, g * k]))
         return tf.constant(0)
 
     def predict_labels(self, image: np.ndarray) -> np.ndarray:
         """Class ids ``[H, W]`` (uint8 when they fit) for one image."""
         labels = np.argmax(self.predict(image), axis=-1)
         return labels.astype(np.uint8 if labels.max(initial=0) < 256 else np.int32)
+
+
+#: Image bytes the predictor copies into TensorFlow at a time: it cuts an image in bands
+#: of whole window rows of about this size, so a large image is never copied whole.
+BAND_BYTES = 8 * 2**20
+
+
+def _bands(ys: np.ndarray, nh: int, row_bytes: int, budget: int) -> list[tuple[int, int]]:
+    """Index ranges [first, last) of row-major grid origins, grouped in bands of whole
+    window rows whose image rows take at most ``budget`` bytes (at least one window row).
+
+    Example:
+      >>> _bands(np.repeat([0, 8, 16, 24], 3), 16, 10, 300)
+      [(0, 6), (6, 12)]
+    """
+    starts = np.flatnonzero(np.r_[True, ys[1:] != ys[:-1]])
+    ends = np.r_[starts[1:], len(ys)]
+    bands, first = [], 0
+    for i in range(1, len(starts) + 1):
+        if i == len(starts) or (ys[ends[i] - 1] + nh - ys[starts[first]]) * row_bytes > budget:
+            bands.append((int(starts[first]), int(ends[i - 1])))
+            first = i
+    return bands
+
+
+def _adopt(array: np.ndarray) -> tf.Tensor:
+    """The array as a tensor with at most one copy (``tf.convert_to_tensor`` holds two):
+    TensorFlow adopts an aligned buffer through DLPack, so only an array that is not
+    64-byte aligned and C-contiguous is copied (into one that is)."""
+    if array.ctypes.data % ALIGN or not array.flags.c_contiguous or not array.flags.writeable:
+        copy = aligned_empty(array.shape, array.dtype)
+        np.copyto(copy, array)
+        array = copy
+    return tf.experimental.dlpack.from_dlpack(array.__dlpack__())
 
 
 def _size_pair(value, name):

@@ -557,12 +557,41 @@ def _as_list(arrays, name: str) -> list[np.ndarray]:
     return [np.asarray(a) for a in arrays]
 
 
+#: Arrays of at least this many bytes turn tf.data's default graph optimizations off (see
+#: :func:`from_arrays`).
+LARGE_ARRAYS = 64 * 2**20
+
+
 def _ragged_source(arrays: list[np.ndarray], dtype) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    flat = np.concatenate([a.reshape(-1) for a in arrays]).astype(dtype) if arrays else np.zeros([0], dtype)
+    """Every array in one flat buffer (the single copy ``from_arrays`` makes), the start
+    offset of each array in it, and each array's shape.
+
+    numpy copies each array straight into a 64-byte-aligned buffer (converting the
+    dtype on the way) and TensorFlow adopts that buffer through DLPack, without another
+    copy (``tf.constant`` of a numpy array holds two copies of it). Each array starts at
+    a 64-byte boundary, so an element whose byte size is a multiple of 64 is a view of
+    the buffer, not a copy.
+    """
+    from fcndata.common import ALIGN, aligned_empty
+
+    dtype = np.dtype(dtype)
+    step = ALIGN // dtype.itemsize
     sizes = np.array([a.size for a in arrays], np.int64)
-    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    offsets = np.concatenate([[0], np.cumsum(-(-sizes // step) * step)]).astype(np.int64)
+    flat = aligned_empty([int(offsets[-1])], dtype)
+    for a, o in zip(arrays, offsets.tolist()):
+        np.copyto(flat[o : o + a.size].reshape(a.shape), a, casting="unsafe")  # labels: range checked before
+    tensor = tf.experimental.dlpack.from_dlpack(flat.__dlpack__()) if flat.size else tf.zeros([0], dtype)
     shapes = np.array([a.shape for a in arrays], np.int64)
-    return tf.constant(flat), tf.constant(offsets), tf.constant(shapes)
+    return tensor, tf.constant(offsets), tf.constant(shapes)
+
+
+def _row_blocks(a: np.ndarray, max_items: int = 1 << 20):
+    """Views of ``a`` in blocks of rows of about ``max_items`` values, so checks on a
+    large image hold a few MiB of temporaries, not several image-sized boolean planes."""
+    rows = max(1, max_items // max(1, a[0].size if len(a) else 1))
+    for r in range(0, len(a), rows):
+        yield a[r : r + rows]
 
 
 def from_arrays(
@@ -577,6 +606,13 @@ def from_arrays(
     The arrays are checked in numpy when the source is built (so errors raise at once,
     naming the index or path), packed into one flat buffer, and sliced per element by
     offset: no Python generator, so parallel map and serialisation work.
+
+    Memory: one copy of the images and one of the labels, made here (your arrays can be
+    changed or freed afterwards); an element whose byte size is a multiple of 64 is a
+    view of that copy, others are sliced out per element, and each element computes its
+    roi plane (H x W bytes). tf.data's default graph rewrites serialise the pipeline,
+    arrays included, whenever an iterator is made (a transient second copy), so arrays
+    of :data:`LARGE_ARRAYS` bytes or more turn them off (``ds.options()`` shows it).
 
     Args:
       images: list of [H, W] or [H, W, C] arrays (one dtype: uint8, uint16 or float32;
@@ -636,16 +672,21 @@ def from_arrays(
             )
         if not np.issubdtype(lab.dtype, np.integer):
             raise TypeError(f"{where}: label {path} (index {i}) must be an integer array. Received: dtype={lab.dtype}")
-        wrong = ((lab < 0) | (lab >= num_classes)) & (lab != ignore_label)
-        if wrong.any():
-            raise ValueError(
-                f"{where}: label {path} (index {i}) has values outside [0, {num_classes}) that are not "
-                f"ignore_label={ignore_label}; fix the label or raise num_classes. Received: label_value={lab[wrong][0]}"
-            )
-        if img.dtype == np.float32 and not np.isfinite(img).all():
+        if lab.size and (lab.min() < 0 or lab.max() >= num_classes):  # min/max hold no temporaries
+            for part in _row_blocks(lab):
+                wrong = ((part < 0) | (part >= num_classes)) & (part != ignore_label)
+                if wrong.any():
+                    raise ValueError(
+                        f"{where}: label {path} (index {i}) has values outside [0, {num_classes}) that are not "
+                        f"ignore_label={ignore_label}; fix the label or raise num_classes. "
+                        f"Received: label_value={part[wrong][0]}"
+                    )
+        # A float64 sum is finite exactly when every float32 pixel is (and holds no temporaries).
+        if img.dtype == np.float32 and not np.isfinite(img.sum(dtype=np.float64)):
+            bad = sum(int((~np.isfinite(part)).sum()) for part in _row_blocks(img))
             raise ValueError(
                 f"{where}: image {path} (index {i}) has NaN or inf pixels; replace them (e.g. np.nan_to_num). "
-                f"Received: non_finite_pixels={int((~np.isfinite(img)).sum())}"
+                f"Received: non_finite_pixels={bad}"
             )
     label_dtype = _label_dtype(num_classes, ignore_label)
     img_flat, img_off, img_shape = _ragged_source(images, images[0].dtype)
@@ -654,13 +695,24 @@ def from_arrays(
     path_t = tf.constant(paths)
 
     def element(i):
-        image = tf.reshape(img_flat[img_off[i]:img_off[i + 1]], img_shape[i])
+        image = tf.reshape(img_flat[img_off[i] : img_off[i] + tf.reduce_prod(img_shape[i])], img_shape[i])
         image.set_shape([None, None, channels])
-        label = tf.reshape(lab_flat[lab_off[i]:lab_off[i + 1]], lab_shape[i])
+        label = tf.reshape(lab_flat[lab_off[i] : lab_off[i] + tf.reduce_prod(lab_shape[i])], lab_shape[i])
         label.set_shape([None, None])
-        return E.make_element(image, label, source_index=i, path=path_t[i], ignore_label=ignore_label)
+        roi = None
+        if label.dtype == tf.uint8:  # one H x W plane (the min runs in place), not a bool plane and its cast
+            roi = tf.minimum(tf.bitwise.bitwise_xor(label, tf.constant(ignore_label, tf.uint8)), 1)
+        return E.make_element(image, label, roi=roi, source_index=i, path=path_t[i], ignore_label=ignore_label)
 
-    return tf.data.Dataset.range(len(images)).map(_graph(element), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = tf.data.Dataset.range(len(images)).map(_graph(element), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if img_flat.dtype.size * int(img_flat.shape[0]) + lab_flat.dtype.size * int(lab_flat.shape[0]) >= LARGE_ARRAYS:
+        # tf.data's default graph rewrites serialise the whole pipeline, arrays included,
+        # each time an iterator is made: a transient second copy. fcndata's stages set their
+        # parallelism themselves, so they do not need those rewrites.
+        options = tf.data.Options()
+        options.experimental_optimization.apply_default_optimizations = False
+        ds = ds.with_options(options)
+    return ds
 
 
 def shard_paths(path: str, num_shards: int) -> list[str]:

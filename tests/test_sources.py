@@ -282,6 +282,28 @@ def test_from_arrays_sizes_and_errors():
         S.from_arrays([bad], [np.zeros((3, 4), np.uint8)], num_classes=2)
 
 
+def test_from_arrays_one_copy_roi_and_large_sources(monkeypatch):
+    # 8x8 RGB is 192 bytes (a view of the buffer), 5x7 is not a multiple of 64 (sliced out).
+    imgs = [t.random_image(8, 8, 3, 0), t.random_image(5, 7, 3, 1)]
+    labs = [stripes(8, 8), np.full((5, 7), 255, np.int64)]
+    labs[0][0, :3] = 255
+    ds = S.from_arrays(imgs, labs, num_classes=3)
+    expected = [a.copy() for a in imgs]
+    imgs[0][:] = 0  # the source holds its own copy: changing the arrays later changes nothing
+    for e, image, label in zip(ds, expected, labs, strict=True):
+        np.testing.assert_array_equal(e["image"], image)
+        np.testing.assert_array_equal(e["label"], label.astype(np.uint8))
+        np.testing.assert_array_equal(e["roi"], (label != 255).astype(np.uint8))
+        assert e["roi"].dtype == tf.uint8
+    assert ds.options().experimental_optimization.apply_default_optimizations is None
+    # Large sources turn tf.data's default rewrites off (they would copy the arrays per iterator).
+    monkeypatch.setattr(S, "LARGE_ARRAYS", 100)
+    big = S.from_arrays(imgs, labs, num_classes=3)
+    assert big.options().experimental_optimization.apply_default_optimizations is False
+    assert [int(e["source_index"]) for e in big] == [0, 1]
+    np.testing.assert_array_equal(one(big.take(1))["image"], np.zeros((8, 8, 3), np.uint8))
+
+
 def test_tfrecord_round_trip_bit_exact(tmp_path):
     rng = np.random.default_rng(0)
     for dtype in (np.uint8, np.uint16, np.float32):
