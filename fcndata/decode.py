@@ -21,7 +21,6 @@ import io
 import os
 import re
 import struct
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np

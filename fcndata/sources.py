@@ -534,7 +534,7 @@ def _plan_decoding(pairs, image_dtype: str, max_pixels, on_error, report, where)
         convert = "none"
         for i, ((p, _), h) in enumerate(zip(pairs, iheads)):
             if h.dtype is not None and h.dtype != chosen and i not in problems:
-                examples = [q for j, ((q, _), g) in enumerate(zip(pairs, iheads)) if g.dtype == chosen][:2]
+                examples = [q for (q, _), g in zip(pairs, iheads) if g.dtype == chosen][:2]
                 refuse(i, p, (f"{where}: image {p} is {h.dtype}, but {dtypes[chosen]} of the {sum(dtypes.values())} "
                               f"images are {chosen} (e.g. {', '.join(examples)}); a source has one dtype, that of the "
                               f"majority. Convert this file, set data.image_dtype to convert every file when read, "
