@@ -510,8 +510,8 @@ def file_error(path: tf.Tensor, codec: tf.Tensor, dtype: tf.DType, codecs=(0, 1,
 def read_image(path, channels: int, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, where: str = "predict") -> np.ndarray:
     """Reads one image file as training does, with training's checks and messages.
 
-    The header first (size limit, dtype), then :func:`decode_file`, then NaN/inf and
-    :func:`convert_channels`: the same functions and message templates as the folder source.
+    The header first (size limit, dtype), then :func:`decode_file`, :func:`convert_channels`
+    and the NaN/inf check: the same functions, order and message templates as the folder source.
 
     Returns ``[H, W, channels]`` in the file's dtype (uint8, uint16 or float32).
 
@@ -547,12 +547,12 @@ def read_image(path, channels: int, *, max_pixels: int | None = DEFAULT_MAX_PIXE
     except (tf.errors.OpError, TypeError, ValueError) as e:
         code = int(file_error(tf.constant(path), tf.constant(codec), tf.as_dtype(dtype), (codec,), max_pixels=max_pixels))
         raise ValueError(message(code if code in (EMPTY, TRUNCATED) else UNREADABLE, **fields)) from e
-    if image.dtype.is_floating:
-        bad = int(tf.reduce_sum(tf.cast(~tf.math.is_finite(image), tf.int64)))
-        if bad:
-            raise ValueError(message(NON_FINITE, count=bad, **fields))
     have = int(image.shape[-1])
     converted, ok = convert_channels(image, channels)
     if not bool(ok):
         raise ValueError(message(CHANNELS, have=have, channels=channels, **fields))
+    if converted.dtype.is_floating:  # counted after conversion, as the folder source counts
+        bad = int(tf.reduce_sum(tf.cast(~tf.math.is_finite(converted), tf.int64)))
+        if bad:
+            raise ValueError(message(NON_FINITE, count=bad, **fields))
     return converted.numpy()

@@ -427,6 +427,9 @@ def _check_common(num_classes, ignore_label, on_error, where):
 def _pair_files(images_glob, masks_pattern, root, on_error, report, where) -> list[tuple[str, str]]:
     """(image, mask) paths paired by stem, from the file names alone (nothing is read)."""
     images_abs, masks_abs = _resolve(images_glob, root, glob=True), _resolve(masks_pattern, root)
+    # {stem} is substituted in the pattern alone, then joined to root: a root named "{stem}x" is a folder
+    masks_rel = os.path.expanduser(masks_pattern)
+    base = masks_abs[: len(masks_abs) - len(masks_rel)]  # the root part ("" for an absolute pattern)
     images = sorted(p for p in globlib.glob(images_abs, recursive=True) if os.path.isfile(p))
     if not images:
         raise ValueError(
@@ -452,16 +455,16 @@ def _pair_files(images_glob, masks_pattern, root, on_error, report, where) -> li
         )
     pairs = []
     for stem, (p,) in sorted(by_stem.items(), key=lambda kv: kv[1][0]):
-        mask = mask_path(masks_abs, stem)
+        mask = base + mask_path(masks_rel, stem)
         if os.path.isfile(mask):
             pairs.append((p, mask))
         else:
             problems.append((p, f"image without mask: expected {mask}"))
     # A mask is orphaned only if no file of its stem sits next to the matched images: a glob
     # that selects a subset (train_*.png) does not make the other masks errors.
-    stem_re = re.compile("^" + re.escape(masks_abs).replace(re.escape("{stem}"), "(.+)") + "$")
+    stem_re = re.compile("^" + re.escape(base) + "(.+)".join(re.escape(part) for part in masks_rel.split("{stem}")) + "$")
     image_dirs = sorted({os.path.dirname(p) for p in images})
-    for m in sorted(globlib.glob("*".join(globlib.escape(part) for part in masks_abs.split("{stem}")))):
+    for m in sorted(globlib.glob(globlib.escape(base) + "*".join(globlib.escape(part) for part in masks_rel.split("{stem}")))):
         match = stem_re.match(m)
         stem = match.group(1) if match else None
         if stem is None or stem in by_stem or "/" in stem:
@@ -554,7 +557,8 @@ def _plan_decoding(pairs, image_dtype: str, max_pixels, on_error, report, where)
                 raise ValueError(listed[0][1])
             lines = "\n".join(f"  {text}" for _, text in listed[:20])
             more = f"\n  ... and {len(listed) - 20} more" if len(listed) > 20 else ""
-            raise ValueError(f"{where}: {len(listed)} file(s) cannot be used (set data.on_error=skip to skip them):"
+            raise ValueError(f"{where}: {len(listed)} image/mask pair(s) cannot be used (set data.on_error=skip to skip "
+                             "them):"
                              f"\n{lines}{more}")
         for path, text in listed:
             report.add_static(path, text)

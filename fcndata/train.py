@@ -179,7 +179,8 @@ def _read_history(path: Path) -> dict[str, list[float]]:
     with path.open() as f:
         for row in csv.DictReader(f):
             for key, value in row.items():
-                if key != "epoch" and value not in (None, ""):
+                # "NA": Keras' CSVLogger always adds val_ columns, empty without validation data
+                if key != "epoch" and value not in (None, "", "NA"):
                     history.setdefault(key, []).append(float(value))
     return history
 
