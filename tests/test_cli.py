@@ -110,19 +110,17 @@ def test_inspect_data_error_is_one_line_naming_the_file(tmp_path, capsys):
     assert f"image {tmp_path / 'train' / 'img' / '0.png'} is truncated" in line
 
 
-def test_a_recipe_without_validation_data_is_refused_before_any_data_flows(tmp_path, capsys):
+def test_inspect_refuses_the_validation_split_of_a_recipe_without_one(tmp_path, capsys):
     from fcndata.inspect import main as inspect_main
-    from fcndata.train import main as train_main
 
+    # train runs such a recipe without validation: tests/test_bad_input.py
     recipe = _folder(tmp_path, val=False)
     assert not load_config(recipe).data.has_validation
-    assert train_main(["--config", str(recipe)]) == 2
+    assert inspect_main(["--config", str(recipe), "--split", "validation"]) == 2
     line = _one_error_line(capsys.readouterr().err)
     assert line.startswith(f"error: {recipe}: the recipe has no validation data (data.val_images / "
                            "data.val_tfrecords is not set)")
-    assert not (tmp_path / "runs").exists()
-    assert inspect_main(["--config", str(recipe), "--split", "validation"]) == 2
-    assert "Received: --split validation" in _one_error_line(capsys.readouterr().err)
+    assert line.endswith("Received: --split validation")
 
 
 def test_resume_of_a_folder_without_a_run(tmp_path, capsys):
