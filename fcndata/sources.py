@@ -214,6 +214,38 @@ def palette_to_labels(mask: tf.Tensor, palette, ignore_color=None, ignore_label:
     return label, tf.reduce_sum(tf.cast(unmatched, tf.int32)), colour
 
 
+#: A mask looks like JPEG ringing when its out-of-range values take at least this many
+#: distinct values, nearly all (RINGING_SHARE) within RINGING_DISTANCE of a class id or
+#: ignore_label: lossy compression smears every edge into values next to the true ones.
+RINGING_VALUES, RINGING_DISTANCE, RINGING_SHARE = 3, 8, 0.9
+#: The same for colour masks, per channel: JPEG's chroma subsampling smears colours further
+#: (measured on a 3-colour VOC mask at quality 75-95: 99 % of off-palette pixels within 47).
+PALETTE_RINGING_DISTANCE = 48
+
+
+def palette_ringing(mask: tf.Tensor, palette, ignore_color=None):
+    """``(looks_like_jpeg, distinct_unmatched_colours)`` of an RGB colour mask.
+
+    JPEG ringing leaves many distinct colours off the palette, nearly all (RINGING_SHARE)
+    within PALETTE_RINGING_DISTANCE of a palette colour in every channel; one stray colour
+    (a class missing from the palette) is not it.
+
+    Example:
+      >>> m = tf.constant([[[0, 0, 0], [128, 0, 0], [3, 1, 0], [125, 2, 1], [0, 4, 2]]], tf.uint8)
+      >>> [int(v) for v in palette_ringing(m, [(0, 0, 0), (128, 0, 0)])]
+      [1, 3]
+    """
+    rgb = tf.reshape(tf.cast(mask[..., :3], tf.int32), [-1, 3])
+    colours = list(palette) + ([tuple(ignore_color)] if ignore_color is not None else [])
+    table = tf.constant(colours, tf.int32)
+    distance = tf.reduce_min(tf.reduce_max(tf.abs(rgb[:, None, :] - table[None]), -1), -1)
+    off = tf.boolean_mask(rgb, distance > 0)
+    near = tf.reduce_sum(tf.cast(tf.boolean_mask(distance, distance > 0) <= PALETTE_RINGING_DISTANCE, tf.float32))
+    distinct = tf.size(tf.unique(off[:, 0] * 65536 + off[:, 1] * 256 + off[:, 2]).y)
+    looks = (distinct >= RINGING_VALUES) & (near >= RINGING_SHARE * tf.cast(tf.shape(off)[0], tf.float32))
+    return looks, distinct
+
+
 def _int_str(x) -> tf.Tensor:
     return tf.strings.as_string(tf.cast(x, tf.int64))
 
@@ -228,12 +260,6 @@ def label_range_error(label: tf.Tensor, num_classes: int, ignore_label: int):
     wrong = ((lab < 0) | (lab >= num_classes)) & tf.not_equal(lab, ignore_label)
     example = tf.concat([tf.boolean_mask(lab, wrong), [0]], 0)[0]
     return tf.reduce_any(wrong), example
-
-
-#: A mask looks like JPEG ringing when its out-of-range values take at least this many
-#: distinct values, nearly all (RINGING_SHARE) within RINGING_DISTANCE of a class id or
-#: ignore_label: lossy compression smears every edge into values next to the true ones.
-RINGING_VALUES, RINGING_DISTANCE, RINGING_SHARE = 3, 8, 0.9
 
 
 def ringing(label: tf.Tensor, num_classes: int, ignore_label: int):
@@ -725,13 +751,23 @@ def from_folder(
         ]
         # Range-check the int32 ids: a 16-bit mask value of 300 must not wrap into a uint8 class.
         content = content_checks({**element, E.LABEL: label}, num_classes, ignore_label, where, label_file=mpath)
-        palette_check = (
-            PALETTE, unmatched > 0,
-            lambda: tf.strings.join([
-                where, ": mask ", mpath, " has ", _int_str(unmatched), " pixel(s) of colour (", colour_text,
-                (") that is not in data.palette; add it (its index is the class id) or pass it as the ignore "
-                "colour, or set data.on_error=skip. Received: colour=("), colour_text, ")"]),
-        )
+        def palette_message():
+            looks, distinct = palette_ringing(rgb, palette, ignore_color)
+            return tf.where(
+                looks,
+                tf.strings.join([
+                    where, ": mask ", mpath, " has ", _int_str(unmatched), " pixel(s) of ", _int_str(distinct),
+                    (" distinct colours not in data.palette, nearly all close to a palette colour: this looks like "
+                     "JPEG compression ringing (the mask was saved as JPEG at some point), so its classes are wrong "
+                     "along every edge. Re-export the mask losslessly (PNG) from the original labels, or set "
+                     "data.on_error=skip. Received: colour=("), colour_text, ")"]),
+                tf.strings.join([
+                    where, ": mask ", mpath, " has ", _int_str(unmatched), " pixel(s) of colour (", colour_text,
+                    (") that is not in data.palette; add it (its index is the class id) or pass it as the ignore "
+                     "colour, or set data.on_error=skip. Received: colour=("), colour_text, ")"]),
+            )
+
+        palette_check = (PALETTE, unmatched > 0, palette_message if palette is not None else lambda: tf.constant(""))
         code, message = first_error(checks + content[:1] + [palette_check] + content[1:])
         return element, code, message
 
@@ -1089,11 +1125,9 @@ class Validate:
                 image = element[E.IMAGE]
                 converted, ok = convert_channels(image, self.channels)
                 element = {**element, E.IMAGE: converted}
-                checks.append((CHANNELS, ~ok, lambda: tf.strings.join([
-                    self.where, ": image ", element[E.PATH], " has ", _int_str(tf.shape(image)[-1]),
-                    (f" channels, which cannot be converted to channels={self.channels} (supported inputs: 1 gray, "
-                    "2 gray+alpha, 3 RGB, 4 RGBA). Convert the data or change data.channels. Received: channels="),
-                    _int_str(tf.shape(image)[-1])])))
+                checks.append((CHANNELS, ~ok, lambda: graph_message(
+                    CHANNELS, where=self.where, path=element[E.PATH], have=_int_str(tf.shape(image)[-1]),
+                    channels=str(self.channels))))
             checks += content_checks(element, self.num_classes, self.ignore_label, self.where)
             code, message = first_error(checks)
             return element, code, message

@@ -416,3 +416,20 @@ def test_skipped_files_are_printed_once_and_saved_and_no_validation_trains_witho
     assert summary["skipped"] == 1 and summary["validation"] is None
     assert (run / "model.keras").is_file() and (run / "history.png").is_file()
     assert not (run / "predictions.png").exists()
+
+
+def test_a_colour_mask_with_jpeg_ringing_is_named_as_such(tmp_path):
+    voc = [(0, 0, 0), (128, 0, 0), (0, 128, 0)]
+    _folder(tmp_path, n=2)
+    ok, jpeg = cv2.imencode(".jpg", np.array(voc, np.uint8)[_stripes()][..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
+    cv2.imwrite(str(tmp_path / "msk" / "0.png"), cv2.imdecode(jpeg, cv2.IMREAD_COLOR))
+    stray = np.array(voc, np.uint8)[_stripes()]
+    stray[2, 3] = (192, 128, 0)  # a class colour missing from the palette: not ringing
+    write(tmp_path / "msk" / "1.png", stray)
+    it = iter(S.from_folder("img/*.png", "msk/{stem}.png", channels=3, num_classes=3, palette=voc, root=str(tmp_path)))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"mask .*0.png has \d+ pixel\(s\) of \d+ distinct colours "
+                       r"not in data.palette, nearly all close to a palette colour: this looks like JPEG compression"):
+        next(it)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"mask .*1.png has 1 pixel\(s\) of colour \(192, 128, 0\) "
+                       r"that is not in data.palette; add it"):
+        next(it)
