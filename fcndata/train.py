@@ -9,7 +9,9 @@ epoch and exact resume, TensorBoard logs, and the run's artifacts in ``runs/NAME
 
 Every run writes ``config.yaml`` (resolved), ``metrics.csv``, ``logs/`` (TensorBoard, with
 prediction images), ``checkpoints/``, ``history.png``, ``preview.png``, ``predictions.png``,
-``model.keras`` and ``summary.json``; the last line printed says where they are.
+``model.keras`` and ``summary.json`` (and ``skipped.csv`` under ``data.on_error: skip``;
+no ``predictions.png`` for a recipe without validation data); the last line printed says
+where they are.
 
 Resuming: every epoch of the input stream is a pure function of ``(seed, epoch)`` (see
 ``build_pipeline``), and model, optimizer and epoch are checkpointed at the end of every
