@@ -2,7 +2,8 @@
 
 * Quiet defaults, set before TensorFlow is imported and only where the user's
   environment says nothing: ``TF_CPP_MIN_LOG_LEVEL=3`` (no oneDNN / CPU-feature / absl
-  start-up lines), ``OPENCV_LOG_LEVEL=ERROR`` (no ``[ WARN ]`` lines from OpenCV's decoders), and
+  start-up lines), ``OPENCV_LOG_LEVEL=FATAL`` (no ``[ WARN ]`` / ``[ERROR]`` lines from OpenCV's
+  decoders: a bad file is reported once, by the data checks), and
   absl's Python logger at ``error`` once TensorFlow is loaded.
 * An expected failure — a bad recipe, a missing or unreadable file, a data error that
   TensorFlow raises with the file's name in its message — ends in one line on stderr,
@@ -37,12 +38,14 @@ def quiet_defaults() -> None:
     # 3, not 2: TensorFlow logs start-up and graph-version notices at ERROR level too
     # ("NodeDef mentions attribute ..."); real failures still raise Python exceptions.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
-    if "cv2" in sys.modules and os.environ["OPENCV_LOG_LEVEL"] == "ERROR":
+    # FATAL, not ERROR: OpenCV logs a corrupt TIFF at ERROR level ("[ERROR:0@..] TIFF_Error ..."),
+    # which the data checks then report in one line naming the file.
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "FATAL")
+    if "cv2" in sys.modules and os.environ["OPENCV_LOG_LEVEL"] == "FATAL":
         # cv2 was imported before us and has read the variable already
         import cv2.utils.logging as cv2_logging
 
-        cv2_logging.setLogLevel(cv2_logging.LOG_LEVEL_ERROR)
+        cv2_logging.setLogLevel(cv2_logging.LOG_LEVEL_FATAL)
 
 
 def _quiet_python_loggers() -> None:

@@ -86,6 +86,12 @@ class DataConfig:
     on_error: str = "raise"  # raise | skip
     seed: int = 0
     cache: bool = True  # cache decoded sources in memory (built-in datasets are small)
+    # folder: files whose header declares more pixels (height x width) are refused, never decoded;
+    # null = no limit. Default 20000 x 20000 (1.2 GB as 8-bit RGB).
+    max_pixels: Optional[int] = 400_000_000
+    # folder: auto = the bit depth most images have (others are errors naming them); uint8 / uint16 =
+    # every 8/16-bit file is read and scaled to it.
+    image_dtype: str = "auto"
     # folder: image glob and a mask pattern paired by stem, for train and validation.
     images: Optional[str] = None
     masks: Optional[str] = None
@@ -119,6 +125,9 @@ class DataConfig:
     def __post_init__(self):
         _choice(self.source, "data.source", ("shapes", "brain", "digits", "folder", "tfrecord", "tfds", "arrays"))
         _choice(self.on_error, "data.on_error", ("raise", "skip"))
+        _choice(self.image_dtype, "data.image_dtype", ("auto", "uint8", "uint16"))
+        if self.max_pixels is not None:
+            _range(self.max_pixels, "data.max_pixels", 1)
         if self.num_classes < 1:
             raise ConfigError(f"data.num_classes must be >= 1. Received: data.num_classes={self.num_classes}")
         if self.channels not in (1, 3, 4):

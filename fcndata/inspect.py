@@ -1,7 +1,8 @@
 """``python -m fcndata.inspect``: what a source actually delivers, before any training.
 
 Prints the number of images, the distribution of image sizes, pixel counts and
-frequencies per class, and the files rejected (with reasons) under ``on_error: skip``::
+frequencies per class, and the files rejected (with reasons) under ``on_error: skip``;
+exits with status 2 and one ``error:`` line if no image is left::
 
     python -m fcndata.inspect --config pipelines/brain.yaml --split validation
     python -m fcndata.inspect --config pipelines/shapes.yaml --set data.class_imbalance=10
@@ -134,12 +135,21 @@ def main(argv=None) -> int:
                 f"{cfg.source}: the recipe has no validation data (data.val_images / data.val_tfrecords is not set). "
                 "Received: --split validation"
             )
-        report = sources.SkipReport(f"{data.source} source ({args.split})")
-        # file-level problems (empty glob, unpaired files) are found here, and named
-        ds = sources.load_source(data, args.split, report=report)
-        print(f"fcndata: one pass over the {args.split} split...", file=sys.stderr, flush=True)
-        info = inspect_dataset(ds, data.num_classes, data.names, report)
+        with sources.collect_skips():  # the report below lists skipped files once; the source stays quiet
+            report = sources.SkipReport(f"{data.source} source ({args.split})")
+            # file-level problems (empty glob, unpaired files, headers) are found here, and named
+            ds = sources.load_source(data, args.split, report=report)
+            print(f"fcndata: one pass over the {args.split} split...", file=sys.stderr, flush=True)
+            info = inspect_dataset(ds, data.num_classes, data.names, report)
         print(format_report(info, f"{args.config or '<defaults>'} [{data.source}, {args.split}]"))
+        if info["num_images"] == 0:
+            skipped = info["skipped"]
+            first = f" (first: {skipped[0][1]})" if skipped else ""
+            raise ValueError(
+                f"{cfg.source or '<defaults>'}: no usable image in the {args.split} split: all {len(skipped)} file(s) "
+                f"were skipped (data.on_error=skip), listed above{first}. Fix or replace the files. "
+                f"Received: 0 images"
+            )
         return 0
 
     return cli.run(body, debug=args.debug)

@@ -6,7 +6,11 @@
 
 The run's ``config.yaml`` next to the model supplies channels, class names and the
 ``predict:`` section; ``--config`` and ``--set`` override it. For each input ``X.ext`` it
-writes ``X_label.png`` (class ids, the input's size) and ``X_overlay.png``.
+writes ``X_label.png`` (class ids, the input's size) and ``X_overlay.png``. A bad input
+(missing, truncated, NaN pixels, channels that cannot be converted, above
+``data.max_pixels``: training's checks and messages) is listed on stderr as
+``skipped: <reason>`` and the others are still predicted; then the command ends with one
+``error:`` line and exit status 2.
 """
 
 from __future__ import annotations
@@ -20,19 +24,22 @@ import numpy as np
 from fcndata.common import class_rgb
 
 
-def read_image(path: str | Path, channels: int) -> np.ndarray:
-    """Reads an image file as [H, W, channels], decoded exactly as training decodes it.
+def read_image(path: str | Path, channels: int, max_pixels: int | None = 400_000_000) -> np.ndarray:
+    """Reads an image file as [H, W, channels], decoded and checked exactly as training does.
 
-    The same functions as the folder source (:func:`fcndata.decode.read_image`: ``tf.io``
-    decoders, OpenCV for TIFF only, and :func:`fcndata.decode.convert_channels`), so the
-    pixels match those the model was trained on.
+    The same functions as the folder source (:func:`fcndata.decode.read_image`: header
+    check against ``max_pixels`` (``data.max_pixels``), ``tf.io`` decoders, OpenCV for
+    TIFF only, NaN/inf check, :func:`fcndata.decode.convert_channels`) and the same
+    messages, so the pixels match those the model was trained on and a file training
+    would reject is rejected here too.
 
     Raises:
-      ValueError: the file cannot be read, or its channels cannot be converted.
+      ValueError: the file is missing, empty, truncated, too large, undecodable, has
+        NaN/inf pixels, or its channels cannot be converted; the message names it.
     """
     from fcndata.decode import read_image as decode
 
-    return decode(path, channels)
+    return decode(path, channels, max_pixels=max_pixels)
 
 
 def model_input(image: np.ndarray) -> np.ndarray:
@@ -104,7 +111,7 @@ def main(argv=None) -> int:
         recipe = args.config or (model_path.parent / "config.yaml")
         config = load_config(recipe if Path(recipe).is_file() else None, args.overrides)
         missing = [name for name in args.input if not Path(name).is_file()]
-        if missing:
+        if len(missing) == len(args.input):  # nothing to do: say so before loading the model
             raise FileNotFoundError(f"--input: {len(missing)} file(s) not found: {', '.join(missing)}. Received: {missing}")
 
         import cv2
@@ -118,14 +125,26 @@ def main(argv=None) -> int:
         predictor = predictor_from_config(model, config.predict, masked=config.model.masked)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
+        failed = []
         for name in args.input:
-            image = read_image(name, config.data.channels)
+            try:
+                image = read_image(name, config.data.channels, max_pixels=config.data.max_pixels)
+            except ValueError as e:  # a bad input is listed; the others are still predicted
+                failed.append(name)
+                print(f"skipped: {e}", file=sys.stderr, flush=True)
+                continue
             # scaled here with training's rule; float32 passes the predictor's own scaling unchanged
             labels = predictor.predict_labels(model_input(image))
             stem = Path(name).stem
             cv2.imwrite(str(out / f"{stem}_label.png"), labels)
             cv2.imwrite(str(out / f"{stem}_overlay.png"), overlay(image, labels)[..., ::-1])
             print(f"{name} -> {out / (stem + '_label.png')}, {out / (stem + '_overlay.png')}")
+        if failed:
+            raise ValueError(
+                f"predict: {len(failed)} of {len(args.input)} input(s) failed, listed above as 'skipped:' "
+                f"({', '.join(failed)}); the other {len(args.input) - len(failed)} were written to {out}/. "
+                f"Received: {len(failed)} bad input(s)"
+            )
         return 0
 
     return cli.run(body, debug=args.debug)

@@ -31,10 +31,12 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import glob as globlib
 import logging
 import os
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -48,27 +50,34 @@ from fcndata.decode import (  # noqa: F401  (decoding lives in fcndata.decode; r
     _TF8,
     BIT_DEPTH,
     CHANNELS,
+    DEFAULT_MAX_PIXELS,
     EMPTY,
     IMAGE_EXTENSIONS,
     LABEL_RANGE,
+    LOSSY_MASK,
     MASK_CHANNELS,
     NON_FINITE,
     OK,
     PALETTE,
     REASONS,
     SIZE,
+    TOO_LARGE,
     TRUNCATED,
     UNREADABLE,
+    Header,
     _cv2_decode,
     _cv2_error,
     _decode_one,
-    _first_dtype,
-    _probe,
     convert_channels,
+    declared_pixels,
     decode_file,
     file_error,
+    graph_message,
     image_size,
+    message,
     precheck,
+    read_header,
+    too_large,
 )
 
 logger = logging.getLogger("fcndata")
@@ -80,12 +89,51 @@ _graph = tf.autograph.experimental.do_not_convert
 # ---------------------------------------------------------------------------- skip report
 
 
+_COLLECTORS: list[list[SkipReport]] = []
+
+
+@contextlib.contextmanager
+def collect_skips():
+    """Gathers the :class:`SkipReport` of every source built inside the block.
+
+    The commands use it to print the skipped files once per run (and save them), instead
+    of each report logging them at the end of each of its passes: inside the block the
+    reports stay quiet. Yields the list the reports are appended to; see :func:`skipped_files`.
+
+    Example:
+      >>> with collect_skips() as reports:
+      ...     r = SkipReport("folder"); r.record("a.png", "truncated file"); r.end_pass()
+      >>> skipped_files(reports)
+      [('a.png', 'truncated file')]
+    """
+    reports: list[SkipReport] = []
+    _COLLECTORS.append(reports)
+    try:
+        yield reports
+    finally:
+        _COLLECTORS.remove(reports)
+
+
+def skipped_files(reports) -> list[tuple[str, str]]:
+    """The (path, reason) pairs of ``reports``, each file once, in the order first seen.
+
+    A file is listed when any pass skipped it, also an unfinished pass (a run stopped
+    early still says what it skipped).
+    """
+    seen: dict[str, str] = {}
+    for report in reports:
+        for path, reason in report.skipped + report.pending:
+            seen.setdefault(path, reason)
+    return list(seen.items())
+
+
 class SkipReport:
     """Files skipped under ``on_error="skip"``, with the reason for each.
 
     ``skipped`` holds the (path, reason) pairs of the last completed pass (``pending``
     those of the pass in progress); ``passes`` counts completed passes. At the end of
-    every pass that skipped something, the report is logged as a warning.
+    every pass that skipped something, the report is logged as a warning — unless it was
+    made inside :func:`collect_skips`, whose owner prints the files once.
 
     Example:
       >>> r = SkipReport("folder")
@@ -100,6 +148,9 @@ class SkipReport:
         self.pending: list[tuple[str, str]] = []
         self.skipped: list[tuple[str, str]] = list(self.static)
         self.passes = 0
+        self.quiet = bool(_COLLECTORS)
+        if _COLLECTORS:
+            _COLLECTORS[-1].append(self)
 
     def add_static(self, path: str, reason: str) -> None:
         """Records a file skipped at construction; it is listed in every pass."""
@@ -113,7 +164,7 @@ class SkipReport:
         self.skipped = self.static + self.pending
         self.pending = []
         self.passes += 1
-        if self.skipped:
+        if self.skipped and not self.quiet:
             logger.warning(self.summary())
 
     @property
@@ -163,6 +214,38 @@ def palette_to_labels(mask: tf.Tensor, palette, ignore_color=None, ignore_label:
     return label, tf.reduce_sum(tf.cast(unmatched, tf.int32)), colour
 
 
+#: A mask looks like JPEG ringing when its out-of-range values take at least this many
+#: distinct values, nearly all (RINGING_SHARE) within RINGING_DISTANCE of a class id or
+#: ignore_label: lossy compression smears every edge into values next to the true ones.
+RINGING_VALUES, RINGING_DISTANCE, RINGING_SHARE = 3, 8, 0.9
+#: The same for colour masks, per channel: JPEG's chroma subsampling smears colours further
+#: (measured on a 3-colour VOC mask at quality 75-95: 99 % of off-palette pixels within 47).
+PALETTE_RINGING_DISTANCE = 48
+
+
+def palette_ringing(mask: tf.Tensor, palette, ignore_color=None):
+    """``(looks_like_jpeg, distinct_unmatched_colours)`` of an RGB colour mask.
+
+    JPEG ringing leaves many distinct colours off the palette, nearly all (RINGING_SHARE)
+    within PALETTE_RINGING_DISTANCE of a palette colour in every channel; one stray colour
+    (a class missing from the palette) is not it.
+
+    Example:
+      >>> m = tf.constant([[[0, 0, 0], [128, 0, 0], [3, 1, 0], [125, 2, 1], [0, 4, 2]]], tf.uint8)
+      >>> [int(v) for v in palette_ringing(m, [(0, 0, 0), (128, 0, 0)])]
+      [1, 3]
+    """
+    rgb = tf.reshape(tf.cast(mask[..., :3], tf.int32), [-1, 3])
+    colours = list(palette) + ([tuple(ignore_color)] if ignore_color is not None else [])
+    table = tf.constant(colours, tf.int32)
+    distance = tf.reduce_min(tf.reduce_max(tf.abs(rgb[:, None, :] - table[None]), -1), -1)
+    off = tf.boolean_mask(rgb, distance > 0)
+    near = tf.reduce_sum(tf.cast(tf.boolean_mask(distance, distance > 0) <= PALETTE_RINGING_DISTANCE, tf.float32))
+    distinct = tf.size(tf.unique(off[:, 0] * 65536 + off[:, 1] * 256 + off[:, 2]).y)
+    looks = (distinct >= RINGING_VALUES) & (near >= RINGING_SHARE * tf.cast(tf.shape(off)[0], tf.float32))
+    return looks, distinct
+
+
 def _int_str(x) -> tf.Tensor:
     return tf.strings.as_string(tf.cast(x, tf.int64))
 
@@ -177,6 +260,25 @@ def label_range_error(label: tf.Tensor, num_classes: int, ignore_label: int):
     wrong = ((lab < 0) | (lab >= num_classes)) & tf.not_equal(lab, ignore_label)
     example = tf.concat([tf.boolean_mask(lab, wrong), [0]], 0)[0]
     return tf.reduce_any(wrong), example
+
+
+def ringing(label: tf.Tensor, num_classes: int, ignore_label: int):
+    """``(looks_like_jpeg, wrong_pixels, distinct_wrong_values)`` of a mask (see RINGING_*).
+
+    Example:
+      >>> m = tf.constant([[0, 1, 2, 3], [4, 1, 254, 0]])
+      >>> [int(v) for v in ringing(m, 2, 255)]
+      [1, 4, 4]
+    """
+    lab = tf.reshape(tf.cast(label, tf.int32), [-1])
+    wrong = tf.boolean_mask(lab, ((lab < 0) | (lab >= num_classes)) & tf.not_equal(lab, ignore_label))
+    to_class = tf.where(wrong < 0, -wrong, wrong - (num_classes - 1))
+    distance = tf.minimum(to_class, tf.abs(wrong - ignore_label))
+    near = tf.reduce_sum(tf.cast(distance <= RINGING_DISTANCE, tf.float32))
+    n = tf.size(wrong)
+    distinct = tf.size(tf.unique(wrong).y)
+    looks = (distinct >= RINGING_VALUES) & (near >= RINGING_SHARE * tf.cast(n, tf.float32))
+    return looks, n, distinct
 
 
 def first_error(checks) -> tuple[tf.Tensor, tf.Tensor]:
@@ -194,6 +296,23 @@ def first_error(checks) -> tuple[tf.Tensor, tf.Tensor]:
     messages = tf.stack([m() for _, _, m in checks] + [tf.constant("")])
     first = tf.argmax(tf.cast(bads, tf.int32), output_type=tf.int32)
     return codes[first], messages[first]
+
+
+def _range_message(where, label_file, label, example, num_classes: int, ignore_label: int) -> tf.Tensor:
+    looks, n, distinct = ringing(label, num_classes, ignore_label)
+    ringing_text = tf.strings.join([
+        where, ": mask ", label_file, " has ", _int_str(n), " pixel(s) of ", _int_str(distinct), (f" distinct values "
+        f"outside [0, {num_classes}), nearly all next to a class id or ignore_label={ignore_label}: this looks like "
+        "JPEG compression ringing (the mask was saved as JPEG at some point), so its class ids are wrong along every "
+        "edge. Re-export the mask losslessly (PNG) from the original labels, or set data.on_error=skip. "
+        "Received: label_value="), _int_str(example),
+    ])
+    range_text = tf.strings.join([
+        where, ": mask ", label_file, (f" has label values outside [0, {num_classes}) that are not "
+        f"ignore_label={ignore_label}; fix the mask, raise data.num_classes, or map those pixels to "
+        "ignore_label (set data.on_error=skip to skip the file). Received: label_value="), _int_str(example),
+    ])
+    return tf.where(looks, ringing_text, range_text)
 
 
 def content_checks(element, num_classes: int, ignore_label: int, where: str, label_file=None):
@@ -216,11 +335,7 @@ def content_checks(element, num_classes: int, ignore_label: int, where: str, lab
         (
             LABEL_RANGE,
             range_bad,
-            lambda: tf.strings.join([
-                where, ": mask ", label_file, (f" has label values outside [0, {num_classes}) that are not "
-                f"ignore_label={ignore_label}; fix the mask, raise data.num_classes, or map those pixels to "
-                "ignore_label (set data.on_error=skip to skip the file). Received: label_value="), _int_str(example),
-            ]),
+            lambda: _range_message(where, label_file, label, example, num_classes, ignore_label),
         ),
     ]
     if image.dtype.is_floating:
@@ -229,31 +344,25 @@ def content_checks(element, num_classes: int, ignore_label: int, where: str, lab
         checks.append((
             NON_FINITE,
             nonfinite > 0,
-            lambda: tf.strings.join([
-                where, ": image ", path, (" has NaN or inf pixels; replace them (e.g. np.nan_to_num) or drop the "
-                "image (set data.on_error=skip to skip it). Received: non_finite_pixels="), _int_str(nonfinite),
-            ]),
+            lambda: graph_message(NON_FINITE, where=where, path=path, count=_int_str(nonfinite)),
         ))
     return checks
 
 
-def _file_message(where: str, what: str, path: tf.Tensor, code: tf.Tensor, first_file: str, dtype: tf.DType):
-    """The message for a decode-stage error code of one file."""
-    fix = " Re-export or remove the file, or set data.on_error=skip to skip it. Received: path="
+def _file_message(where: str, what: str, path: tf.Tensor, code: tf.Tensor, dtype: tf.DType, max_pixels):
+    """The message for a decode-stage error code of one file (the templates of :mod:`fcndata.decode`)."""
+    fields = {"where": where, "what": what, "path": path}
+    codes = [UNREADABLE, EMPTY, TRUNCATED, BIT_DEPTH, TOO_LARGE]
     messages = tf.stack([
-        tf.strings.join([where, f": could not read or decode {what} ", path,
-                         (" (unreadable, corrupt, not a PNG/JPEG/BMP/GIF/TIFF file, or a TIFF with more than 4"
-                         " channels)."), fix, path]),
-        tf.strings.join([where, f": {what} ", path, " is an empty file (0 bytes).", fix, path]),
-        tf.strings.join([where, f": {what} ", path,
-                         (" is truncated (the PNG IEND chunk or JPEG end marker is missing);"
-                         " the download or copy was probably interrupted."), fix, path]),
-        tf.strings.join([where, f": {what} ", path, (f" has a different bit depth than the first "
-                         f"{what} {first_file} ({dtype.name}); all files of one source must share one "
-                         "dtype. Convert them (e.g. all 8-bit or all 16-bit PNG), or set "
-                         "data.on_error=skip. Received: path="), path]),
+        graph_message(UNREADABLE, **fields),
+        graph_message(EMPTY, **fields),
+        graph_message(TRUNCATED, **fields),
+        graph_message(BIT_DEPTH, dtype=dtype.name, **fields),
+        # only the graph's own header check gets here (the folder source drops such files when built)
+        graph_message(TOO_LARGE, size=_int_str(declared_pixels(tf.io.read_file(path))), limit=str(max_pixels), **fields),
     ])
-    return messages[tf.clip_by_value(code - 1, 0, 3)]
+    index = tf.argmax(tf.cast(tf.equal(tf.constant(codes), code), tf.int32), output_type=tf.int32)
+    return messages[index]
 
 
 def _placeholder(spec):
@@ -301,11 +410,25 @@ def handle_errors(ds: tf.data.Dataset, on_error: str, report: SkipReport | None)
 # ---------------------------------------------------------------------------- Python-side helpers
 
 
-def _resolve(pattern: str, root: str | None) -> str:
+def _resolve(pattern: str, root: str | None, glob: bool = False) -> str:
+    """``pattern`` joined to ``root``; with ``glob``, the root is escaped (a folder named
+    ``data[1]`` is a folder, not a character class)."""
     pattern = os.path.expanduser(pattern)
     if root is not None and not os.path.isabs(pattern) and "://" not in pattern:
-        pattern = os.path.join(root, pattern)
+        pattern = os.path.join(globlib.escape(root) if glob else root, pattern)
     return pattern
+
+
+def mask_path(pattern: str, stem: str) -> str:
+    """The mask file of an image stem: ``{stem}`` replaced, nothing else.
+
+    Paths are data, not format strings: other braces (a folder ``data_{v1}``) stay as they are.
+
+    Example:
+      >>> mask_path("/d/data_{v1}/masks/{stem}.png", "a")
+      '/d/data_{v1}/masks/a.png'
+    """
+    return pattern.replace("{stem}", stem)
 
 
 def _label_dtype(num_classes: int, ignore_label: int) -> tf.DType:
@@ -329,7 +452,10 @@ def _check_common(num_classes, ignore_label, on_error, where):
 
 def _pair_files(images_glob, masks_pattern, root, on_error, report, where) -> list[tuple[str, str]]:
     """(image, mask) paths paired by stem, from the file names alone (nothing is read)."""
-    images_abs, masks_abs = _resolve(images_glob, root), _resolve(masks_pattern, root)
+    images_abs, masks_abs = _resolve(images_glob, root, glob=True), _resolve(masks_pattern, root)
+    # {stem} is substituted in the pattern alone, then joined to root: a root named "{stem}x" is a folder
+    masks_rel = os.path.expanduser(masks_pattern)
+    base = masks_abs[: len(masks_abs) - len(masks_rel)]  # the root part ("" for an absolute pattern)
     images = sorted(p for p in globlib.glob(images_abs, recursive=True) if os.path.isfile(p))
     if not images:
         raise ValueError(
@@ -355,16 +481,16 @@ def _pair_files(images_glob, masks_pattern, root, on_error, report, where) -> li
         )
     pairs = []
     for stem, (p,) in sorted(by_stem.items(), key=lambda kv: kv[1][0]):
-        mask = masks_abs.format(stem=stem)
+        mask = base + mask_path(masks_rel, stem)
         if os.path.isfile(mask):
             pairs.append((p, mask))
         else:
             problems.append((p, f"image without mask: expected {mask}"))
     # A mask is orphaned only if no file of its stem sits next to the matched images: a glob
     # that selects a subset (train_*.png) does not make the other masks errors.
-    stem_re = re.compile("^" + re.escape(masks_abs).replace(re.escape("{stem}"), "(.+)") + "$")
+    stem_re = re.compile("^" + re.escape(base) + "(.+)".join(re.escape(part) for part in masks_rel.split("{stem}")) + "$")
     image_dirs = sorted({os.path.dirname(p) for p in images})
-    for m in sorted(globlib.glob(masks_abs.replace("{stem}", "*"))):
+    for m in sorted(globlib.glob(globlib.escape(base) + "*".join(globlib.escape(part) for part in masks_rel.split("{stem}")))):
         match = stem_re.match(m)
         stem = match.group(1) if match else None
         if stem is None or stem in by_stem or "/" in stem:
@@ -391,6 +517,100 @@ def _pair_files(images_glob, masks_pattern, root, on_error, report, where) -> li
     return pairs
 
 
+def _plan_decoding(pairs, image_dtype: str, max_pixels, on_error, report, where):
+    """Reads every image and mask header once (no decoding) and decides how to decode.
+
+    Refuses, by file: JPEG masks (lossy), files above ``max_pixels``, unsupported or
+    float masks, images whose bit depth is not the source's. The source's image dtype is
+    ``image_dtype`` if given, else the majority's (a tie is an error: nothing tells which
+    files are the odd ones). Under ``skip`` refused pairs are dropped and reported.
+
+    Returns:
+      ``(kept pairs, plan)``, plan holding ``image_dtype`` / ``mask_dtype`` (tf dtypes),
+      ``convert`` (the images' :func:`fcndata.decode.convert_dtype` rule) and the codecs.
+    """
+    iheads = [read_header(p) for p, _ in pairs]
+    mheads = [read_header(m) for _, m in pairs]
+    problems: dict[int, tuple[str, str]] = {}  # pair index -> (file, message)
+
+    def refuse(i, path, text):
+        problems.setdefault(i, (path, text))
+
+    for i, ((p, m), ih, mh) in enumerate(zip(pairs, iheads, mheads)):
+        if mh.format == "jpeg" or (mh.format == "unknown" and os.path.splitext(m)[1].lower() in (".jpg", ".jpeg")):
+            refuse(i, m, message(LOSSY_MASK, where=where, path=m))
+        for what, path, h in (("image", p, ih), ("mask", m, mh)):
+            if too_large(h, max_pixels):
+                refuse(i, path, message(TOO_LARGE, where=where, what=what, path=path, size=f"{h.height}x{h.width}",
+                                        limit=max_pixels))
+        if mh.dtype is not None and mh.dtype not in ("uint8", "uint16"):
+            refuse(i, m, f"{where}: mask {m} has pixel dtype {mh.dtype}; masks hold integer class ids in 8 or 16 bit. "
+                         f"Export it as an 8- or 16-bit PNG. Received: dtype={mh.dtype}")
+        if ih.dtype is not None and ih.dtype not in ("uint8", "uint16", "float32"):
+            refuse(i, p, f"{where}: image {p} has pixel dtype {ih.dtype}; supported are uint8, uint16 and float32. "
+                         f"Convert the file. Received: dtype={ih.dtype}")
+
+    dtypes = Counter(h.dtype for i, h in enumerate(iheads) if i not in problems and h.dtype is not None)
+    if image_dtype == "auto":
+        ranked = dtypes.most_common()
+        if len(ranked) > 1 and ranked[0][1] == ranked[1][1]:
+            raise ValueError(
+                f"{where}: the images are split evenly between bit depths ({', '.join(f'{n} {d}' for d, n in ranked)}), "
+                "so no majority tells which files are the odd ones; convert them to one bit depth or set "
+                f"data.image_dtype (uint8 or uint16) to convert them when read. Received: data.image_dtype=auto"
+            )
+        chosen = ranked[0][0] if ranked else "uint8"
+        convert = "none"
+        for i, ((p, _), h) in enumerate(zip(pairs, iheads)):
+            if h.dtype is not None and h.dtype != chosen and i not in problems:
+                examples = [q for (q, _), g in zip(pairs, iheads) if g.dtype == chosen][:2]
+                refuse(i, p, (f"{where}: image {p} is {h.dtype}, but {dtypes[chosen]} of the {sum(dtypes.values())} "
+                              f"images are {chosen} (e.g. {', '.join(examples)}); a source has one dtype, that of the "
+                              f"majority. Convert this file, set data.image_dtype to convert every file when read, "
+                              f"or set data.on_error=skip. Received: dtype={h.dtype}"))
+    else:
+        chosen, convert = image_dtype, "scale"
+        for i, ((p, _), h) in enumerate(zip(pairs, iheads)):
+            if h.dtype == "float32" and i not in problems:
+                refuse(i, p, (f"{where}: image {p} is float32, which data.image_dtype={image_dtype} cannot be "
+                              f"converted to (only 8/16-bit files are scaled); convert the file or set "
+                              f"data.image_dtype=auto. Received: dtype=float32"))
+
+    if problems:
+        listed = sorted(problems.values())
+        if on_error == "raise":
+            if len(listed) == 1:
+                raise ValueError(listed[0][1])
+            lines = "\n".join(f"  {text}" for _, text in listed[:20])
+            more = f"\n  ... and {len(listed) - 20} more" if len(listed) > 20 else ""
+            raise ValueError(f"{where}: {len(listed)} image/mask pair(s) cannot be used (set data.on_error=skip to skip "
+                             "them):"
+                             f"\n{lines}{more}")
+        for path, text in listed:
+            report.add_static(path, text)
+    keep = [i for i in range(len(pairs)) if i not in problems]
+    if not keep:
+        raise ValueError(
+            f"{where}: no usable file: all {len(pairs)} image/mask pair(s) were refused ({listed[0][1]}"
+            f"{' ...' if len(listed) > 1 else ''}). Fix the files listed. Received: {len(listed)} refused file(s)"
+        )
+    mask_dtypes = {mheads[i].dtype for i in keep}
+    plan = {
+        "image_dtype": tf.as_dtype(chosen),
+        "mask_dtype": tf.uint16 if "uint16" in mask_dtypes else tf.uint8,
+        "convert": convert,
+        "icodecs": [_codec(pairs[i][0], iheads[i]) for i in keep],
+        "mcodecs": [_codec(pairs[i][1], mheads[i]) for i in keep],
+    }
+    return [pairs[i] for i in keep], plan
+
+
+def _codec(path: str, header: Header) -> int:
+    if header.format == "unknown" and os.path.splitext(path)[1].lower() in (".tif", ".tiff"):
+        return _CV2
+    return header.codec
+
+
 def from_folder(
     images_glob: str,
     masks_pattern: str,
@@ -403,6 +623,8 @@ def from_folder(
     on_error: str = "raise",
     root: str | None = None,
     report: SkipReport | None = None,
+    image_dtype: str = "auto",
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> tf.data.Dataset:
     """Images matched by a glob, each paired with the mask of the same file stem.
 
@@ -425,14 +647,21 @@ def from_folder(
       on_error: ``"raise"`` or ``"skip"`` (skipped files are listed in ``report``).
       root: folder that relative patterns are relative to.
       report: a :class:`SkipReport` to fill (a new one if None).
+      image_dtype: ``"auto"``: the dtype most images have (from their headers), files of
+        another bit depth are errors naming them and the majority; ``"uint8"`` /
+        ``"uint16"``: every 8/16-bit file is read and scaled to it (× 257 or ÷ 257).
+      max_pixels: files whose header declares more pixels (height × width) are errors,
+        never decoded (None: no limit).
 
     Returns:
-      A dataset of contract elements; image dtype uint8, uint16 or float32 (that of the
-      first image), label uint8 (int32 if class ids exceed 255).
+      A dataset of contract elements; image dtype uint8, uint16 or float32 (see
+      ``image_dtype``), label uint8 (int32 if class ids exceed 255).
 
     Raises:
       ValueError: empty glob, image without mask, mask without image, two images with the
-        same stem, unsupported extension (the last three are skipped under ``skip``).
+        same stem, unsupported extension, a JPEG mask, a file above ``max_pixels``, a
+        bit depth other than the majority's (all but the stem clash are skipped under
+        ``skip``), or no usable file left.
 
     Output element:
       image [H, W, channels], label [H, W], roi [H, W] uint8, origin [2] int32 (0, 0),
@@ -450,6 +679,10 @@ def from_folder(
     _check_common(num_classes, ignore_label, on_error, where)
     if channels not in (1, 3, 4):
         raise ValueError(f"{where}: channels must be 1, 3 or 4. Received: channels={channels!r}")
+    if image_dtype not in ("auto", "uint8", "uint16"):
+        raise ValueError(f"{where}: image_dtype must be 'auto', 'uint8' or 'uint16'. Received: image_dtype={image_dtype!r}")
+    if max_pixels is not None and (not isinstance(max_pixels, int) or max_pixels < 1):
+        raise ValueError(f"{where}: max_pixels must be a positive int or None. Received: max_pixels={max_pixels!r}")
     if "{stem}" not in masks_pattern:
         raise ValueError(
             f"{where}: the mask pattern must contain '{{stem}}', the image file name without extension, "
@@ -465,29 +698,26 @@ def from_folder(
     report = report if report is not None else SkipReport(where)
     pairs = _pair_files(images_glob, masks_pattern, root, on_error, report, where)
 
-    image_dtype = _first_dtype([p for p, _ in pairs])
-    mask_dtype = _first_dtype([m for _, m in pairs])
-    if mask_dtype == tf.float32:
-        raise TypeError(f"{where}: masks must be integer images; {pairs[0][1]} is float32. Received: dtype=float32")
+    pairs, plan = _plan_decoding(pairs, image_dtype, max_pixels, on_error, report, where)
+    image_dtype, mask_dtype, iconvert = plan["image_dtype"], plan["mask_dtype"], plan["convert"]
     label_dtype = _label_dtype(num_classes, ignore_label)
-    first_image, first_mask = pairs[0]
+    icodecs, mcodecs = plan["icodecs"], plan["mcodecs"]
 
-    icodecs, mcodecs = [_probe(p)[0] for p, _ in pairs], [_probe(m)[0] for _, m in pairs]
-
-    def safe_decode(path, codec, dtype, codecs):
+    def safe_decode(path, codec, dtype, codecs, convert):
+        kw = {"convert": convert, "max_pixels": max_pixels}
         ok = tf.data.Dataset.from_tensors((path, codec)).map(
-            _graph(lambda p, c: (decode_file(p, c, dtype, codecs), tf.constant(OK)))
+            _graph(lambda p, c: (decode_file(p, c, dtype, codecs, **kw), tf.constant(OK)))
         ).ignore_errors()
         # Read only if decoding failed (take(1) stops before it otherwise): says why it failed.
         failed = tf.data.Dataset.from_tensors((path, codec)).map(
-            _graph(lambda p, c: (tf.zeros([0, 0, 1], dtype), file_error(p, c, dtype, codecs)))
+            _graph(lambda p, c: (tf.zeros([0, 0, 1], dtype), file_error(p, c, dtype, codecs, **kw)))
         )
         return ok.concatenate(failed).take(1)
 
     def decode_pair(x):
         return tf.data.Dataset.zip(
-            (tf.data.Dataset.from_tensors(x), safe_decode(x["image"], x["icodec"], image_dtype, icodecs),
-             safe_decode(x["mask"], x["mcodec"], mask_dtype, mcodecs))
+            (tf.data.Dataset.from_tensors(x), safe_decode(x["image"], x["icodec"], image_dtype, icodecs, iconvert),
+             safe_decode(x["mask"], x["mcodec"], mask_dtype, mcodecs, "cast"))
         )
 
     def to_element(x, decoded_image, decoded_mask):
@@ -511,25 +741,33 @@ def from_folder(
         )
         colour_text = tf.strings.reduce_join(_int_str(colour), separator=", ")
         checks = [
-            (icode, icode != OK, lambda: _file_message(where, "image", x["image"], icode, first_image, image_dtype)),
-            (mcode, mcode != OK, lambda: _file_message(where, "mask", mpath, mcode, first_mask, mask_dtype)),
-            (CHANNELS, ~channels_ok, lambda: tf.strings.join([
-                where, ": image ", x["image"], " has ", _int_str(image_c), (" channels, which cannot be "
-                f"converted to channels={channels} (supported inputs: 1 gray, 2 gray+alpha, 3 RGB, 4 RGBA). "
-                "Re-export it as gray/RGB/RGBA or set data.on_error=skip. Received: channels="), _int_str(image_c)])),
+            (icode, icode != OK, lambda: _file_message(where, "image", x["image"], icode, image_dtype, max_pixels)),
+            (mcode, mcode != OK, lambda: _file_message(where, "mask", mpath, mcode, mask_dtype, max_pixels)),
+            (CHANNELS, ~channels_ok, lambda: graph_message(
+                CHANNELS, where=where, path=x["image"], have=_int_str(image_c), channels=str(channels))),
             (MASK_CHANNELS, ~mask_ok, lambda: tf.strings.join([
                 where, ": mask ", mpath, " has ", _int_str(mask_c), (f" channel(s); expected {mask_need}. "
                 "Received: mask_channels="), _int_str(mask_c)])),
         ]
         # Range-check the int32 ids: a 16-bit mask value of 300 must not wrap into a uint8 class.
         content = content_checks({**element, E.LABEL: label}, num_classes, ignore_label, where, label_file=mpath)
-        palette_check = (
-            PALETTE, unmatched > 0,
-            lambda: tf.strings.join([
-                where, ": mask ", mpath, " has ", _int_str(unmatched), " pixel(s) of colour (", colour_text,
-                (") that is not in data.palette; add it (its index is the class id) or pass it as the ignore "
-                "colour, or set data.on_error=skip. Received: colour=("), colour_text, ")"]),
-        )
+        def palette_message():
+            looks, distinct = palette_ringing(rgb, palette, ignore_color)
+            return tf.where(
+                looks,
+                tf.strings.join([
+                    where, ": mask ", mpath, " has ", _int_str(unmatched), " pixel(s) of ", _int_str(distinct),
+                    (" distinct colours not in data.palette, nearly all close to a palette colour: this looks like "
+                     "JPEG compression ringing (the mask was saved as JPEG at some point), so its classes are wrong "
+                     "along every edge. Re-export the mask losslessly (PNG) from the original labels, or set "
+                     "data.on_error=skip. Received: colour=("), colour_text, ")"]),
+                tf.strings.join([
+                    where, ": mask ", mpath, " has ", _int_str(unmatched), " pixel(s) of colour (", colour_text,
+                    (") that is not in data.palette; add it (its index is the class id) or pass it as the ignore "
+                     "colour, or set data.on_error=skip. Received: colour=("), colour_text, ")"]),
+            )
+
+        palette_check = (PALETTE, unmatched > 0, palette_message if palette is not None else lambda: tf.constant(""))
         code, message = first_error(checks + content[:1] + [palette_check] + content[1:])
         return element, code, message
 
@@ -939,11 +1177,9 @@ class Validate:
                 image = element[E.IMAGE]
                 converted, ok = convert_channels(image, self.channels)
                 element = {**element, E.IMAGE: converted}
-                checks.append((CHANNELS, ~ok, lambda: tf.strings.join([
-                    self.where, ": image ", element[E.PATH], " has ", _int_str(tf.shape(image)[-1]),
-                    (f" channels, which cannot be converted to channels={self.channels} (supported inputs: 1 gray, "
-                    "2 gray+alpha, 3 RGB, 4 RGBA). Convert the data or change data.channels. Received: channels="),
-                    _int_str(tf.shape(image)[-1])])))
+                checks.append((CHANNELS, ~ok, lambda: graph_message(
+                    CHANNELS, where=self.where, path=element[E.PATH], have=_int_str(tf.shape(image)[-1]),
+                    channels=str(self.channels))))
             checks += content_checks(element, self.num_classes, self.ignore_label, self.where)
             code, message = first_error(checks)
             return element, code, message
@@ -1049,6 +1285,7 @@ def load_source(data, split: str = "train", *, report: SkipReport | None = None)
             images, masks, channels=data.channels, num_classes=data.num_classes, palette=data.palette,
             ignore_color=getattr(data, "ignore_color", None), ignore_label=data.ignore_label,
             on_error=data.on_error, root=data.root, report=report,
+            image_dtype=getattr(data, "image_dtype", "auto"), max_pixels=getattr(data, "max_pixels", DEFAULT_MAX_PIXELS),
         )
     elif data.source == "tfrecord":
         pattern = data.val_tfrecords if val else data.tfrecords

@@ -9,7 +9,9 @@ epoch and exact resume, TensorBoard logs, and the run's artifacts in ``runs/NAME
 
 Every run writes ``config.yaml`` (resolved), ``metrics.csv``, ``logs/`` (TensorBoard, with
 prediction images), ``checkpoints/``, ``history.png``, ``preview.png``, ``predictions.png``,
-``model.keras`` and ``summary.json``; the last line printed says where they are.
+``model.keras`` and ``summary.json`` (and ``skipped.csv`` under ``data.on_error: skip``;
+no ``predictions.png`` for a recipe without validation data); the last line printed says
+where they are.
 
 Resuming: every epoch of the input stream is a pure function of ``(seed, epoch)`` (see
 ``build_pipeline``), and model, optimizer and epoch are checkpointed at the end of every
@@ -179,7 +181,8 @@ def _read_history(path: Path) -> dict[str, list[float]]:
     with path.open() as f:
         for row in csv.DictReader(f):
             for key, value in row.items():
-                if key != "epoch" and value not in (None, ""):
+                # "NA": Keras' CSVLogger always adds val_ columns, empty without validation data
+                if key != "epoch" and value not in (None, "", "NA"):
                     history.setdefault(key, []).append(float(value))
     return history
 
@@ -290,21 +293,84 @@ def _image_logger(model, config, log_dir: Path, dataset=None, times: int = 5):
 def train(config, run_dir: Path | None = None, resume: bool = False) -> dict:
     """Trains ``config`` into ``run_dir`` (resuming from its checkpoints if ``resume``).
 
+    A recipe without validation data trains without it: no validation metrics, image
+    logging, final evaluation or ``predictions.png``; ``summary.json`` says
+    ``"validation": null``. Under ``data.on_error=skip`` the files skipped in any pass are
+    printed once at the end and saved in ``skipped.csv`` (path, reason), their number in
+    ``summary.json``; if a split has no usable file at all, nothing is trained or written.
+
     Returns:
       The run summary (also written to ``summary.json``).
+
+    Raises:
+      ValueError: every file of a split was skipped (the message says how to list them).
     """
+    from fcndata import sources
+    from fcndata.config import dump_config
+
+    with sources.collect_skips() as reports:  # skipped files are printed once, at the end, and saved
+        has_validation = sources.has_split(config.data, "validation")
+        if config.data.on_error == "skip":
+            # Before anything is written: a source whose every file is skipped must not train
+            # or save an untrained model. Reads only up to the first usable file of each split.
+            _first_usable(config, "train")
+            if has_validation:
+                _first_usable(config, "validation")
+        run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        dump_config(config, run_dir / "config.yaml")
+        try:
+            summary = _train(config, run_dir, resume, has_validation)
+        finally:
+            skipped = sources.skipped_files(reports)
+            if config.data.on_error == "skip" or skipped:
+                _save_skipped(skipped, run_dir)
+    if summary is not None:
+        summary["skipped"] = len(skipped)
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _first_usable(config, split: str) -> None:
+    """Raises if ``split`` of the recipe has no usable element (all skipped under on_error=skip)."""
+    import dataclasses
+
+    from fcndata import sources
+
+    report = sources.SkipReport(f"{config.data.source} source ({split})")
+    data = dataclasses.replace(config.data, cache=False)  # a partial read must not start a cache
+    if next(iter(sources.load_source(data, split, report=report).take(1)), None) is None:
+        skipped = report.skipped + report.pending
+        first = f"; the first: {skipped[0][1]}" if skipped else ""
+        raise ValueError(
+            f"{config.source or 'recipe'}: no usable file in the {split} split: all {len(skipped)} were skipped "
+            f"(data.on_error=skip){first}. Nothing was trained or saved; list them all with: python -m fcndata.inspect "
+            f"--config {config.source or 'RECIPE'}{' --split validation' if split == 'validation' else ''}. "
+            f"Received: 0 usable files"
+        )
+
+
+def _save_skipped(skipped, run_dir: Path) -> None:
+    """Writes ``skipped.csv`` (path, reason) and prints the skipped files once."""
+    with (run_dir / "skipped.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "reason"])
+        writer.writerows(skipped)
+    if skipped:
+        lines = [f"fcndata: skipped {len(skipped)} file(s) (data.on_error=skip), saved in {run_dir / 'skipped.csv'}:"]
+        lines += [f"  {path}: {reason}" for path, reason in skipped]
+        print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def _train(config, run_dir: Path, resume: bool, has_validation: bool) -> dict:
     import keras
 
     from fcndata.batching import to_keras
-    from fcndata.config import dump_config
     from fcndata.distributed import select_strategy
     from fcndata.pipeline import build_pipeline, steps_per_epoch
     from fcndata.preview import plot_batch, plot_history, plot_predictions
 
     t = config.train
-    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    dump_config(config, run_dir / "config.yaml")
 
     keras.utils.set_random_seed(t.seed)
     if t.jit_compile:
@@ -333,20 +399,26 @@ def train(config, run_dir: Path | None = None, resume: bool = False) -> dict:
         train_ds = build_pipeline(config, "train", initial_epoch=initial_epoch)
         # The eval pipeline is built once per run and serves validation, the image logger
         # and the final evaluation. Its batch count comes from metadata too (no counting pass).
-        val_elements = build_pipeline(config, "eval", keras=False)
-        val_ds = val_elements.apply(to_keras(masked_input=config.model.masked))
-        if t.validation_steps:
-            val_ds = val_ds.take(t.validation_steps)
+        val_elements = val_ds = None
+        if has_validation:
+            val_elements = build_pipeline(config, "eval", keras=False)
+            val_ds = val_elements.apply(to_keras(masked_input=config.model.masked))
+            if t.validation_steps:
+                val_ds = val_ds.take(t.validation_steps)
+        else:
+            print("fcndata: the recipe has no validation data (data.val_images / data.val_tfrecords not set): training "
+                  "without validation (no validation metrics, evaluation or predictions.png)", file=sys.stderr, flush=True)
         from fcndata import cli
 
         callbacks = [
             keras.callbacks.CSVLogger(str(run_dir / "metrics.csv"), append=resume and initial_epoch > 0),
             keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs"), write_graph=False),
-            _image_logger(model, config, run_dir / "logs", val_elements),
             checkpoint.callback(),
             # A SIGTERM whose exception TensorFlow swallowed still stops the run here.
             keras.callbacks.LambdaCallback(on_train_batch_end=lambda *_, **__: cli.check_interrupted()),
         ]
+        if has_validation:
+            callbacks.insert(2, _image_logger(model, config, run_dir / "logs", val_elements))
         if initial_epoch < t.epochs:
             model.fit(
                 train_ds,
@@ -358,18 +430,21 @@ def train(config, run_dir: Path | None = None, resume: bool = False) -> dict:
                 verbose=t.verbose,
                 shuffle=False,  # the pipeline already shuffles, per epoch and seeded
             )
-        print("fcndata: saving model.keras, evaluating on the validation split, drawing the PNGs...", file=sys.stderr,
-              flush=True)
+        print(f"fcndata: saving model.keras, {'evaluating on the validation split, ' if has_validation else ''}"
+              "drawing the PNGs...", file=sys.stderr, flush=True)
         model.save(run_dir / "model.keras")
-        result = evaluate(model, config, dataset=val_elements.apply(to_keras(masked_input=config.model.masked)))
+        result = None
+        if has_validation:
+            result = evaluate(model, config, dataset=val_elements.apply(to_keras(masked_input=config.model.masked)))
         history = _read_history(run_dir / "metrics.csv")
         plot_history(history).savefig(run_dir / "history.png", dpi=100)
         preview_batch = next(iter(build_pipeline(config, "train", keras=False, epochs=1)))
         plot_batch(preview_batch, class_names=config.data.names, ignore_label=config.data.ignore_label).savefig(
             run_dir / "preview.png", dpi=100
         )
-        images, labels, preds = _validation_examples(model, config, max_items=4, dataset=val_elements)
-        plot_predictions(images, labels, preds, config.data.names).savefig(run_dir / "predictions.png", dpi=100)
+        if has_validation:
+            images, labels, preds = _validation_examples(model, config, max_items=4, dataset=val_elements)
+            plot_predictions(images, labels, preds, config.data.names).savefig(run_dir / "predictions.png", dpi=100)
     finally:
         keras.mixed_precision.set_global_policy("float32")
     summary = {
@@ -384,7 +459,6 @@ def train(config, run_dir: Path | None = None, resume: bool = False) -> dict:
         "validation": result,
         "last_epoch": {k: v[-1] for k, v in history.items() if v},
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
@@ -427,19 +501,16 @@ def main(argv=None) -> int:
             recipe = args.config or _default_recipe()
             config = load_config(recipe, args.overrides)
             run_dir = default_run_dir(config)
-        if not config.data.has_validation:
-            # Refused before any data is read: train() validates, logs images and evaluates on this split.
-            raise ValueError(
-                f"{config.source}: the recipe has no validation data (data.val_images / data.val_tfrecords is not "
-                "set) and the trainer evaluates on it; add validation files to the recipe. Received: "
-                f"data.source={config.data.source}"
-            )
         summary = train(config, run_dir, resume=bool(args.resume))
         v = summary["validation"]
-        per_class = ", ".join(f"{n} {x:.3f}" if x is not None else f"{n} n/a" for n, x in v["per_class_iou"].items())
-        print(f"fcndata: validation mean IoU {v['mean_iou']:.3f} ({per_class}); "
-              f"pixel accuracy {v['pixel_accuracy']:.3f}; {summary['seconds']:.0f} s")
-        print(f"fcndata: results in {summary['run_dir']}/ (model.keras, predictions.png, history.png, summary.json)")
+        if v is None:
+            print(f"fcndata: trained without validation (the recipe has no validation data); {summary['seconds']:.0f} s")
+        else:
+            per_class = ", ".join(f"{n} {x:.3f}" if x is not None else f"{n} n/a" for n, x in v["per_class_iou"].items())
+            print(f"fcndata: validation mean IoU {v['mean_iou']:.3f} ({per_class}); "
+                  f"pixel accuracy {v['pixel_accuracy']:.3f}; {summary['seconds']:.0f} s")
+        made = "model.keras, predictions.png, history.png" if v is not None else "model.keras, history.png"
+        print(f"fcndata: results in {summary['run_dir']}/ ({made}, summary.json)")
         return 0
 
     return cli.run(body, debug=args.debug, on_interrupt=interrupted)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import write_raw_tiff
 
 from fcndata import cli
 from fcndata.config import ConfigError, dump_config, load_config
@@ -110,19 +112,17 @@ def test_inspect_data_error_is_one_line_naming_the_file(tmp_path, capsys):
     assert f"image {tmp_path / 'train' / 'img' / '0.png'} is truncated" in line
 
 
-def test_a_recipe_without_validation_data_is_refused_before_any_data_flows(tmp_path, capsys):
+def test_inspect_refuses_the_validation_split_of_a_recipe_without_one(tmp_path, capsys):
     from fcndata.inspect import main as inspect_main
-    from fcndata.train import main as train_main
 
+    # train runs such a recipe without validation: tests/test_bad_input.py
     recipe = _folder(tmp_path, val=False)
     assert not load_config(recipe).data.has_validation
-    assert train_main(["--config", str(recipe)]) == 2
+    assert inspect_main(["--config", str(recipe), "--split", "validation"]) == 2
     line = _one_error_line(capsys.readouterr().err)
     assert line.startswith(f"error: {recipe}: the recipe has no validation data (data.val_images / "
                            "data.val_tfrecords is not set)")
-    assert not (tmp_path / "runs").exists()
-    assert inspect_main(["--config", str(recipe), "--split", "validation"]) == 2
-    assert "Received: --split validation" in _one_error_line(capsys.readouterr().err)
+    assert line.endswith("Received: --split validation")
 
 
 def test_resume_of_a_folder_without_a_run(tmp_path, capsys):
@@ -193,13 +193,22 @@ def test_a_command_prints_no_tensorflow_start_up_lines(tmp_path):
     (tmp_path / "msk").mkdir()
     cv2.imwrite(str(tmp_path / "img" / "a.tif"), np.zeros((9, 11, 3), np.uint8))
     cv2.imwrite(str(tmp_path / "msk" / "a.png"), np.zeros((9, 11), np.uint8))
+    # and a corrupt TIFF (its header declares 100x100, its strip holds 16 bytes), which OpenCV logs at
+    # ERROR level: reported once, by the data checks
+    write_raw_tiff(tmp_path / "img" / "b.tif", np.zeros((4, 4, 1), np.uint8))
+    data = bytearray((tmp_path / "img" / "b.tif").read_bytes())
+    for tag in (256, 257):  # ImageWidth, ImageLength
+        at = data.index(struct.pack("<HHI", tag, 4, 1))
+        data[at + 8 : at + 12] = struct.pack("<I", 100)
+    (tmp_path / "img" / "b.tif").write_bytes(bytes(data))
+    cv2.imwrite(str(tmp_path / "msk" / "b.png"), np.zeros((9, 11), np.uint8))
     (tmp_path / "r.yaml").write_text(
-        "data: {source: folder, images: 'img/*.tif', masks: 'msk/{stem}.png', num_classes: 2}\n")
+        "data: {source: folder, images: 'img/*.tif', masks: 'msk/{stem}.png', num_classes: 2, on_error: skip}\n")
     out = subprocess.run([PYTHON, "-m", "fcndata.inspect", "--config", str(tmp_path / "r.yaml")], env=ENV, cwd=ROOT,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     assert out.stderr.splitlines() == ["fcndata: one pass over the train split..."], out.stderr
-    assert "1 images" in out.stdout
+    assert "1 images" in out.stdout and "rejected files: 1" in out.stdout
 
 
 # ---------------------------------------------------------------------------- interrupts

@@ -161,4 +161,5 @@ def test_predict_command_names_a_bad_file(saved_run, tmp_path, capsys):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
     assert main(["--model", str(saved_run / "model.keras"), "--input", str(bad), "--out", str(tmp_path)]) == 2
-    assert f"{bad}: cannot read this file as an image" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"skipped: predict: image {bad} is truncated" in err and "error: predict: 1 of 1 input(s) failed" in err

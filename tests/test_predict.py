@@ -45,8 +45,12 @@ def test_predict_feeds_the_model_what_training_feeds_it(tmp_path, case):
 def test_unreadable_file_names_it(tmp_path):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG not really")
-    with pytest.raises(ValueError, match="broken.png: cannot read this file as an image"):
+    with pytest.raises(ValueError, match=r"predict: image .*broken.png is truncated \(the PNG IEND chunk"):
         predict.read_image(bad, 3)
+    garbage = tmp_path / "garbage.png"
+    garbage.write_bytes(b"not an image at all")
+    with pytest.raises(ValueError, match=r"predict: could not read or decode image .*garbage.png \(unreadable"):
+        predict.read_image(garbage, 3)
 
 
 def test_gray_alpha_converts_and_a_missing_file_is_named(tmp_path):
@@ -55,5 +59,5 @@ def test_gray_alpha_converts_and_a_missing_file_is_named(tmp_path):
     path = tmp_path / "two.png"
     path.write_bytes(tf.io.encode_png(tf.zeros([3, 4, 2], tf.uint8)).numpy())
     assert predict.read_image(path, 1).shape == (3, 4, 1)  # gray+alpha -> gray is supported
-    with pytest.raises(ValueError, match="missing.png: cannot read"):
+    with pytest.raises(ValueError, match="missing.png not found"):
         predict.read_image(tmp_path / "missing.png", 3)
