@@ -44,6 +44,7 @@ import numpy as np
 import tensorflow as tf
 
 from fcndata import elements as E
+from fcndata.common import ALIGN, aligned_empty
 from fcndata.decode import (  # noqa: F401  (decoding lives in fcndata.decode; re-exported here)
     _CV2,
     _PNG16,
@@ -810,7 +811,6 @@ def _ragged_source(arrays: list[np.ndarray], dtype) -> tuple[tf.Tensor, tf.Tenso
     a 64-byte boundary, so an element whose byte size is a multiple of 64 is a view of
     the buffer, not a copy.
     """
-    from fcndata.common import ALIGN, aligned_empty
 
     dtype = np.dtype(dtype)
     step = ALIGN // dtype.itemsize
