@@ -123,7 +123,8 @@ def distribute_dataset(
         that are random per worker).
       job_name: several trainers naming the same job share one stream (each element goes to
         one of them); None: each trainer gets its own.
-      compression: ``"AUTO"`` (compress when it pays) or None.
+      compression: ``"AUTO"`` (compress when it pays) or None (also ``"auto"`` / ``"none"``,
+        as in a recipe's ``service.compression``).
 
     Returns:
       The dataset, read from the service's workers.
@@ -133,6 +134,8 @@ def distribute_dataset(
     if not isinstance(service, str) or not service.strip():
         raise ValueError(f"service.address must be 'HOST:PORT' of a dispatcher. Received: address={service!r}")
     address = service if "://" in service else f"grpc://{service}"
+    if isinstance(compression, str):
+        compression = None if compression.lower() == "none" else compression.upper()
     policy = {
         "dynamic": tf.data.experimental.service.ShardingPolicy.DYNAMIC,
         "off": tf.data.experimental.service.ShardingPolicy.OFF,
@@ -142,6 +145,28 @@ def distribute_dataset(
             processing_mode=policy, service=address, job_name=job_name, compression=compression
         )
     )
+
+
+#: ops that call back into the Python process: a service worker in another process cannot run them
+PYTHON_OPS = ("PyFunc", "PyFuncStateless", "EagerPyFunc")
+
+
+def python_ops(ds: tf.data.Dataset) -> list[str]:
+    """The ops of ``ds``'s graph (nested functions included) that call Python, e.g. ``EagerPyFunc``.
+
+    An empty list means the pipeline serialises: it can run on a tf.data service worker.
+
+    Example:
+      >>> python_ops(tf.data.Dataset.range(3).map(lambda x: x + 1))
+      []
+      >>> python_ops(tf.data.Dataset.range(3).map(lambda x: tf.py_function(lambda v: v, [x], tf.int64)))
+      ['EagerPyFunc']
+    """
+    # external_state_policy=1 (ignore): serialise anyway, so the Python ops can be listed.
+    graph = tf.raw_ops.DatasetToGraphV2(input_dataset=tf.data.experimental.to_variant(ds), external_state_policy=1)
+    graph_def = tf.compat.v1.GraphDef.FromString(graph.numpy())
+    nodes = [*graph_def.node, *(n for f in graph_def.library.function for n in f.node_def)]
+    return sorted({n.op for n in nodes if n.op in PYTHON_OPS})
 
 
 def start_dispatcher(

@@ -403,6 +403,7 @@ def from_folder(
     on_error: str = "raise",
     root: str | None = None,
     report: SkipReport | None = None,
+    indices: tf.data.Dataset | None = None,
 ) -> tf.data.Dataset:
     """Images matched by a glob, each paired with the mask of the same file stem.
 
@@ -425,6 +426,9 @@ def from_folder(
       on_error: ``"raise"`` or ``"skip"`` (skipped files are listed in ``report``).
       root: folder that relative patterns are relative to.
       report: a :class:`SkipReport` to fill (a new one if None).
+      indices: a dataset of int64 positions in the sorted list of pairs: read those
+        images, in that order (None: every pair in order). The tf.data service path reads
+        one image of one epoch per split this way.
 
     Returns:
       A dataset of contract elements; image dtype uint8, uint16 or float32 (that of the
@@ -540,7 +544,11 @@ def from_folder(
         "mcodec": mcodecs,
         "index": np.arange(len(pairs), dtype=np.int64),
     }
-    ds = tf.data.Dataset.from_tensor_slices(paths)
+    if indices is None:
+        ds = tf.data.Dataset.from_tensor_slices(paths)
+    else:
+        table = {k: tf.constant(v) for k, v in paths.items()}
+        ds = indices.map(_graph(lambda k: {name: tf.gather(t, k) for name, t in table.items()}))
     # interleave, not map: each file is decoded in a tiny dataset whose ignore_errors turns a
     # decoder exception into an error code, so the message can name the file (raise) or the
     # element can be skipped and reported (skip). deterministic keeps the source order.
@@ -571,6 +579,7 @@ def from_arrays(
     num_classes: int,
     ignore_label: int = E.IGNORE_LABEL,
     paths: Sequence[str] | None = None,
+    indices: tf.data.Dataset | None = None,
 ) -> tf.data.Dataset:
     """Numpy images and labels (of different sizes allowed) as a graph-only dataset.
 
@@ -585,6 +594,8 @@ def from_arrays(
       num_classes: labels must be in [0, num_classes) or ``ignore_label``.
       ignore_label: class id of unlabeled pixels.
       paths: a name per element (default ``arrays/<index>``).
+      indices: a dataset of int64 positions of the elements to yield, in that order
+        (None: all, in order).
 
     Raises:
       ValueError: counts differ, an image and its label differ in size, a label is out of
@@ -660,7 +671,8 @@ def from_arrays(
         label.set_shape([None, None])
         return E.make_element(image, label, source_index=i, path=path_t[i], ignore_label=ignore_label)
 
-    return tf.data.Dataset.range(len(images)).map(_graph(element), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    positions = tf.data.Dataset.range(len(images)) if indices is None else indices
+    return positions.map(_graph(element), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def shard_paths(path: str, num_shards: int) -> list[str]:
@@ -954,16 +966,22 @@ def source_shapes(data, split: str = "train") -> tuple[int, list[tuple[int, int]
     raise ValueError(f"source_shapes: unknown data.source. Received: data.source={data.source!r}")
 
 
-def load_source(data, split: str = "train", *, report: SkipReport | None = None) -> tf.data.Dataset:
+def load_source(
+    data, split: str = "train", *, report: SkipReport | None = None, indices: tf.data.Dataset | None = None
+) -> tf.data.Dataset:
     """The dataset of contract elements that ``data:`` (a DataConfig) describes.
 
     Args:
       data: a :class:`fcndata.config.DataConfig`.
       split: ``"train"`` or ``"validation"``.
       report: a :class:`SkipReport` filled under ``data.on_error=skip``.
+      indices: a dataset of int64 positions (in source order) of the images to read, in
+        that order, uncached (None: the whole source in order). Built-in and folder sources
+        only: TFRecord and TFDS cannot be read by position.
 
     Raises:
-      ValueError: unknown split, missing files or fields (the message names the field).
+      ValueError: unknown split, missing files or fields (the message names the field);
+        ``indices`` with a TFRecord or TFDS source.
 
     Example:
       >>> from fcndata.config import DataConfig
@@ -975,9 +993,19 @@ def load_source(data, split: str = "train", *, report: SkipReport | None = None)
         raise ValueError(f"load_source: split must be 'train' or 'validation'. Received: split={split!r}")
     val = split == "validation"
     report = report if report is not None else SkipReport(f"{data.source} source ({split})")
+    if indices is not None and data.source in ("tfrecord", "tfds"):
+        raise ValueError(
+            f"{data.source} source: images cannot be read by position (a record is found by reading the ones "
+            "before it), which the tf.data service's dynamic sharding of a training stream needs; convert the "
+            "data to a folder of PNG files, or use service.sharding: off. Received: data.source="
+            f"{data.source!r}"
+        )
     if data.source in ("shapes", "brain", "digits"):
         from fcndata import datasets
 
+        if indices is not None:
+            images, labels, paths = datasets.arrays(data, split)
+            return from_arrays(images, labels, data.num_classes, data.ignore_label, paths=paths, indices=indices)
         return datasets.load(data, split)
     if data.source == "arrays":
         raise ValueError(
@@ -996,8 +1024,10 @@ def load_source(data, split: str = "train", *, report: SkipReport | None = None)
         ds = from_folder(
             images, masks, channels=data.channels, num_classes=data.num_classes, palette=data.palette,
             ignore_color=getattr(data, "ignore_color", None), ignore_label=data.ignore_label,
-            on_error=data.on_error, root=data.root, report=report,
+            on_error=data.on_error, root=data.root, report=report, indices=indices,
         )
+        if indices is not None:
+            return ds  # read by position: a different subset each time, nothing to cache
     elif data.source == "tfrecord":
         pattern = data.val_tfrecords if val else data.tfrecords
         if pattern is None:

@@ -143,6 +143,64 @@ def test_sharding_off_gives_each_element_once_per_worker(service):
     assert remote == local + local
 
 
+def folder_recipe(root: Path, *overrides: str):
+    """A folder-source patchwise recipe (balanced patches) over images written to ``root``."""
+    import cv2
+
+    from fcndata.config import load_config
+
+    if not (root / "images").is_dir():
+        for d in ("images", "masks"):
+            (root / d).mkdir(parents=True)
+        for i, (h, w) in enumerate(SIZES):
+            cv2.imwrite(str(root / "images" / f"im{i}.png"), t.random_image(h, w, 3, seed=i))
+            cv2.imwrite(str(root / "masks" / f"im{i}.png"), t.stripe_label(h, w, 3).numpy())
+    return load_config(ROOT / "pipelines" / "folder.yaml", [
+        f"data.root={root}", "data.images=images/*.png", "data.masks=masks/{stem}.png",
+        "data.val_images=images/*.png", "data.val_masks=masks/{stem}.png", "data.class_names=null",
+        "patches.mode=balanced", "patches.patch_size=16", "patches.num_per_image=5", "patches.images_per_batch=2",
+        "batching.batch_size=4", "train.epochs=2", *overrides])
+
+
+def batch_fingerprints(ds: tf.data.Dataset) -> Counter:
+    """:func:`fingerprints` of the patches in a stream of batches."""
+    return fingerprints(ds.unbatch())
+
+
+def test_service_section_sends_the_recipe_to_the_workers(service, tmp_path):
+    from fcndata.pipeline import build_pipeline, steps_per_epoch
+
+    local_cfg = folder_recipe(tmp_path)
+    cfg = folder_recipe(tmp_path, f"service.address={service.address}")
+    local = batch_fingerprints(build_pipeline(local_cfg, "train", keras=False, fixed_length=False))
+    remote = batch_fingerprints(build_pipeline(cfg, "train", keras=False, fixed_length=False))
+    # 2 epochs x 6 images x 5 patches, each exactly once: the same multiset as without service.
+    assert remote == local and sum(local.values()) == 2 * 6 * 5
+    assert {k[0] for k in remote} == {0, 1}
+    # The trainer's stream: Keras triplets, exactly steps_per_epoch x epochs batches.
+    batches = list(build_pipeline(cfg, "train"))
+    assert len(batches) == 2 * steps_per_epoch(cfg) and batches[0][0].dtype == tf.float32
+
+
+@pytest.mark.parametrize("override, match", [
+    ("data.on_error=skip", r"data.on_error=skip records each skipped file with tf.py_function.*set data.on_error: raise"),
+    ("augment.albumentations={transform: {__class_fullname__: Compose, p: 1.0, transforms: [{__class_fullname__: HorizontalFlip, p: 0.5}]}}",
+     "augment.albumentations runs albumentations through tf.numpy_function"),
+    ("data.images=images/*.tif", "TIFF files are decoded with OpenCV.*convert them to PNG"),
+])
+def test_a_pipeline_that_calls_python_is_refused_before_registration(tmp_path, override, match):
+    import cv2
+
+    from fcndata.pipeline import build_pipeline
+
+    folder_recipe(tmp_path)
+    cv2.imwrite(str(tmp_path / "images" / "im0.tif"), t.random_image(41, 37, 3))
+    # Port 1 has no dispatcher: the error comes before any attempt to reach one.
+    cfg = folder_recipe(tmp_path, "service.address=localhost:1", override)
+    with pytest.raises(ValueError, match=match):
+        build_pipeline(cfg, "train")
+
+
 def test_killed_worker_loses_only_images_in_flight(service):  # last user of the shared service
     # TF 2.21's dispatcher never drops a dead worker from a running job (it only times
     # out workers for snapshots), so the epoch ends once a worker is back at the dead
