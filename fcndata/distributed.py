@@ -98,6 +98,12 @@ def is_chief() -> bool:
     return task.get("type", "worker") == "worker" and int(task.get("index", 0)) == 0
 
 
+def task_name() -> str:
+    """This process's task in ``TF_CONFIG``, e.g. ``worker1`` (``worker0`` for a lone process)."""
+    task = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}").get("task", {})
+    return f"{task.get('type', 'worker')}{int(task.get('index', 0))}"
+
+
 def has_gpu() -> bool:
     """True when TensorFlow sees at least one GPU."""
     return bool(tf.config.list_physical_devices("GPU"))
@@ -216,9 +222,24 @@ def run_steps(strategy: tf.distribute.Strategy, model, dataset: tf.data.Dataset,
     own (batch-norm moving statistics) is averaged across replicas at the end, so every
     worker ends with identical weights.
     """
+    step = train_step(strategy, model)
+    iterator = iter(distribute_batches(strategy, dataset))
+    losses = [float(step(next(iterator))) for _ in range(steps)]
+    sync_replica_state(strategy, model)
+    return losses
+
+
+def distribute_batches(strategy: tf.distribute.Strategy, dataset: tf.data.Dataset):
+    """``dataset`` of global batches as a distributed dataset: each replica takes its share of
+    every batch (``AutoShardPolicy.DATA``), so N workers see the global batch one process would."""
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    dist = strategy.experimental_distribute_dataset(dataset.with_options(options))
+    return strategy.experimental_distribute_dataset(dataset.with_options(options))
+
+
+def train_step(strategy: tf.distribute.Strategy, model):
+    """One training step of ``model`` under ``strategy`` as a ``tf.function`` of a distributed
+    batch ``(inputs, label, sample_weight)``; returns the global mean loss (see :func:`run_steps`)."""
     with strategy.scope():
         if not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
@@ -235,12 +256,7 @@ def run_steps(strategy: tf.distribute.Strategy, model, dataset: tf.data.Dataset,
 
         return strategy.reduce("SUM", strategy.run(replica, args=batch), axis=None)
 
-    losses = []
-    iterator = iter(dist)
-    for _ in range(steps):
-        losses.append(float(step(next(iterator))))
-    sync_replica_state(strategy, model)
-    return losses
+    return step
 
 
 def sync_replica_state(strategy: tf.distribute.Strategy, model) -> None:

@@ -11,6 +11,14 @@ Every run writes ``config.yaml`` (resolved), ``metrics.csv``, ``logs/`` (TensorB
 prediction images), ``checkpoints/``, ``history.png``, ``preview.png``, ``predictions.png``,
 ``model.keras`` and ``summary.json``; the last line printed says where they are.
 
+Strategies (``train.strategy``): ``one_device``, ``mirrored`` (several GPUs of one host)
+and ``multi_worker`` (several hosts, from ``TF_CONFIG``) — ``auto`` picks one. The log and
+``summary.json`` give the global batch (``batching.batch_size``) and its share per replica.
+Under ``multi_worker`` Keras ``fit`` fails (see :func:`fcndata.distributed.run_steps`), so
+the trainer runs its own step loop with the same model, loss, optimizer, callbacks and
+artifacts; the chief (worker 0) writes the run folder, every other worker writes its
+checkpoints and copy of the model to ``RUN_DIR/worker<i>/`` (each worker must save).
+
 Resuming: every epoch of the input stream is a pure function of ``(seed, epoch)`` (see
 ``build_pipeline``), and model, optimizer and epoch are checkpointed at the end of every
 epoch, so a run killed mid-epoch restarts that epoch from its first batch and ends where
@@ -222,10 +230,14 @@ class _EpochCheckpoint:
         self.checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, epoch=self.epoch)
         self.manager = tf.train.CheckpointManager(self.checkpoint, str(directory), max_to_keep=2)
 
-    def restore(self) -> int:
-        if self.manager.latest_checkpoint is None:
+    def restore(self, directory: Path | None = None) -> int:
+        """Restores the latest checkpoint (of ``directory``: the chief's, on another worker)."""
+        import tensorflow as tf
+
+        latest = tf.train.latest_checkpoint(str(directory)) if directory is not None else self.manager.latest_checkpoint
+        if latest is None:
             return 0
-        self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+        self.checkpoint.restore(latest).assert_existing_objects_matched()
         return int(self.epoch.numpy())
 
     def callback(self):
@@ -287,6 +299,41 @@ def _image_logger(model, config, log_dir: Path, dataset=None, times: int = 5):
     return Images()
 
 
+def _fit_multi_worker(strategy, model, config, train_ds, val_ds, initial_epoch: int, steps: int, callbacks) -> None:
+    """What ``model.fit`` does, as a step loop that runs under ``MultiWorkerMirroredStrategy``.
+
+    The same stream, steps, callbacks (CSV, TensorBoard, images, checkpoints) and epoch
+    logs (``loss`` and, on the chief, ``val_mean_iou`` and ``val_pixel_accuracy`` from
+    :func:`evaluate`; no ``val_loss``); batch-norm
+    moving statistics are averaged across workers at the end of every epoch.
+    """
+    import keras
+
+    from fcndata.distributed import distribute_batches, sync_replica_state, train_step
+
+    t = config.train
+    step = train_step(strategy, model)
+    iterator = iter(distribute_batches(strategy, train_ds))
+    hooks = keras.callbacks.CallbackList(callbacks, add_history=False, add_progbar=False, model=model)
+    hooks.on_train_begin()
+    for epoch in range(initial_epoch, t.epochs):
+        hooks.on_epoch_begin(epoch)
+        total = 0.0
+        for i in range(steps):
+            total += float(step(next(iterator)))
+            hooks.on_train_batch_end(i)
+        sync_replica_state(strategy, model)
+        logs = {"loss": total / steps}
+        if val_ds is not None:
+            # In this process only (Keras evaluate would wait for the other workers' collectives).
+            result = evaluate(model, config, max_batches=t.validation_steps, dataset=val_ds)
+            logs.update(val_mean_iou=result["mean_iou"], val_pixel_accuracy=result["pixel_accuracy"])
+        if t.verbose:
+            print(f"Epoch {epoch + 1}/{t.epochs}: " + ", ".join(f"{k} {v:.4f}" for k, v in logs.items()), flush=True)
+        hooks.on_epoch_end(epoch, logs)
+    hooks.on_train_end()
+
+
 def train(config, run_dir: Path | None = None, resume: bool = False) -> dict:
     """Trains ``config`` into ``run_dir`` (resuming from its checkpoints if ``resume``).
 
@@ -297,14 +344,17 @@ def train(config, run_dir: Path | None = None, resume: bool = False) -> dict:
 
     from fcndata.batching import to_keras
     from fcndata.config import dump_config
-    from fcndata.distributed import select_strategy
+    from fcndata.distributed import is_chief, select_strategy, strategy_name, task_name
     from fcndata.pipeline import build_pipeline, steps_per_epoch
     from fcndata.preview import plot_batch, plot_history, plot_predictions
 
     t = config.train
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    dump_config(config, run_dir / "config.yaml")
+    chief = is_chief()
+    # Every worker saves (TensorFlow's multi-worker rule); only the chief's copy is the run's.
+    out_dir = run_dir if chief else run_dir / task_name()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dump_config(config, out_dir / "config.yaml")
 
     keras.utils.set_random_seed(t.seed)
     if t.jit_compile:
@@ -318,14 +368,20 @@ def train(config, run_dir: Path | None = None, resume: bool = False) -> dict:
         _enable_op_determinism()
     policy = _policy(config)
     keras.mixed_precision.set_global_policy(policy)
-    strategy = select_strategy()
+    strategy = select_strategy(t.strategy)
+    name = strategy_name(strategy)
+    replicas = strategy.num_replicas_in_sync
+    global_batch = config.batching.batch_size
+    per_replica = global_batch // replicas if global_batch % replicas == 0 else round(global_batch / replicas, 2)
+    print(f"fcndata: strategy {name}, {replicas} replica(s): global batch {global_batch}, {per_replica} per replica"
+          + ("" if chief else f"; this is {task_name()}, the chief writes the run folder"), flush=True)
     started = time.time()
     try:
         steps = steps_per_epoch(config)
         with strategy.scope():
             model = build_model(config, steps)
-            checkpoint = _EpochCheckpoint(model, run_dir / "checkpoints")
-        initial_epoch = checkpoint.restore() if resume else 0
+            checkpoint = _EpochCheckpoint(model, out_dir / "checkpoints")
+        initial_epoch = checkpoint.restore(run_dir / "checkpoints") if resume else 0
         if resume:
             print(f"fcndata: resuming {run_dir} at epoch {initial_epoch + 1}/{t.epochs}", flush=True)
         # One stream of all remaining epochs, built once; `steps` comes from the source's
@@ -339,15 +395,20 @@ def train(config, run_dir: Path | None = None, resume: bool = False) -> dict:
             val_ds = val_ds.take(t.validation_steps)
         from fcndata import cli
 
-        callbacks = [
-            keras.callbacks.CSVLogger(str(run_dir / "metrics.csv"), append=resume and initial_epoch > 0),
-            keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs"), write_graph=False),
-            _image_logger(model, config, run_dir / "logs", val_elements),
-            checkpoint.callback(),
-            # A SIGTERM whose exception TensorFlow swallowed still stops the run here.
-            keras.callbacks.LambdaCallback(on_train_batch_end=lambda *_, **__: cli.check_interrupted()),
-        ]
-        if initial_epoch < t.epochs:
+        callbacks = [checkpoint.callback(),
+                     # A SIGTERM whose exception TensorFlow swallowed still stops the run here.
+                     keras.callbacks.LambdaCallback(on_train_batch_end=lambda *_, **__: cli.check_interrupted())]
+        if chief:  # the run's metrics, logs and images
+            callbacks = [
+                keras.callbacks.CSVLogger(str(run_dir / "metrics.csv"), append=resume and initial_epoch > 0),
+                keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs"), write_graph=False),
+                _image_logger(model, config, run_dir / "logs", val_elements),
+                *callbacks,
+            ]
+        if initial_epoch < t.epochs and name == "multi_worker":
+            _fit_multi_worker(strategy, model, config, train_ds, val_ds if chief else None, initial_epoch, steps,
+                              callbacks)
+        elif initial_epoch < t.epochs:
             model.fit(
                 train_ds,
                 epochs=t.epochs,
@@ -358,6 +419,9 @@ def train(config, run_dir: Path | None = None, resume: bool = False) -> dict:
                 verbose=t.verbose,
                 shuffle=False,  # the pipeline already shuffles, per epoch and seeded
             )
+        if not chief:
+            model.save(out_dir / "model.keras")
+            return {"run_dir": str(out_dir), "strategy": name, "replicas": replicas, "chief": False}
         print("fcndata: saving model.keras, evaluating on the validation split, drawing the PNGs...", file=sys.stderr,
               flush=True)
         model.save(run_dir / "model.keras")
@@ -379,8 +443,10 @@ def train(config, run_dir: Path | None = None, resume: bool = False) -> dict:
         "seconds": round(time.time() - started, 1),
         "policy": policy,
         "jit_compile": bool(model.jit_compile),
-        "strategy": type(strategy).__name__,
-        "replicas": strategy.num_replicas_in_sync,
+        "strategy": name,
+        "replicas": replicas,
+        "global_batch_size": global_batch,
+        "per_replica_batch_size": per_replica,
         "validation": result,
         "last_epoch": {k: v[-1] for k, v in history.items() if v},
     }
@@ -435,6 +501,9 @@ def main(argv=None) -> int:
                 f"data.source={config.data.source}"
             )
         summary = train(config, run_dir, resume=bool(args.resume))
+        if not summary.get("chief", True):
+            print(f"fcndata: this worker's checkpoints and model copy in {summary['run_dir']}/; the chief writes the run")
+            return 0
         v = summary["validation"]
         per_class = ", ".join(f"{n} {x:.3f}" if x is not None else f"{n} n/a" for n, x in v["per_class_iou"].items())
         print(f"fcndata: validation mean IoU {v['mean_iou']:.3f} ({per_class}); "

@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 from collections import Counter
 from pathlib import Path
@@ -257,61 +256,63 @@ def test_default_strategy_on_one_cpu():
     assert D.strategy_name(D.select_strategy()) == "one_device"
 
 
-# --- two training hosts on loopback ----------------------------------------------------------
+# --- the trainer's train.strategy ------------------------------------------------------------
 
-def five_steps(strategy_name: str = "auto") -> tuple[np.ndarray, list[float]]:
-    """5 steps of the tiny FCN on shapes (global batch 4) under a strategy: weights, losses."""
+TRAIN_TINY = ["data.num_images=8", "data.val_num_images=2", "data.min_size=32", "data.max_size=48", "model.width=4",
+              "model.norm=group", "batching.batch_size=4", "train.steps_per_epoch=3", "train.epochs=1",
+              "train.verbose=0",
+              # cross-entropy alone: Dice over a host's half batch is not the Dice of the whole batch
+              "loss.name=cross_entropy", "loss.terms=null"]
+
+
+def _weights(path: Path) -> list[np.ndarray]:
     import keras
 
+    return [np.ravel(v) for v in keras.saving.load_model(path, compile=False).get_weights()]
+
+
+def test_train_command_on_two_hosts_ends_with_identical_weights(tmp_path, capsys):
     from fcndata.config import load_config
-    from fcndata.pipeline import build_pipeline
-    from fcndata.train import build_model
+    from fcndata.train import train
 
-    cfg = load_config(str(ROOT / "pipelines/shapes.yaml"), [
-        "data.num_images=8", "data.val_num_images=2", "model.variant=fcn8s", "model.width=8", "model.norm=group",
-        # cross-entropy alone: Dice over a host's half batch is not the Dice of the whole batch
-        "loss.name=cross_entropy", "loss.terms=null",
-        "batching.batch_size=4", "batching.pad_to_multiple=32", "train.steps_per_epoch=5", "train.epochs=1"])
-    strategy = D.select_strategy(strategy_name)
-    keras.utils.set_random_seed(0)
-    with strategy.scope():
-        model = build_model(cfg, 5)
-    losses = D.run_steps(strategy, model, build_pipeline(cfg, "train", epochs=1), steps=5)
-    return np.concatenate([np.ravel(v.numpy()) for v in model.weights]), losses
-
-
-TRAINER = textwrap.dedent("""
-    import json, os, sys
-    ports, index, out = sys.argv[1].split(","), int(sys.argv[2]), sys.argv[3]
-    os.environ["TF_CONFIG"] = json.dumps({"cluster": {"worker": [f"localhost:{p}" for p in ports]},
-                                          "task": {"type": "worker", "index": index}})
-    sys.path.insert(0, "tests")
-    import numpy as np
-    from test_distributed import five_steps
-    weights, losses = five_steps("multi_worker")
-    np.save(out, weights)
-    print(json.dumps({"losses": losses}))
-""")
-
-
-def test_two_hosts_train_to_identical_weights(tmp_path):
-    script = tmp_path / "trainer.py"
-    script.write_text(TRAINER)
-    ports = f"{free_port()},{free_port()}"
-    procs = [subprocess.Popen([sys.executable, str(script), ports, str(i), str(tmp_path / f"w{i}.npy")],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT)
-             for i in range(2)]
-    w, single_losses = five_steps("one_device")  # the same global batch in one process
-    outs = [p.communicate(timeout=600) for p in procs]
+    ports = [free_port(), free_port()]
+    procs = []
+    for index in range(2):
+        env = _env()
+        env["TF_CONFIG"] = json.dumps({"cluster": {"worker": [f"localhost:{p}" for p in ports]},
+                                       "task": {"type": "worker", "index": index}})
+        sets = [arg for s in [*TRAIN_TINY, "train.strategy=multi_worker", f"train.run_dir={tmp_path}", "train.name=run"]
+                for arg in ("--set", s)]
+        procs.append(subprocess.Popen([sys.executable, "-m", "fcndata.train", "--config", "pipelines/shapes.yaml", *sets],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT))
+    # Meanwhile, the same global batch in this process under train.strategy=mirrored (one CPU:
+    # one replica; tests/test_train.py runs MirroredStrategy over two logical CPUs, and its
+    # other runs use auto, which is one_device here).
+    single = train(load_config(ROOT / "pipelines" / "shapes.yaml", [
+        *TRAIN_TINY, "train.strategy=mirrored", f"train.run_dir={tmp_path}", "train.name=single"]))
+    assert (single["strategy"], single["replicas"], single["global_batch_size"], single["per_replica_batch_size"]) == (
+        "mirrored", 1, 4, 4)
+    assert json.loads((tmp_path / "single" / "summary.json").read_text())["strategy"] == "mirrored"
+    assert "fcndata: strategy mirrored, 1 replica(s): global batch 4, 4 per replica" in capsys.readouterr().out
+    outs = [p.communicate(timeout=900) for p in procs]
     for (out, err), p in zip(outs, procs):
         assert p.returncode == 0, err[-3000:]
-    logs = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
-    w0, w1 = (np.load(tmp_path / f) for f in ("w0.npy", "w1.npy"))
-    assert np.abs(w0 - w1).max() <= 1e-6  # both hosts end with the same model
+    assert "fcndata: strategy multi_worker, 2 replica(s): global batch 4, 2 per replica" in outs[0][0]
+    assert outs[1][0].strip().splitlines()[-1].startswith(f"fcndata: this worker's checkpoints and model copy in {tmp_path}/run/worker1")
+    run = tmp_path / "run"
+    summary = json.loads((run / "summary.json").read_text())
+    assert (summary["strategy"], summary["replicas"], summary["global_batch_size"], summary["per_replica_batch_size"]) == (
+        "multi_worker", 2, 4, 2)
+    # The chief wrote the run's artifacts, checkpoints included; the other worker only its own copies.
+    for name in ["metrics.csv", "history.png", "predictions.png", "checkpoints/checkpoint", "worker1/model.keras"]:
+        assert (run / name).is_file(), name
+    assert not (run / "worker1" / "metrics.csv").exists()
+    w0, w1, w = (_weights(path) for path in (run / "model.keras", run / "worker1" / "model.keras",
+                                                 tmp_path / "single" / "model.keras"))
+    assert max(np.abs(a - b).max() for a, b in zip(w0, w1)) <= 1e-6  # both hosts end with the same model
     # Same global batch as one process: each host's loss is normalised by its own valid
-    # pixels ("mean_with_sample_weight"), so the step is the same up to the split of the
-    # pixel count between hosts: close, not bit-equal.
-    loss_gap = np.abs(np.array(logs[0]["losses"]) - single_losses).max() / np.abs(single_losses).max()
-    weight_gap = np.abs(w0 - w).max()
+    # pixels ("mean_with_sample_weight"), so the steps are close, not bit-equal.
+    weight_gap = max(np.abs(a - b).max() for a, b in zip(w0, w))
+    loss_gap = abs(summary["last_epoch"]["loss"] - single["last_epoch"]["loss"]) / abs(single["last_epoch"]["loss"])
     print(f"two hosts vs one process: loss rel. gap {loss_gap:.2e}, max |Δw| {weight_gap:.2e}")
     assert loss_gap < 0.1 and weight_gap < 0.05, (loss_gap, weight_gap)
