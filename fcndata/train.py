@@ -428,7 +428,8 @@ def train(config, run_dir: Path | None = None, resume: bool = False) -> dict:
         result = evaluate(model, config, dataset=val_elements.apply(to_keras(masked_input=config.model.masked)))
         history = _read_history(run_dir / "metrics.csv")
         plot_history(history).savefig(run_dir / "history.png", dpi=100)
-        preview_batch = next(iter(build_pipeline(config, "train", keras=False, epochs=1)))
+        # Drawn here, not on the service: one batch needs no job on the workers.
+        preview_batch = next(iter(build_pipeline(config.replace(service=None), "train", keras=False, epochs=1)))
         plot_batch(preview_batch, class_names=config.data.names, ignore_label=config.data.ignore_label).savefig(
             run_dir / "preview.png", dpi=100
         )

@@ -142,11 +142,10 @@ def test_sharding_off_gives_each_element_once_per_worker(service):
     assert remote == local + local
 
 
-def folder_recipe(root: Path, *overrides: str):
-    """A folder-source patchwise recipe (balanced patches) over images written to ``root``."""
+def folder_overrides(root: Path) -> list[str]:
+    """A folder-source patchwise recipe (balanced patches) over images written to ``root``,
+    as ``--set`` overrides of pipelines/folder.yaml."""
     import cv2
-
-    from fcndata.config import load_config
 
     if not (root / "images").is_dir():
         for d in ("images", "masks"):
@@ -154,11 +153,16 @@ def folder_recipe(root: Path, *overrides: str):
         for i, (h, w) in enumerate(SIZES):
             cv2.imwrite(str(root / "images" / f"im{i}.png"), t.random_image(h, w, 3, seed=i))
             cv2.imwrite(str(root / "masks" / f"im{i}.png"), t.stripe_label(h, w, 3).numpy())
-    return load_config(ROOT / "pipelines" / "folder.yaml", [
-        f"data.root={root}", "data.images=images/*.png", "data.masks=masks/{stem}.png",
-        "data.val_images=images/*.png", "data.val_masks=masks/{stem}.png", "data.class_names=null",
-        "patches.mode=balanced", "patches.patch_size=16", "patches.num_per_image=5", "patches.images_per_batch=2",
-        "batching.batch_size=4", "train.epochs=2", *overrides])
+    return [f"data.root={root}", "data.images=images/*.png", "data.masks=masks/{stem}.png",
+            "data.val_images=images/*.png", "data.val_masks=masks/{stem}.png", "data.class_names=null",
+            "patches.mode=balanced", "patches.patch_size=16", "patches.num_per_image=5", "patches.images_per_batch=2",
+            "batching.batch_size=4", "train.epochs=2"]
+
+
+def folder_recipe(root: Path, *overrides: str):
+    from fcndata.config import load_config
+
+    return load_config(ROOT / "pipelines" / "folder.yaml", [*folder_overrides(root), *overrides])
 
 
 def batch_fingerprints(ds: tf.data.Dataset) -> Counter:
@@ -179,6 +183,17 @@ def test_service_section_sends_the_recipe_to_the_workers(service, tmp_path):
     # The trainer's stream: Keras triplets, exactly steps_per_epoch x epochs batches.
     batches = list(build_pipeline(cfg, "train"))
     assert len(batches) == 2 * steps_per_epoch(cfg) and batches[0][0].dtype == tf.float32
+
+
+def test_readme_train_command_with_a_service(service, tmp_path, capsys):
+    # README: python -m fcndata.train --config my_data.yaml --set service.address=HOST:5050
+    from fcndata.train import main
+
+    sets = [*folder_overrides(tmp_path), f"service.address={service.address}", "model.width=4", "train.epochs=1",
+            "train.steps_per_epoch=3", "train.verbose=0", f"train.run_dir={tmp_path}", "train.name=run"]
+    assert main(["--config", str(ROOT / "pipelines" / "folder.yaml"), *(a for s in sets for a in ("--set", s))]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith(f"fcndata: results in {tmp_path}/run")
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps_per_epoch"] == 3
 
 
 @pytest.mark.parametrize("override, match", [
@@ -271,10 +286,10 @@ def _weights(path: Path) -> list[np.ndarray]:
     return [np.ravel(v) for v in keras.saving.load_model(path, compile=False).get_weights()]
 
 
-def test_train_command_on_two_hosts_ends_with_identical_weights(tmp_path, capsys):
-    from fcndata.config import load_config
-    from fcndata.train import train
+def test_train_command_on_two_hosts_ends_with_identical_weights(tmp_path, capsys, monkeypatch):
+    from fcndata.train import main
 
+    monkeypatch.chdir(ROOT)
     ports = [free_port(), free_port()]
     procs = []
     for index in range(2):
@@ -285,14 +300,16 @@ def test_train_command_on_two_hosts_ends_with_identical_weights(tmp_path, capsys
                 for arg in ("--set", s)]
         procs.append(subprocess.Popen([sys.executable, "-m", "fcndata.train", "--config", "pipelines/shapes.yaml", *sets],
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT))
-    # Meanwhile, the same global batch in this process under train.strategy=mirrored (one CPU:
-    # one replica; tests/test_train.py runs MirroredStrategy over two logical CPUs, and its
-    # other runs use auto, which is one_device here).
-    single = train(load_config(ROOT / "pipelines" / "shapes.yaml", [
-        *TRAIN_TINY, "train.strategy=mirrored", f"train.run_dir={tmp_path}", "train.name=single"]))
+    # Meanwhile, the same global batch in this process, the README's command for several GPUs
+    # (python -m fcndata.train --config pipelines/shapes.yaml --set train.strategy=mirrored):
+    # one replica on one CPU; tests/test_train.py runs MirroredStrategy over two logical
+    # CPUs, and its other runs use auto, which is one_device here.
+    sets = [*TRAIN_TINY, f"train.run_dir={tmp_path}", "train.name=single"]
+    assert main(["--config", "pipelines/shapes.yaml", "--set", "train.strategy=mirrored",
+                 *(a for s in sets for a in ("--set", s))]) == 0
+    single = json.loads((tmp_path / "single" / "summary.json").read_text())
     assert (single["strategy"], single["replicas"], single["global_batch_size"], single["per_replica_batch_size"]) == (
         "mirrored", 1, 4, 4)
-    assert json.loads((tmp_path / "single" / "summary.json").read_text())["strategy"] == "mirrored"
     assert "fcndata: strategy mirrored, 1 replica(s): global batch 4, 4 per replica" in capsys.readouterr().out
     outs = [p.communicate(timeout=900) for p in procs]
     for (out, err), p in zip(outs, procs):
