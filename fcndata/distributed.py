@@ -250,7 +250,9 @@ def train_step(strategy: tf.distribute.Strategy, model):
             with tf.GradientTape() as tape:
                 pred = model(inputs, training=True)
                 loss = model.compute_loss(x=inputs, y=label, y_pred=pred, sample_weight=sample_weight, training=True)
-            grads = tape.gradient(loss, model.trainable_variables)
+                # as fit's step: the loss scale of mixed_float16 (identity otherwise)
+                scaled = model.optimizer.scale_loss(loss)
+            grads = tape.gradient(scaled, model.trainable_variables)
             model.optimizer.apply_gradients(zip(grads, model.trainable_variables))
             return loss
 

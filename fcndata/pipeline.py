@@ -88,6 +88,15 @@ def build_pipeline(
     and data epochs stay aligned. ``eval`` and ``predict`` make one pass over the
     validation split, whole images, no augmentation or sampling.
 
+    With a ``service:`` section, the ``train`` stream runs on the tf.data service up to
+    batching; ``to_keras`` and prefetch stay here (``eval`` and ``predict`` stay local).
+    Under ``sharding: dynamic`` its source is a stream of (epoch, image) indices, one split
+    each, so every image of every epoch goes to one worker: the same patches as without
+    the service, shuffled and batched per worker (batches may straddle two epochs), and
+    with ``fixed_length`` the workers stream epochs without end, of which ``epochs`` x
+    :func:`steps_per_epoch` batches are read. A recipe with a stage that calls Python is
+    refused (``ValueError`` naming the stage) before anything is sent.
+
     Args:
       config: a loaded recipe (:func:`fcndata.config.load_config`).
       mode: ``"train"``, ``"eval"`` or ``"predict"``.
