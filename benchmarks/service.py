@@ -25,8 +25,8 @@ did (2w/1w measured 0.78 there): a new job per pass, over a ``from_arrays`` sour
 read-ahead, 20 ms. Three things held two workers back there: (1) every pass was a new job,
 and a job's start — the client serialising the graph, each worker deserialising it (the
 images are ~17 MB of constants in a ``from_arrays`` graph) and building its iterator —
-took ~0.9 s with one worker and ~1.8 s with two on the same cores, a third to two thirds
-of a pass; (2) without read-ahead each worker waited and then cut, one after the other,
+is paid again on every pass, by every worker, on the same cores (``--previous`` prints
+the seconds to each pass's first batch, local / 1 worker / 2 workers); (2) without read-ahead each worker waited and then cut, one after the other,
 so a worker spent wait + CPU per image, not max(wait, CPU); (3) at 20 ms the wait is
 barely above the CPU per image, so with two workers the two shared cores became the
 limit and the workload was no longer latency-bound.
@@ -113,13 +113,19 @@ def rate_one_stream(ds: tf.data.Dataset, warmup_patches: int) -> float:
     return count / (time.perf_counter() - start)
 
 
+FIRST_BATCH: list[float] = []  # --previous: seconds to each pass's first batch
+
+
 def rate_job_per_pass(ds: tf.data.Dataset, repeats: int) -> float:
     """Patches/s over ``repeats`` iterations of ``ds`` (one job each), after one warm-up iteration."""
     for _ in ds:
         pass
     start, count = time.perf_counter(), 0
     for _ in range(repeats):
-        for batch in ds:
+        begin = time.perf_counter()
+        for i, batch in enumerate(ds):
+            if i == 0:
+                FIRST_BATCH.append(time.perf_counter() - begin)
             count += int(batch["image"].shape[0])
     return count / (time.perf_counter() - start)
 
@@ -158,10 +164,15 @@ def main(quick: bool = False, wait_ms: float = 50, previous: bool = False) -> No
     print(f"{'workload':<15}{'local':>10}{'1 worker':>18}{'2 workers':>18}{'2 w / 1 w':>11}")
     source = (array_source if job_per_pass else graph_source)(n, size)
     for name, wait in (("CPU-bound", 0), (f"wait {wait_us // 1000} ms", wait_us)):
-        local, one, two = (measure(k, pipeline(source, wait, read_ahead=not previous), n, repeats, job_per_pass)
-                           for k in (0, 1, 2))
+        rates, starts = [], []
+        for k in (0, 1, 2):
+            FIRST_BATCH.clear()
+            rates.append(measure(k, pipeline(source, wait, read_ahead=not previous), n, repeats, job_per_pass))
+            starts.append(f"{np.mean(FIRST_BATCH):.2f}" if FIRST_BATCH else "-")
+        local, one, two = rates
         print(f"{name:<15}{local:>8.0f}/s{one:>8.0f}/s ({one / local:.2f}×){two:>8.0f}/s ({two / local:.2f}×)"
-              f"{two / one:>9.2f}×", flush=True)
+              f"{two / one:>9.2f}×" + (f"   first batch of a pass: {' / '.join(starts)} s" if previous else ""),
+              flush=True)
     print(f"patches/s; ratios in brackets are to the local pipeline in the same run; load average after: "
           f"{os.getloadavg()[0]:.2f}. CPU-bound cannot win on one machine: the workers compete with the client "
           "for the same cores.")
