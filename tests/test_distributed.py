@@ -90,12 +90,19 @@ class Service:
         self.dispatcher.wait()
         self.dispatcher = self._start_dispatcher()
 
-    def stop(self) -> list[int]:
-        codes = []
-        for proc in [*self.workers, self.dispatcher]:
+    def stop(self, timeout: float = 30) -> list[int]:
+        """SIGTERM every process (all at once) and their exit codes; SIGKILL after ``timeout`` s."""
+        procs = [*self.workers, self.dispatcher]
+        for proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-            codes.append(proc.wait(timeout=30))
+        codes = []
+        for proc in procs:
+            try:
+                codes.append(proc.wait(timeout=timeout))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                codes.append(proc.wait())
         return codes
 
 
@@ -106,7 +113,8 @@ def service(tmp_path_factory):
     s.add_worker()
     s.add_worker()
     yield s
-    s.stop()
+    # Generous under load: a worker stops once its jobs' tasks are cancelled.
+    s.stop(timeout=120)
 
 
 def patch_pipeline(epoch: int) -> tf.data.Dataset:
