@@ -21,7 +21,7 @@ Two workloads, each as patches/s and as a ratio to the local pipeline in the sam
 
 Each measurement is one service job streaming ``1 + repeats`` passes; patches/s are
 counted after the first pass (warm-up). ``--previous`` measures as this benchmark first
-did (2w/1w measured 0.78 there): a new job per pass, over a ``from_arrays`` source, no
+did (2w/1w measured 0.78, and 1.10 on a rerun at load ~5): a new job per pass, over a ``from_arrays`` source, no
 read-ahead, 20 ms. Three things held two workers back there: (1) every pass was a new job,
 and a job's start — the client serialising the graph, each worker deserialising it (the
 images are ~17 MB of constants in a ``from_arrays`` graph) and building its iterator —
