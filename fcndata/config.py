@@ -425,6 +425,7 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = True  # tf.config.experimental.enable_op_determinism: exact resume, some GPU ops slower
     verbose: int = 1
+    strategy: str = "auto"  # auto | one_device | mirrored | multi_worker (TF_CONFIG)
 
     def __post_init__(self):
         _choice(self.optimizer, "train.optimizer", ("adam", "sgd", "adamw"))
@@ -438,6 +439,7 @@ class TrainConfig:
         _range(self.weight_decay, "train.weight_decay", 0, why="0 turns weight decay off")
         _range(self.warmup_steps, "train.warmup_steps", 0)
         _choice(self.verbose, "train.verbose", (0, 1, 2))
+        _choice(self.strategy, "train.strategy", ("auto", "one_device", "mirrored", "multi_worker"))
         if self.steps_per_epoch is not None and self.warmup_steps >= self.epochs * self.steps_per_epoch:
             raise ConfigError(
                 "train.warmup_steps must be fewer than the training steps (train.epochs x train.steps_per_epoch = "
@@ -446,6 +448,35 @@ class TrainConfig:
             )
         if self.name is not None and (not self.name or "/" in self.name or "\\" in self.name):
             raise ConfigError(f"train.name is a folder name inside train.run_dir, without '/'. Received: train.name={self.name!r}")
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """``service:`` — run the training pipeline on a tf.data service (absent: in this process).
+
+    Decode, validation, augmentation, patches, sampling and batching run on the service's
+    workers; this process keeps only ``to_keras`` and prefetch. ``sharding: dynamic`` hands
+    each image of each epoch to one worker (every patch once per epoch); ``off`` runs the
+    whole stream on every worker (each batch once per worker: for one worker, or for
+    TFRecord / TFDS sources, which cannot be read by position). ``job_name``: trainers that
+    name the same job share one stream. ``compression``: ``auto`` or ``none``.
+    """
+
+    address: str = ""  # HOST:PORT of the dispatcher (python -m fcndata.distributed dispatcher)
+    sharding: str = "dynamic"  # dynamic | off
+    job_name: Optional[str] = None
+    compression: str = "auto"  # auto | none
+
+    def __post_init__(self):
+        if not self.address.strip() or self.address.strip().startswith(":"):
+            raise ConfigError(
+                "service.address must be HOST:PORT of a tf.data service dispatcher (started with "
+                f"python -m fcndata.distributed dispatcher --port 5050). Received: service.address={self.address!r}"
+            )
+        _choice(self.sharding, "service.sharding", ("dynamic", "off"))
+        _choice(self.compression, "service.compression", ("auto", "none"))
+        if self.job_name is not None and not self.job_name.strip():
+            raise ConfigError(f"service.job_name must be a non-empty name or null. Received: service.job_name={self.job_name!r}")
 
 
 @dataclass(frozen=True)
@@ -480,6 +511,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
+    service: Optional[ServiceConfig] = None
     source: Optional[str] = field(default=None, compare=False)
 
     def __post_init__(self):

@@ -98,6 +98,12 @@ def is_chief() -> bool:
     return task.get("type", "worker") == "worker" and int(task.get("index", 0)) == 0
 
 
+def task_name() -> str:
+    """This process's task in ``TF_CONFIG``, e.g. ``worker1`` (``worker0`` for a lone process)."""
+    task = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}").get("task", {})
+    return f"{task.get('type', 'worker')}{int(task.get('index', 0))}"
+
+
 def has_gpu() -> bool:
     """True when TensorFlow sees at least one GPU."""
     return bool(tf.config.list_physical_devices("GPU"))
@@ -123,7 +129,8 @@ def distribute_dataset(
         that are random per worker).
       job_name: several trainers naming the same job share one stream (each element goes to
         one of them); None: each trainer gets its own.
-      compression: ``"AUTO"`` (compress when it pays) or None.
+      compression: ``"AUTO"`` (compress when it pays) or None (also ``"auto"`` / ``"none"``,
+        as in a recipe's ``service.compression``).
 
     Returns:
       The dataset, read from the service's workers.
@@ -133,6 +140,8 @@ def distribute_dataset(
     if not isinstance(service, str) or not service.strip():
         raise ValueError(f"service.address must be 'HOST:PORT' of a dispatcher. Received: address={service!r}")
     address = service if "://" in service else f"grpc://{service}"
+    if isinstance(compression, str):
+        compression = None if compression.lower() == "none" else compression.upper()
     policy = {
         "dynamic": tf.data.experimental.service.ShardingPolicy.DYNAMIC,
         "off": tf.data.experimental.service.ShardingPolicy.OFF,
@@ -142,6 +151,28 @@ def distribute_dataset(
             processing_mode=policy, service=address, job_name=job_name, compression=compression
         )
     )
+
+
+#: ops that call back into the Python process: a service worker in another process cannot run them
+PYTHON_OPS = ("PyFunc", "PyFuncStateless", "EagerPyFunc")
+
+
+def python_ops(ds: tf.data.Dataset) -> list[str]:
+    """The ops of ``ds``'s graph (nested functions included) that call Python, e.g. ``EagerPyFunc``.
+
+    An empty list means the pipeline serialises: it can run on a tf.data service worker.
+
+    Example:
+      >>> python_ops(tf.data.Dataset.range(3).map(lambda x: x + 1))
+      []
+      >>> python_ops(tf.data.Dataset.range(3).map(lambda x: tf.py_function(lambda v: v, [x], tf.int64)))
+      ['EagerPyFunc']
+    """
+    # external_state_policy=1 (ignore): serialise anyway, so the Python ops can be listed.
+    graph = tf.raw_ops.DatasetToGraphV2(input_dataset=tf.data.experimental.to_variant(ds), external_state_policy=1)
+    graph_def = tf.compat.v1.GraphDef.FromString(graph.numpy())
+    nodes = [*graph_def.node, *(n for f in graph_def.library.function for n in f.node_def)]
+    return sorted({n.op for n in nodes if n.op in PYTHON_OPS})
 
 
 def start_dispatcher(
@@ -191,9 +222,24 @@ def run_steps(strategy: tf.distribute.Strategy, model, dataset: tf.data.Dataset,
     own (batch-norm moving statistics) is averaged across replicas at the end, so every
     worker ends with identical weights.
     """
+    step = train_step(strategy, model)
+    iterator = iter(distribute_batches(strategy, dataset))
+    losses = [float(step(next(iterator))) for _ in range(steps)]
+    sync_replica_state(strategy, model)
+    return losses
+
+
+def distribute_batches(strategy: tf.distribute.Strategy, dataset: tf.data.Dataset):
+    """``dataset`` of global batches as a distributed dataset: each replica takes its share of
+    every batch (``AutoShardPolicy.DATA``), so N workers see the global batch one process would."""
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    dist = strategy.experimental_distribute_dataset(dataset.with_options(options))
+    return strategy.experimental_distribute_dataset(dataset.with_options(options))
+
+
+def train_step(strategy: tf.distribute.Strategy, model):
+    """One training step of ``model`` under ``strategy`` as a ``tf.function`` of a distributed
+    batch ``(inputs, label, sample_weight)``; returns the global mean loss (see :func:`run_steps`)."""
     with strategy.scope():
         if not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
@@ -204,18 +250,15 @@ def run_steps(strategy: tf.distribute.Strategy, model, dataset: tf.data.Dataset,
             with tf.GradientTape() as tape:
                 pred = model(inputs, training=True)
                 loss = model.compute_loss(x=inputs, y=label, y_pred=pred, sample_weight=sample_weight, training=True)
-            grads = tape.gradient(loss, model.trainable_variables)
+                # as fit's step: the loss scale of mixed_float16 (identity otherwise)
+                scaled = model.optimizer.scale_loss(loss)
+            grads = tape.gradient(scaled, model.trainable_variables)
             model.optimizer.apply_gradients(zip(grads, model.trainable_variables))
             return loss
 
         return strategy.reduce("SUM", strategy.run(replica, args=batch), axis=None)
 
-    losses = []
-    iterator = iter(dist)
-    for _ in range(steps):
-        losses.append(float(step(next(iterator))))
-    sync_replica_state(strategy, model)
-    return losses
+    return step
 
 
 def sync_replica_state(strategy: tf.distribute.Strategy, model) -> None:

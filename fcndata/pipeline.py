@@ -88,6 +88,15 @@ def build_pipeline(
     and data epochs stay aligned. ``eval`` and ``predict`` make one pass over the
     validation split, whole images, no augmentation or sampling.
 
+    With a ``service:`` section, the ``train`` stream runs on the tf.data service up to
+    batching; ``to_keras`` and prefetch stay here (``eval`` and ``predict`` stay local).
+    Under ``sharding: dynamic`` its source is a stream of (epoch, image) indices, one split
+    each, so every image of every epoch goes to one worker: the same patches as without
+    the service, shuffled and batched per worker (batches may straddle two epochs), and
+    with ``fixed_length`` the workers stream epochs without end, of which ``epochs`` x
+    :func:`steps_per_epoch` batches are read. A recipe with a stage that calls Python is
+    refused (``ValueError`` naming the stage) before anything is sent.
+
     Args:
       config: a loaded recipe (:func:`fcndata.config.load_config`).
       mode: ``"train"``, ``"eval"`` or ``"predict"``.
@@ -169,21 +178,129 @@ def build_pipeline(
             if stage is not None:
                 stages.append(stage)
 
-        def one_epoch(epoch):
-            # `epoch` is a tensor: this function is traced once, whatever the number of
-            # epochs. Randomness is keyed by (seed, epoch, source_index), the order by
-            # (seed, epoch), and batches never straddle two epochs.
-            ds = numbering.one_epoch(source, epoch)
+        service = config.service
+        if service is not None and service.sharding == "dynamic":
+            # The tf.data service's dynamic sharding splits the pipeline's *source*: here a
+            # stream of (epoch, image) indices, so each split is one image of one epoch and
+            # goes to one worker. The stages run on the workers as they would here (their
+            # keys are per element, so a patch is the same whichever worker cuts it); the
+            # patch shuffle and the batches mix the images each worker holds.
+            source = _images_by_split(data, seed, initial_epoch, None if steps is not None else count)
+            ds = source
             for stage in stages:
                 ds = ds.apply(stage)
             ds = ds.apply(batcher)
-            return ds if steps is None else ds.repeat().take(steps)
+        else:
 
-        ds = tf.data.Dataset.range(initial_epoch, initial_epoch + count).flat_map(one_epoch)
+            def one_epoch(epoch):
+                # `epoch` is a tensor: this function is traced once, whatever the number of
+                # epochs. Randomness is keyed by (seed, epoch, source_index), the order by
+                # (seed, epoch), and batches never straddle two epochs.
+                ds = numbering.one_epoch(source, epoch)
+                for stage in stages:
+                    ds = ds.apply(stage)
+                ds = ds.apply(batcher)
+                return ds if steps is None else ds.repeat().take(steps)
+
+            ds = tf.data.Dataset.range(initial_epoch, initial_epoch + count).flat_map(one_epoch)
+        if service is not None:
+            _refuse_python(config, source, stages, batcher, ds)
+            from fcndata.distributed import distribute_dataset
+
+            ds = distribute_dataset(
+                ds.with_options(data_options()), service.address, sharding=service.sharding,
+                job_name=service.job_name, compression=service.compression,
+            )
+            if steps is not None and service.sharding == "dynamic":
+                # The workers stream epochs without end; `count` epochs of `steps` batches are read.
+                ds = ds.take(count * steps)
 
     if keras:
+        # Here, not on a service worker: batches travel as uint8, 4x smaller than float32.
         ds = ds.apply(batching.to_keras(masked_input=config.model.masked))
     return ds.prefetch(tf.data.AUTOTUNE).with_options(data_options())
+
+
+def _images_by_split(data, seed: int, initial_epoch: int, count: int | None) -> tf.data.Dataset:
+    """The training source as one image of one epoch per element of a ``range``: the stream
+    the tf.data service shards dynamically (one split = one image of one epoch).
+
+    Element ``i`` is image ``index_shuffle(i mod N)`` of epoch ``i div N``, a permutation keyed
+    by ``(seed, epoch)``, read by position and tagged with its ``epoch``. ``count`` epochs
+    from ``initial_epoch``, or without end when None.
+    """
+    from fcndata import sources
+
+    n, _ = sources.source_shapes(data, "train")
+    start = initial_epoch * n
+    stop = start + count * n if count is not None else np.iinfo(np.int64).max
+
+    @tf.autograph.experimental.do_not_convert  # builds a dataset: plain Python, nothing to convert
+    def one_image(i):
+        epoch = i // n
+        key = tf.stack([tf.constant(seed, tf.int64) ^ 0x51A7, epoch])
+        position = tf.random.experimental.index_shuffle(i % n, seed=key, max_index=n - 1)
+        image = sources.load_source(data, "train", indices=tf.data.Dataset.from_tensors(position))
+        return image.map(lambda e: {**e, E.EPOCH: epoch})
+
+    # Parallel and in order: while one image waits on storage, others are read.
+    return tf.data.Dataset.range(start, stop).interleave(
+        one_image, cycle_length=tf.data.AUTOTUNE, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    )
+
+
+#: what to use instead of a stage that calls Python, by recipe section
+_GRAPH_ALTERNATIVES = {
+    "augment": "use augment's TensorFlow keys instead (flip_horizontal, flip_vertical, rot90, scale, crop_size, "
+               "rotate, shear, brightness, contrast, gamma, hue, saturation, noise_std, blur_sigma), which run in "
+               "the graph",
+}
+
+
+def _refuse_python(config: Config, source: tf.data.Dataset, stages: list, batcher, ds: tf.data.Dataset) -> None:
+    """Raises before the pipeline is registered with the service if a stage calls Python
+    (``tf.py_function`` / ``tf.numpy_function``): a worker in another process cannot run it."""
+    from fcndata.distributed import python_ops
+
+    if not python_ops(ds):
+        return
+    data = config.data
+    where = f"{config.source or 'recipe'}: service"
+    ops = python_ops(source)
+    if ops:
+        if data.on_error == "skip":
+            raise ValueError(
+                f"{where}: data.on_error=skip records each skipped file with tf.py_function, which a tf.data "
+                "service worker (another process) cannot run; set data.on_error: raise (the first bad file then "
+                "stops the run and is named), or fix the files it lists when run locally. Received: "
+                "data.on_error='skip'"
+            )
+        raise ValueError(
+            f"{where}: the data source calls Python ({', '.join(ops)}), which a tf.data service worker (another "
+            "process) cannot run: TIFF files are decoded with OpenCV through tf.numpy_function because TensorFlow "
+            "has no TIFF decoder; convert them to PNG (16-bit PNG keeps uint16 pixels and decodes in the graph). "
+            f"Received: data.source={data.source!r}"
+        )
+    ds = source
+    named = [(_section_of(stage), stage) for stage in stages] + [("batching", batcher)]
+    for section, stage in named:
+        ds = ds.apply(stage)
+        ops = python_ops(ds)
+        if ops:
+            hint = _GRAPH_ALTERNATIVES.get(section, "replace it with TensorFlow ops, or run without service:")
+            detail = "augment.albumentations runs albumentations through tf.numpy_function" if (
+                section == "augment" and config.augment is not None and config.augment.albumentations is not None
+            ) else f"the {section} stage calls Python ({', '.join(ops)})"
+            raise ValueError(
+                f"{where}: {detail}, which a tf.data service worker (another process) cannot run; {hint}. "
+                f"Received: {section} stage {stage!r}"
+            )
+
+
+def _section_of(stage) -> str:
+    """The recipe section a training stage comes from (for error messages)."""
+    module = type(stage).__module__.rsplit(".", 1)[-1]
+    return {"augment": "augment", "patches": "patches", "sampling": "sampling"}.get(module, module)
 
 
 def _sizes_dataset(data, split: str) -> tf.data.Dataset | None:

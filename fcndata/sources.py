@@ -626,6 +626,7 @@ def from_folder(
     report: SkipReport | None = None,
     image_dtype: str = "auto",
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    indices: tf.data.Dataset | None = None,
 ) -> tf.data.Dataset:
     """Images matched by a glob, each paired with the mask of the same file stem.
 
@@ -653,6 +654,9 @@ def from_folder(
         ``"uint16"``: every 8/16-bit file is read and scaled to it (× 257 or ÷ 257).
       max_pixels: files whose header declares more pixels (height × width) are errors,
         never decoded (None: no limit).
+      indices: a dataset of int64 positions in the sorted list of pairs: read those
+        images, in that order (None: every pair in order). The tf.data service path reads
+        one image of one epoch per split this way.
 
     Returns:
       A dataset of contract elements; image dtype uint8, uint16 or float32 (see
@@ -779,7 +783,11 @@ def from_folder(
         "mcodec": mcodecs,
         "index": np.arange(len(pairs), dtype=np.int64),
     }
-    ds = tf.data.Dataset.from_tensor_slices(paths)
+    if indices is None:
+        ds = tf.data.Dataset.from_tensor_slices(paths)
+    else:
+        table = {k: tf.constant(v) for k, v in paths.items()}
+        ds = indices.map(_graph(lambda k: {name: tf.gather(t, k) for name, t in table.items()}))
     # interleave, not map: each file is decoded in a tiny dataset whose ignore_errors turns a
     # decoder exception into an error code, so the message can name the file (raise) or the
     # element can be skipped and reported (skip). deterministic keeps the source order.
@@ -838,6 +846,7 @@ def from_arrays(
     num_classes: int,
     ignore_label: int = E.IGNORE_LABEL,
     paths: Sequence[str] | None = None,
+    indices: tf.data.Dataset | None = None,
 ) -> tf.data.Dataset:
     """Numpy images and labels (of different sizes allowed) as a graph-only dataset.
 
@@ -859,6 +868,8 @@ def from_arrays(
       num_classes: labels must be in [0, num_classes) or ``ignore_label``.
       ignore_label: class id of unlabeled pixels.
       paths: a name per element (default ``arrays/<index>``).
+      indices: a dataset of int64 positions of the elements to yield, in that order
+        (None: all, in order).
 
     Raises:
       ValueError: counts differ, an image and its label differ in size, a label is out of
@@ -942,7 +953,8 @@ def from_arrays(
             roi = tf.minimum(tf.bitwise.bitwise_xor(label, tf.constant(ignore_label, tf.uint8)), 1)
         return E.make_element(image, label, roi=roi, source_index=i, path=path_t[i], ignore_label=ignore_label)
 
-    ds = tf.data.Dataset.range(len(images)).map(_graph(element), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    positions = tf.data.Dataset.range(len(images)) if indices is None else indices
+    ds = positions.map(_graph(element), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if img_flat.dtype.size * int(img_flat.shape[0]) + lab_flat.dtype.size * int(lab_flat.shape[0]) >= LARGE_ARRAYS:
         # tf.data's default graph rewrites serialise the whole pipeline, arrays included,
         # each time an iterator is made: a transient second copy. fcndata's stages set their
@@ -1242,16 +1254,22 @@ def source_shapes(data, split: str = "train") -> tuple[int, list[tuple[int, int]
     raise ValueError(f"source_shapes: unknown data.source. Received: data.source={data.source!r}")
 
 
-def load_source(data, split: str = "train", *, report: SkipReport | None = None) -> tf.data.Dataset:
+def load_source(
+    data, split: str = "train", *, report: SkipReport | None = None, indices: tf.data.Dataset | None = None
+) -> tf.data.Dataset:
     """The dataset of contract elements that ``data:`` (a DataConfig) describes.
 
     Args:
       data: a :class:`fcndata.config.DataConfig`.
       split: ``"train"`` or ``"validation"``.
       report: a :class:`SkipReport` filled under ``data.on_error=skip``.
+      indices: a dataset of int64 positions (in source order) of the images to read, in
+        that order, uncached (None: the whole source in order). Built-in and folder sources
+        only: TFRecord and TFDS cannot be read by position.
 
     Raises:
-      ValueError: unknown split, missing files or fields (the message names the field).
+      ValueError: unknown split, missing files or fields (the message names the field);
+        ``indices`` with a TFRecord or TFDS source.
 
     Example:
       >>> from fcndata.config import DataConfig
@@ -1263,9 +1281,19 @@ def load_source(data, split: str = "train", *, report: SkipReport | None = None)
         raise ValueError(f"load_source: split must be 'train' or 'validation'. Received: split={split!r}")
     val = split == "validation"
     report = report if report is not None else SkipReport(f"{data.source} source ({split})")
+    if indices is not None and data.source in ("tfrecord", "tfds"):
+        raise ValueError(
+            f"{data.source} source: images cannot be read by position (a record is found by reading the ones "
+            "before it), which the tf.data service's dynamic sharding of a training stream needs; convert the "
+            "data to a folder of PNG files, or use service.sharding: off. Received: data.source="
+            f"{data.source!r}"
+        )
     if data.source in ("shapes", "brain", "digits"):
         from fcndata import datasets
 
+        if indices is not None:
+            images, labels, paths = datasets.arrays(data, split)
+            return from_arrays(images, labels, data.num_classes, data.ignore_label, paths=paths, indices=indices)
         return datasets.load(data, split)
     if data.source == "arrays":
         raise ValueError(
@@ -1284,9 +1312,11 @@ def load_source(data, split: str = "train", *, report: SkipReport | None = None)
         ds = from_folder(
             images, masks, channels=data.channels, num_classes=data.num_classes, palette=data.palette,
             ignore_color=getattr(data, "ignore_color", None), ignore_label=data.ignore_label,
-            on_error=data.on_error, root=data.root, report=report,
+            on_error=data.on_error, root=data.root, report=report, indices=indices,
             image_dtype=getattr(data, "image_dtype", "auto"), max_pixels=getattr(data, "max_pixels", DEFAULT_MAX_PIXELS),
         )
+        if indices is not None:
+            return ds  # read by position: a different subset each time, nothing to cache
     elif data.source == "tfrecord":
         pattern = data.val_tfrecords if val else data.tfrecords
         if pattern is None:

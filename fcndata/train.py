@@ -13,6 +13,14 @@ prediction images), ``checkpoints/``, ``history.png``, ``preview.png``, ``predic
 no ``predictions.png`` for a recipe without validation data); the last line printed says
 where they are.
 
+Strategies (``train.strategy``): ``one_device``, ``mirrored`` (several GPUs of one host)
+and ``multi_worker`` (several hosts, from ``TF_CONFIG``) — ``auto`` picks one. The log and
+``summary.json`` give the global batch (``batching.batch_size``) and its share per replica.
+Under ``multi_worker`` Keras ``fit`` fails (see :func:`fcndata.distributed.run_steps`), so
+the trainer runs its own step loop with the same model, loss, optimizer, callbacks and
+artifacts; the chief (worker 0) writes the run folder, every other worker writes its
+checkpoints and copy of the model to ``RUN_DIR/worker<i>/`` (each worker must save).
+
 Resuming: every epoch of the input stream is a pure function of ``(seed, epoch)`` (see
 ``build_pipeline``), and model, optimizer and epoch are checkpointed at the end of every
 epoch, so a run killed mid-epoch restarts that epoch from its first batch and ends where
@@ -225,10 +233,14 @@ class _EpochCheckpoint:
         self.checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, epoch=self.epoch)
         self.manager = tf.train.CheckpointManager(self.checkpoint, str(directory), max_to_keep=2)
 
-    def restore(self) -> int:
-        if self.manager.latest_checkpoint is None:
+    def restore(self, directory: Path | None = None) -> int:
+        """Restores the latest checkpoint (of ``directory``: the chief's, on another worker)."""
+        import tensorflow as tf
+
+        latest = tf.train.latest_checkpoint(str(directory)) if directory is not None else self.manager.latest_checkpoint
+        if latest is None:
             return 0
-        self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+        self.checkpoint.restore(latest).assert_existing_objects_matched()
         return int(self.epoch.numpy())
 
     def callback(self):
@@ -290,6 +302,41 @@ def _image_logger(model, config, log_dir: Path, dataset=None, times: int = 5):
     return Images()
 
 
+def _fit_multi_worker(strategy, model, config, train_ds, val_ds, initial_epoch: int, steps: int, callbacks) -> None:
+    """What ``model.fit`` does, as a step loop that runs under ``MultiWorkerMirroredStrategy``.
+
+    The same stream, steps, callbacks (CSV, TensorBoard, images, checkpoints) and epoch
+    logs (``loss`` and, on the chief, ``val_mean_iou`` and ``val_pixel_accuracy`` from
+    :func:`evaluate`; no ``val_loss``); batch-norm
+    moving statistics are averaged across workers at the end of every epoch.
+    """
+    import keras
+
+    from fcndata.distributed import distribute_batches, sync_replica_state, train_step
+
+    t = config.train
+    step = train_step(strategy, model)
+    iterator = iter(distribute_batches(strategy, train_ds))
+    hooks = keras.callbacks.CallbackList(callbacks, add_history=False, add_progbar=False, model=model)
+    hooks.on_train_begin()
+    for epoch in range(initial_epoch, t.epochs):
+        hooks.on_epoch_begin(epoch)
+        total = 0.0
+        for i in range(steps):
+            total += float(step(next(iterator)))
+            hooks.on_train_batch_end(i)
+        sync_replica_state(strategy, model)
+        logs = {"loss": total / steps}
+        if val_ds is not None:
+            # In this process only (Keras evaluate would wait for the other workers' collectives).
+            result = evaluate(model, config, max_batches=t.validation_steps, dataset=val_ds)
+            logs.update(val_mean_iou=result["mean_iou"], val_pixel_accuracy=result["pixel_accuracy"])
+        if t.verbose:
+            print(f"Epoch {epoch + 1}/{t.epochs}: " + ", ".join(f"{k} {v:.4f}" for k, v in logs.items()), flush=True)
+        hooks.on_epoch_end(epoch, logs)
+    hooks.on_train_end()
+
+
 def train(config, run_dir: Path | None = None, resume: bool = False) -> dict:
     """Trains ``config`` into ``run_dir`` (resuming from its checkpoints if ``resume``).
 
@@ -325,7 +372,7 @@ def train(config, run_dir: Path | None = None, resume: bool = False) -> dict:
             skipped = sources.skipped_files(reports)
             if config.data.on_error == "skip" or skipped:
                 _save_skipped(skipped, run_dir)
-    if summary is not None:
+    if summary is not None and summary.get("chief", True):  # other workers' summaries are not the run's
         summary["skipped"] = len(skipped)
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -366,11 +413,15 @@ def _train(config, run_dir: Path, resume: bool, has_validation: bool) -> dict:
     import keras
 
     from fcndata.batching import to_keras
-    from fcndata.distributed import select_strategy
+    from fcndata.distributed import is_chief, select_strategy, strategy_name, task_name
     from fcndata.pipeline import build_pipeline, steps_per_epoch
     from fcndata.preview import plot_batch, plot_history, plot_predictions
 
     t = config.train
+    chief = is_chief()
+    # Every worker saves (TensorFlow's multi-worker rule); only the chief's copy is the run's.
+    out_dir = run_dir if chief else run_dir / task_name()
+    out_dir.mkdir(parents=True, exist_ok=True)
 
     keras.utils.set_random_seed(t.seed)
     if t.jit_compile:
@@ -384,14 +435,20 @@ def _train(config, run_dir: Path, resume: bool, has_validation: bool) -> dict:
         _enable_op_determinism()
     policy = _policy(config)
     keras.mixed_precision.set_global_policy(policy)
-    strategy = select_strategy()
+    strategy = select_strategy(t.strategy)
+    name = strategy_name(strategy)
+    replicas = strategy.num_replicas_in_sync
+    global_batch = config.batching.batch_size
+    per_replica = global_batch // replicas if global_batch % replicas == 0 else round(global_batch / replicas, 2)
+    print(f"fcndata: strategy {name}, {replicas} replica(s): global batch {global_batch}, {per_replica} per replica"
+          + ("" if chief else f"; this is {task_name()}, the chief writes the run folder"), flush=True)
     started = time.time()
     try:
         steps = steps_per_epoch(config)
         with strategy.scope():
             model = build_model(config, steps)
-            checkpoint = _EpochCheckpoint(model, run_dir / "checkpoints")
-        initial_epoch = checkpoint.restore() if resume else 0
+            checkpoint = _EpochCheckpoint(model, out_dir / "checkpoints")
+        initial_epoch = checkpoint.restore(run_dir / "checkpoints") if resume else 0
         if resume:
             print(f"fcndata: resuming {run_dir} at epoch {initial_epoch + 1}/{t.epochs}", flush=True)
         # One stream of all remaining epochs, built once; `steps` comes from the source's
@@ -410,16 +467,21 @@ def _train(config, run_dir: Path, resume: bool, has_validation: bool) -> dict:
                   "without validation (no validation metrics, evaluation or predictions.png)", file=sys.stderr, flush=True)
         from fcndata import cli
 
-        callbacks = [
-            keras.callbacks.CSVLogger(str(run_dir / "metrics.csv"), append=resume and initial_epoch > 0),
-            keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs"), write_graph=False),
-            checkpoint.callback(),
-            # A SIGTERM whose exception TensorFlow swallowed still stops the run here.
-            keras.callbacks.LambdaCallback(on_train_batch_end=lambda *_, **__: cli.check_interrupted()),
-        ]
-        if has_validation:
-            callbacks.insert(2, _image_logger(model, config, run_dir / "logs", val_elements))
-        if initial_epoch < t.epochs:
+        callbacks = [checkpoint.callback(),
+                     # A SIGTERM whose exception TensorFlow swallowed still stops the run here.
+                     keras.callbacks.LambdaCallback(on_train_batch_end=lambda *_, **__: cli.check_interrupted())]
+        if chief:  # the run's metrics, logs and images
+            logs = [
+                keras.callbacks.CSVLogger(str(run_dir / "metrics.csv"), append=resume and initial_epoch > 0),
+                keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs"), write_graph=False),
+            ]
+            if has_validation:
+                logs.append(_image_logger(model, config, run_dir / "logs", val_elements))
+            callbacks = [*logs, *callbacks]
+        if initial_epoch < t.epochs and name == "multi_worker":
+            _fit_multi_worker(strategy, model, config, train_ds, val_ds if chief else None, initial_epoch, steps,
+                              callbacks)
+        elif initial_epoch < t.epochs:
             model.fit(
                 train_ds,
                 epochs=t.epochs,
@@ -430,6 +492,9 @@ def _train(config, run_dir: Path, resume: bool, has_validation: bool) -> dict:
                 verbose=t.verbose,
                 shuffle=False,  # the pipeline already shuffles, per epoch and seeded
             )
+        if not chief:
+            model.save(out_dir / "model.keras")
+            return {"run_dir": str(out_dir), "strategy": name, "replicas": replicas, "chief": False}
         print(f"fcndata: saving model.keras, {'evaluating on the validation split, ' if has_validation else ''}"
               "drawing the PNGs...", file=sys.stderr, flush=True)
         model.save(run_dir / "model.keras")
@@ -438,7 +503,8 @@ def _train(config, run_dir: Path, resume: bool, has_validation: bool) -> dict:
             result = evaluate(model, config, dataset=val_elements.apply(to_keras(masked_input=config.model.masked)))
         history = _read_history(run_dir / "metrics.csv")
         plot_history(history).savefig(run_dir / "history.png", dpi=100)
-        preview_batch = next(iter(build_pipeline(config, "train", keras=False, epochs=1)))
+        # Drawn here, not on the service: one batch needs no job on the workers.
+        preview_batch = next(iter(build_pipeline(config.replace(service=None), "train", keras=False, epochs=1)))
         plot_batch(preview_batch, class_names=config.data.names, ignore_label=config.data.ignore_label).savefig(
             run_dir / "preview.png", dpi=100
         )
@@ -454,8 +520,10 @@ def _train(config, run_dir: Path, resume: bool, has_validation: bool) -> dict:
         "seconds": round(time.time() - started, 1),
         "policy": policy,
         "jit_compile": bool(model.jit_compile),
-        "strategy": type(strategy).__name__,
-        "replicas": strategy.num_replicas_in_sync,
+        "strategy": name,
+        "replicas": replicas,
+        "global_batch_size": global_batch,
+        "per_replica_batch_size": per_replica,
         "validation": result,
         "last_epoch": {k: v[-1] for k, v in history.items() if v},
     }
@@ -502,6 +570,9 @@ def main(argv=None) -> int:
             config = load_config(recipe, args.overrides)
             run_dir = default_run_dir(config)
         summary = train(config, run_dir, resume=bool(args.resume))
+        if not summary.get("chief", True):
+            print(f"fcndata: this worker's checkpoints and model copy in {summary['run_dir']}/; the chief writes the run")
+            return 0
         v = summary["validation"]
         if v is None:
             print(f"fcndata: trained without validation (the recipe has no validation data); {summary['seconds']:.0f} s")

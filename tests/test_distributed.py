@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 from collections import Counter
 from pathlib import Path
@@ -91,12 +90,19 @@ class Service:
         self.dispatcher.wait()
         self.dispatcher = self._start_dispatcher()
 
-    def stop(self) -> list[int]:
-        codes = []
-        for proc in [*self.workers, self.dispatcher]:
+    def stop(self, timeout: float = 30) -> list[int]:
+        """SIGTERM every process (all at once) and their exit codes; SIGKILL after ``timeout`` s."""
+        procs = [*self.workers, self.dispatcher]
+        for proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-            codes.append(proc.wait(timeout=30))
+        codes = []
+        for proc in procs:
+            try:
+                codes.append(proc.wait(timeout=timeout))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                codes.append(proc.wait())
         return codes
 
 
@@ -107,7 +113,8 @@ def service(tmp_path_factory):
     s.add_worker()
     s.add_worker()
     yield s
-    s.stop()
+    # Generous under load: a worker stops once its jobs' tasks are cancelled.
+    s.stop(timeout=120)
 
 
 def patch_pipeline(epoch: int) -> tf.data.Dataset:
@@ -141,6 +148,79 @@ def test_sharding_off_gives_each_element_once_per_worker(service):
     local = fingerprints(patch_pipeline(0))
     remote = fingerprints(D.distribute_dataset(patch_pipeline(0), service.address, sharding="off"))
     assert remote == local + local
+
+
+def folder_overrides(root: Path) -> list[str]:
+    """A folder-source patchwise recipe (balanced patches) over images written to ``root``,
+    as ``--set`` overrides of pipelines/folder.yaml."""
+    import cv2
+
+    if not (root / "images").is_dir():
+        for d in ("images", "masks"):
+            (root / d).mkdir(parents=True)
+        for i, (h, w) in enumerate(SIZES):
+            cv2.imwrite(str(root / "images" / f"im{i}.png"), t.random_image(h, w, 3, seed=i))
+            cv2.imwrite(str(root / "masks" / f"im{i}.png"), t.stripe_label(h, w, 3).numpy())
+    return [f"data.root={root}", "data.images=images/*.png", "data.masks=masks/{stem}.png",
+            "data.val_images=images/*.png", "data.val_masks=masks/{stem}.png", "data.class_names=null",
+            "patches.mode=balanced", "patches.patch_size=16", "patches.num_per_image=5", "patches.images_per_batch=2",
+            "batching.batch_size=4", "train.epochs=2"]
+
+
+def folder_recipe(root: Path, *overrides: str):
+    from fcndata.config import load_config
+
+    return load_config(ROOT / "pipelines" / "folder.yaml", [*folder_overrides(root), *overrides])
+
+
+def batch_fingerprints(ds: tf.data.Dataset) -> Counter:
+    """:func:`fingerprints` of the patches in a stream of batches."""
+    return fingerprints(ds.unbatch())
+
+
+def test_service_section_sends_the_recipe_to_the_workers(service, tmp_path):
+    from fcndata.pipeline import build_pipeline, steps_per_epoch
+
+    local_cfg = folder_recipe(tmp_path)
+    cfg = folder_recipe(tmp_path, f"service.address={service.address}")
+    local = batch_fingerprints(build_pipeline(local_cfg, "train", keras=False, fixed_length=False))
+    remote = batch_fingerprints(build_pipeline(cfg, "train", keras=False, fixed_length=False))
+    # 2 epochs x 6 images x 5 patches, each exactly once: the same multiset as without service.
+    assert remote == local and sum(local.values()) == 2 * 6 * 5
+    assert {k[0] for k in remote} == {0, 1}
+    # The trainer's stream: Keras triplets, exactly steps_per_epoch x epochs batches.
+    batches = list(build_pipeline(cfg, "train"))
+    assert len(batches) == 2 * steps_per_epoch(cfg) and batches[0][0].dtype == tf.float32
+
+
+def test_readme_train_command_with_a_service(service, tmp_path, capsys):
+    # README: python -m fcndata.train --config my_data.yaml --set service.address=HOST:5050
+    from fcndata.train import main
+
+    sets = [*folder_overrides(tmp_path), f"service.address={service.address}", "model.width=4", "train.epochs=1",
+            "train.steps_per_epoch=3", "train.verbose=0", f"train.run_dir={tmp_path}", "train.name=run"]
+    assert main(["--config", str(ROOT / "pipelines" / "folder.yaml"), *(a for s in sets for a in ("--set", s))]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith(f"fcndata: results in {tmp_path}/run")
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps_per_epoch"] == 3
+
+
+@pytest.mark.parametrize("override, match", [
+    ("data.on_error=skip", r"data.on_error=skip records each skipped file with tf.py_function.*set data.on_error: raise"),
+    ("augment.albumentations={transform: {__class_fullname__: Compose, p: 1.0, transforms: [{__class_fullname__: HorizontalFlip, p: 0.5}]}}",
+     "augment.albumentations runs albumentations through tf.numpy_function"),
+    ("data.images=images/*.tif", "TIFF files are decoded with OpenCV.*convert them to PNG"),
+])
+def test_a_pipeline_that_calls_python_is_refused_before_registration(tmp_path, override, match):
+    import cv2
+
+    from fcndata.pipeline import build_pipeline
+
+    folder_recipe(tmp_path)
+    cv2.imwrite(str(tmp_path / "images" / "im0.tif"), t.random_image(41, 37, 3))
+    # Port 1 has no dispatcher: the error comes before any attempt to reach one.
+    cfg = folder_recipe(tmp_path, "service.address=localhost:1", override)
+    with pytest.raises(ValueError, match=match):
+        build_pipeline(cfg, "train")
 
 
 def test_killed_worker_loses_only_images_in_flight(service):  # last user of the shared service
@@ -199,61 +279,65 @@ def test_default_strategy_on_one_cpu():
     assert D.strategy_name(D.select_strategy()) == "one_device"
 
 
-# --- two training hosts on loopback ----------------------------------------------------------
+# --- the trainer's train.strategy ------------------------------------------------------------
 
-def five_steps(strategy_name: str = "auto") -> tuple[np.ndarray, list[float]]:
-    """5 steps of the tiny FCN on shapes (global batch 4) under a strategy: weights, losses."""
+TRAIN_TINY = ["data.num_images=8", "data.val_num_images=2", "data.min_size=32", "data.max_size=48", "model.width=4",
+              "model.norm=group", "batching.batch_size=4", "train.steps_per_epoch=3", "train.epochs=1",
+              "train.verbose=0",
+              # cross-entropy alone: Dice over a host's half batch is not the Dice of the whole batch
+              "loss.name=cross_entropy", "loss.terms=null"]
+
+
+def _weights(path: Path) -> list[np.ndarray]:
     import keras
 
-    from fcndata.config import load_config
-    from fcndata.pipeline import build_pipeline
-    from fcndata.train import build_model
-
-    cfg = load_config(str(ROOT / "pipelines/shapes.yaml"), [
-        "data.num_images=8", "data.val_num_images=2", "model.variant=fcn8s", "model.width=8", "model.norm=group",
-        # cross-entropy alone: Dice over a host's half batch is not the Dice of the whole batch
-        "loss.name=cross_entropy", "loss.terms=null",
-        "batching.batch_size=4", "batching.pad_to_multiple=32", "train.steps_per_epoch=5", "train.epochs=1"])
-    strategy = D.select_strategy(strategy_name)
-    keras.utils.set_random_seed(0)
-    with strategy.scope():
-        model = build_model(cfg, 5)
-    losses = D.run_steps(strategy, model, build_pipeline(cfg, "train", epochs=1), steps=5)
-    return np.concatenate([np.ravel(v.numpy()) for v in model.weights]), losses
+    return [np.ravel(v) for v in keras.saving.load_model(path, compile=False).get_weights()]
 
 
-TRAINER = textwrap.dedent("""
-    import json, os, sys
-    ports, index, out = sys.argv[1].split(","), int(sys.argv[2]), sys.argv[3]
-    os.environ["TF_CONFIG"] = json.dumps({"cluster": {"worker": [f"localhost:{p}" for p in ports]},
-                                          "task": {"type": "worker", "index": index}})
-    sys.path.insert(0, "tests")
-    import numpy as np
-    from test_distributed import five_steps
-    weights, losses = five_steps("multi_worker")
-    np.save(out, weights)
-    print(json.dumps({"losses": losses}))
-""")
+def test_train_command_on_two_hosts_ends_with_identical_weights(tmp_path, capsys, monkeypatch):
+    from fcndata.train import main
 
-
-def test_two_hosts_train_to_identical_weights(tmp_path):
-    script = tmp_path / "trainer.py"
-    script.write_text(TRAINER)
-    ports = f"{free_port()},{free_port()}"
-    procs = [subprocess.Popen([sys.executable, str(script), ports, str(i), str(tmp_path / f"w{i}.npy")],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT)
-             for i in range(2)]
-    w, single_losses = five_steps("one_device")  # the same global batch in one process
-    outs = [p.communicate(timeout=600) for p in procs]
+    monkeypatch.chdir(ROOT)
+    ports = [free_port(), free_port()]
+    procs = []
+    for index in range(2):
+        env = _env()
+        env["TF_CONFIG"] = json.dumps({"cluster": {"worker": [f"localhost:{p}" for p in ports]},
+                                       "task": {"type": "worker", "index": index}})
+        sets = [arg for s in [*TRAIN_TINY, "train.strategy=multi_worker", f"train.run_dir={tmp_path}", "train.name=run"]
+                for arg in ("--set", s)]
+        procs.append(subprocess.Popen([sys.executable, "-m", "fcndata.train", "--config", "pipelines/shapes.yaml", *sets],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT))
+    # Meanwhile, the same global batch in this process, the README's command for several GPUs
+    # (python -m fcndata.train --config pipelines/shapes.yaml --set train.strategy=mirrored):
+    # one replica on one CPU; tests/test_train.py runs MirroredStrategy over two logical
+    # CPUs, and its other runs use auto, which is one_device here.
+    sets = [*TRAIN_TINY, f"train.run_dir={tmp_path}", "train.name=single"]
+    assert main(["--config", "pipelines/shapes.yaml", "--set", "train.strategy=mirrored",
+                 *(a for s in sets for a in ("--set", s))]) == 0
+    single = json.loads((tmp_path / "single" / "summary.json").read_text())
+    assert (single["strategy"], single["replicas"], single["global_batch_size"], single["per_replica_batch_size"]) == (
+        "mirrored", 1, 4, 4)
+    assert "fcndata: strategy mirrored, 1 replica(s): global batch 4, 4 per replica" in capsys.readouterr().out
+    outs = [p.communicate(timeout=900) for p in procs]
     for (out, err), p in zip(outs, procs):
         assert p.returncode == 0, err[-3000:]
-    logs = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
-    w0, w1 = (np.load(tmp_path / f) for f in ("w0.npy", "w1.npy"))
-    assert np.abs(w0 - w1).max() <= 1e-6  # both hosts end with the same model
+    assert "fcndata: strategy multi_worker, 2 replica(s): global batch 4, 2 per replica" in outs[0][0]
+    assert outs[1][0].strip().splitlines()[-1].startswith(f"fcndata: this worker's checkpoints and model copy in {tmp_path}/run/worker1")
+    run = tmp_path / "run"
+    summary = json.loads((run / "summary.json").read_text())
+    assert (summary["strategy"], summary["replicas"], summary["global_batch_size"], summary["per_replica_batch_size"]) == (
+        "multi_worker", 2, 4, 2)
+    # The chief wrote the run's artifacts, checkpoints included; the other worker only its own copies.
+    for name in ["metrics.csv", "history.png", "predictions.png", "checkpoints/checkpoint", "worker1/model.keras"]:
+        assert (run / name).is_file(), name
+    assert not (run / "worker1" / "metrics.csv").exists()
+    w0, w1, w = (_weights(path) for path in (run / "model.keras", run / "worker1" / "model.keras",
+                                                 tmp_path / "single" / "model.keras"))
+    assert max(np.abs(a - b).max() for a, b in zip(w0, w1)) <= 1e-6  # both hosts end with the same model
     # Same global batch as one process: each host's loss is normalised by its own valid
-    # pixels ("mean_with_sample_weight"), so the step is the same up to the split of the
-    # pixel count between hosts: close, not bit-equal.
-    loss_gap = np.abs(np.array(logs[0]["losses"]) - single_losses).max() / np.abs(single_losses).max()
-    weight_gap = np.abs(w0 - w).max()
+    # pixels ("mean_with_sample_weight"), so the steps are close, not bit-equal.
+    weight_gap = max(np.abs(a - b).max() for a, b in zip(w0, w))
+    loss_gap = abs(summary["last_epoch"]["loss"] - single["last_epoch"]["loss"]) / abs(single["last_epoch"]["loss"])
     print(f"two hosts vs one process: loss rel. gap {loss_gap:.2e}, max |Δw| {weight_gap:.2e}")
     assert loss_gap < 0.1 and weight_gap < 0.05, (loss_gap, weight_gap)
