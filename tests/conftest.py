@@ -62,3 +62,16 @@ def folder(tmp_path):
         write(tmp_path / "images" / f"{stem}.png", rgb_image(h, w, seed=i))
         write(tmp_path / "masks" / f"{stem}.png", stripes(h, w))
     return tmp_path
+
+
+@pytest.fixture(scope="module")
+def untrained_run(tmp_path_factory):
+    """A run folder as ``fcndata.train`` writes it (config.yaml, model.keras): untrained, 3 classes."""
+    from fcndata.config import dump_config, load_config
+    from fcndata.models import model_from_config
+
+    run = tmp_path_factory.mktemp("run")
+    cfg = load_config(None, ["data.num_classes=3", "model.width=4", "model.variant=fcn32s"])
+    model_from_config(cfg.model, cfg.data).save(run / "model.keras")
+    dump_config(cfg, run / "config.yaml")
+    return run

@@ -321,15 +321,8 @@ def test_paths_are_data_not_format_strings(tmp_path, folder):
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    from fcndata.config import dump_config, load_config
-    from fcndata.models import model_from_config
-
-    run = tmp_path_factory.mktemp("run")
-    cfg = load_config(None, ["data.num_classes=3", "model.width=4", "model.variant=fcn32s"])
-    model_from_config(cfg.model, cfg.data).save(run / "model.keras")
-    dump_config(cfg, run / "config.yaml")
-    return run
+def run(untrained_run):
+    return untrained_run
 
 
 def test_predict_processes_the_good_inputs_and_lists_the_bad_ones(run, tmp_path, capsys):

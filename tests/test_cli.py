@@ -22,7 +22,7 @@ import pytest
 from conftest import write_raw_tiff
 
 from fcndata import cli
-from fcndata.config import ConfigError, dump_config, load_config
+from fcndata.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -136,13 +136,8 @@ def test_resume_of_a_folder_without_a_run(tmp_path, capsys):
 
 
 @pytest.fixture(scope="module")
-def three_class_run(tmp_path_factory):
-    from fcndata.models import model_from_config
-
-    run = tmp_path_factory.mktemp("run3")
-    cfg = load_config(None, ["data.num_classes=3", "model.width=4", "model.variant=fcn32s"])
-    model_from_config(cfg.model, cfg.data).save(run / "model.keras")
-    dump_config(cfg, run / "config.yaml")
+def three_class_run(untrained_run, tmp_path_factory):
+    run = untrained_run
     image = tmp_path_factory.mktemp("img") / "a.png"
     cv2.imwrite(str(image), np.zeros((20, 30, 3), np.uint8))
     return run, image
