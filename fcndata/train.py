@@ -355,6 +355,7 @@ def train(config, run_dir: Path | None = None, resume: bool = False) -> dict:
     from fcndata import sources
     from fcndata.config import dump_config
 
+    _check_batches_fit_the_model(config)
     with sources.collect_skips() as reports:  # skipped files are printed once, at the end, and saved
         has_validation = sources.has_split(config.data, "validation")
         if config.data.on_error == "skip":
@@ -376,6 +377,26 @@ def train(config, run_dir: Path | None = None, resume: bool = False) -> dict:
         summary["skipped"] = len(skipped)
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _check_batches_fit_the_model(config) -> None:
+    """Refuses batches whose height or width the bundled model cannot take, before anything runs.
+
+    Every variant downsamples by ``models.STRIDE`` (32): other sizes fail deep inside the
+    network (a concat of mismatched skips) or, for ``fcn32s``, silently predict a smaller map.
+    Batches are padded to ``batching.pad_to_multiple``, patches included, so that is the key.
+    """
+    from fcndata.config import ConfigError
+    from fcndata.models import STRIDE
+
+    multiple = config.batching.pad_to_multiple
+    if multiple % STRIDE:
+        raise ConfigError(
+            f"{config.source or 'recipe'}: batching.pad_to_multiple must be a multiple of {STRIDE} for the bundled "
+            f"model: model.variant={config.model.variant} downsamples {STRIDE}x, and inputs of other sizes fail inside "
+            f"the network. Set batching.pad_to_multiple: {STRIDE} (or {2 * STRIDE}, ...); a model of your own fed by "
+            f"build_pipeline can use any multiple. Received: batching.pad_to_multiple={multiple}"
+        )
 
 
 def _first_usable(config, split: str) -> None:

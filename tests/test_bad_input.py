@@ -392,6 +392,21 @@ def test_everything_skipped_trains_nothing_and_saves_nothing(tmp_path, capsys):
     assert "rejected files: 3" in captured.out
 
 
+def test_a_pad_multiple_the_model_cannot_take_is_refused_before_anything_runs(tmp_path, capsys):
+    from fcndata.train import main as train_main
+
+    # 16 fed the U-Net decoder a 6x7 skip for a 6x6 one deep inside the graph (a concat error).
+    recipe = str(ROOT / "pipelines" / "shapes.yaml")
+    args = ["--config", recipe, "--set", "batching.pad_to_multiple=16",
+            "--set", f"train.run_dir={tmp_path}"]
+    assert train_main(args) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"error: {recipe}: batching.pad_to_multiple must be a multiple of 32 "), line
+    assert "for the bundled model: model.variant=unet downsamples 32x" in line
+    assert line.endswith("Received: batching.pad_to_multiple=16")
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
 def test_skipped_files_are_printed_once_and_saved_and_no_validation_trains_without_it(tmp_path, capsys):
     from fcndata.train import main
 

@@ -16,7 +16,7 @@ from fcndata.config import load_config
 ROOT = Path(__file__).resolve().parent.parent
 TINY = [
     "data.num_images=6", "data.val_num_images=3", "data.min_size=40", "data.max_size=64",
-    "model.width=8", "batching.batch_size=16", "train.epochs=2", "train.steps_per_epoch=3",
+    "model.width=8", "model.variant=fcn32s", "batching.batch_size=16", "train.epochs=2", "train.steps_per_epoch=3",
     "train.verbose=0",
 ]
 RECIPE = str(ROOT / "pipelines" / "shapes_patchwise.yaml")
