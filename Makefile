@@ -14,8 +14,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# One pytest worker per core (at most 4), whole test files per worker: a file's tests share
+# its fixtures (the tf.data service of tests/test_distributed.py) and run in order.
 test: $(STAMP)
-	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -q
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -q -n auto --maxprocesses=4 --dist loadfile
 
 train: $(STAMP)
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m fcndata.train
