@@ -88,6 +88,12 @@ def test_patchwise_paragraph_follows_the_numbers():
     assert "unlike the paper it cost no wall-clock per step" in text
     assert "balancing helped the mean IoU, unlike the paper's finding" in text
     assert "one seed" not in text  # two seeds each: the spread was measured
+    mixed = _fake({"whole_images": [0.60, 0.62], "loss_sampling_p0.5": [0.80, 0.82], "loss_sampling_p0.25": [0.5, 0.5]},
+                  {"whole_images": 100, "loss_sampling_p0.5": 100, "loss_sampling_p0.25": 100},
+                  {"whole_images": 0.5, "loss_sampling_p0.5": 1.0, "loss_sampling_p0.25": 2.0})
+    text = patchwise.paragraph(summarize(mixed), mixed)
+    assert ("Per iteration, loss_sampling_p0.5 converged faster than whole images (unlike the paper), "
+            "loss_sampling_p0.25 did not") in text
 
 
 def test_balance_paragraph_names_the_rarest_classes_and_the_winner():

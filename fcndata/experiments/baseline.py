@@ -8,7 +8,7 @@ experiments (``fcndata.experiments``) both train it from here.
 
 Example:
   >>> from fcndata.config import load_config
-  >>> cfg = load_config("pipelines/shapes.yaml", ["data.num_images=2", "data.max_size=40"])
+  >>> cfg = load_config("pipelines/shapes.yaml", ["data.num_images=2", "data.min_size=32", "data.max_size=40"])
   >>> x, y, size = load_arrays(cfg, "train")
   >>> x.dtype.name, y.dtype.name, size[0] % 8
   ('float32', 'uint8', 0)

@@ -8,8 +8,10 @@ training scheme differs. :func:`compare` trains seeds × settings round-robin (s
 setting, then seed 1, ...), so a change in the machine's load hits every setting alike.
 
 Each run trains for ``seconds`` of *training* wall-clock: the time of the training steps,
-input pipeline included, counted from the second step (the first traces the graph and is
-reported apart as ``compile_s``). It evaluates the validation split (whole images, mean and
+input pipeline included. Graph tracing is not training: the first step, and a step on a new
+batch shape that took over :data:`RETRACE_FACTOR` times the median step (a retrace; whole
+images of several sizes cause one or two), are reported apart as ``compile_s``; they still
+count as iterations. It evaluates the validation split (whole images, mean and
 per-class IoU over the labeled pixels, :func:`fcndata.train.evaluate`) at ``eval_points``
 evenly spaced points of that budget; evaluation time is excluded and reported as ``eval_s``.
 The recipe's ``train.schedule`` runs over the budget's seconds, not over epochs: cosine and
@@ -42,6 +44,9 @@ import numpy as np
 TRAINERS = ("fcndata", "unet")
 #: sections every setting takes from the base recipe: the same data, augmentation and network
 SHARED_SECTIONS = ("data", "augment", "model")
+#: a step on a batch shape not seen before that takes this many times the median step traced the
+#: graph again (whole images of several sizes do, once or twice; Keras then relaxes the shapes)
+RETRACE_FACTOR = 3.0
 #: epochs of the training stream: far more than a budget reaches (the stream is built once)
 _STREAM_EPOCHS = 100_000
 
@@ -233,8 +238,10 @@ def train_for(
         model = baseline.compiled_unet(config.data.num_classes, x.shape[-1])
         arrays = baseline.array_batches(x, y, config.batching.batch_size, seed)
 
-        def step() -> None:
-            model.train_on_batch(*next(arrays))
+        def step() -> tuple:
+            x, y = next(arrays)
+            model.train_on_batch(x, y)
+            return x.shape
 
         def set_lr(fraction, steps):  # the user's U-Net: Adam at a constant 1e-3
             return None
@@ -242,9 +249,10 @@ def train_for(
         model = _fcndata_model(config)
         batches = iter(build_pipeline(config, "train", epochs=_STREAM_EPOCHS, fixed_length=False))
 
-        def step() -> None:
+        def step() -> tuple:
             inputs, label, weight = next(batches)
             model.train_on_batch(inputs, label, sample_weight=weight)
+            return tuple(label.shape)
 
         current = [None]
 
@@ -257,7 +265,7 @@ def train_for(
     val = build_pipeline(config, "eval")  # built once per run: whole validation images
     set_lr(0.0, 0)
     start = time.perf_counter()
-    step()  # traces the training graph and starts the input pipeline: reported apart, not in the budget
+    shapes = {step()}  # traces the training graph and starts the input pipeline: reported apart, not in the budget
     compile_s = time.perf_counter() - start
     steps, trained, eval_s, times, curve = 1, 0.0, 0.0, [], []
     every = seconds / eval_points
@@ -268,11 +276,15 @@ def train_for(
     while True:
         set_lr(trained / seconds, steps)
         t0 = time.perf_counter()
-        step()
+        shape = step()
         dt = time.perf_counter() - t0
-        trained += dt
         steps += 1
-        times.append(dt)
+        if shape not in shapes and times and dt > RETRACE_FACTOR * float(np.median(times)):
+            compile_s += dt  # a new batch shape traced the graph again: compile time, not training
+        else:
+            trained += dt
+            times.append(dt)
+        shapes.add(shape)
         done = trained >= seconds or (max_steps is not None and steps >= max_steps)
         if trained >= next_eval or steps >= next_eval_step or done:
             t0 = time.perf_counter()

@@ -72,15 +72,20 @@ def paragraph(summary: dict, results: dict) -> str:
         per_iter = [f"{n} {sum(at[n]) / len(at[n]):.3f} ({versus(at[n], at[WHOLE])} whole images' "
                     f"{sum(at[WHOLE]) / len(at[WHOLE]):.3f})" for n in sampled]
         faster = [n for n in sampled if versus(at[n], at[WHOLE]) == "above"]
-        verdict = ("converged faster per iteration than whole images, unlike the paper"
-                   if faster else "did not converge faster per iteration, as the paper found")
+        if not faster:
+            verdict = "Loss sampling did not converge faster per iteration, as the paper found"
+        elif len(faster) == len(sampled):
+            verdict = "Loss sampling converged faster per iteration than whole images, unlike the paper"
+        else:
+            verdict = (f"Per iteration, {' and '.join(faster)} converged faster than whole images (unlike the paper), "
+                       f"{' and '.join(n for n in sampled if n not in faster)} did not")
         cost = ", ".join(f"{n} {s[n]['s_per_step'] / s[WHOLE]['s_per_step']:.2f}× ({s[n]['steps']:.0f} "
                          f"iterations, final {final(n)}, {rel(n)} whole images)" for n in sampled)
         dearer = all(s[n]["s_per_step"] > s[WHOLE]["s_per_step"] for n in sampled)
         out.append(
-            f"Loss sampling {verdict}: at {common} iterations (the fewest any of them reached) "
-            f"{'; '.join(per_iter)}. Its steps took longer — it sees 1/p more images per batch — "
-            f"at {cost} the seconds per step of whole images ({s[WHOLE]['steps']:.0f} iterations, final "
+            f"{verdict}: at {common} iterations (the fewest any of them reached) "
+            f"{'; '.join(per_iter)}. Seeing 1/p more images per batch, its steps took "
+            f"{cost} the seconds per step of whole images ({s[WHOLE]['steps']:.0f} iterations, final "
             f"{final(WHOLE)}); so {'as in the paper it cost wall-clock' if dearer else 'unlike the paper it cost no wall-clock per step'}"
             f" within the {budget} budget."
         )

@@ -166,8 +166,9 @@ def markdown(results: dict, title: str, paragraph: str) -> str:
          "`results.json` next to this file."),
         "",
         *machine_lines(results["machine_start"], results.get("machine_end")),
-        f"- budget: {results['seconds']:g} s of training per run (training steps, input pipeline included; the "
-        "first step, which traces the graph, and the evaluations are excluded and listed apart); "
+        f"- budget: {results['seconds']:g} s of training per run (training steps, input pipeline included; graph "
+        "tracing — the first step and retraces on a new batch shape — and the evaluations are excluded and listed "
+        "apart as compile s and eval s); "
         f"{len(seeds)} seed(s) per setting ({', '.join(map(str, seeds))}), run round-robin; validation evaluated "
         f"{results['eval_points']} times per run"
         + (f"; at most {results['max_steps']} steps per run" if results.get("max_steps") else ""),
