@@ -97,8 +97,8 @@ def run(quick: bool = False) -> list[dict]:
     rows = [[multiple, label, f"{r['padded']:.1%}", f"{r['floor']:.1%}", f"{max(r['padded'] - r['floor'], 0):.1%}",
              r["model_pixels"], r["shapes"], r["images_per_s"], r["ratio"]] for (multiple, label), r in results.items()]
     return [{"title": f"batching strategies on {name}, batch_size={BATCH_SIZE}", "columns": COLUMNS, "rows": rows,
-             "notes": [f"images/s: best of {repeats} runs of {epochs} epochs through batching + to_keras (input "
-                       "pipeline only); ratio to plain batching at the same pad_to, measured in the same run",
+             "notes": [(f"images/s: best of {repeats} runs of {epochs} epochs through batching + to_keras (input "
+                        "pipeline only); ratio to plain batching at the same pad_to, measured in the same run"),
                        "model px: pixels the model processes per epoch relative to plain batching",
                        f"load average at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"]}]
 

@@ -100,7 +100,7 @@ def run(quick: bool = False) -> list[dict]:
     rows = []
     print(f"{'recipe':<32} {'model':<32} {'batch':<16} {'real s/step':>11} {'cached':>8} {'real/cached':>11}")
     for recipe in RECIPES:
-        for label, (overrides, steps, warmup) in MODELS.items():
+        for overrides, steps, warmup in MODELS.values():
             if quick:
                 steps, warmup = 2, 1
             r = measure(recipe, overrides, steps, warmup)
@@ -114,11 +114,11 @@ def run(quick: bool = False) -> list[dict]:
         "columns": ["recipe", "model", "first batch", "timed steps", "real s/step", "cached s/step", "real / cached",
                     "verdict"],
         "rows": rows,
-        "notes": [f"best of {ROUNDS} alternating rounds per feed; compiled with the trainer's loss and metrics "
-                  "(fcndata.train.build_model), steps by train_on_batch",
+        "notes": [(f"best of {ROUNDS} alternating rounds per feed; compiled with the trainer's loss and metrics "
+                   "(fcndata.train.build_model), steps by train_on_batch"),
                   "verdict: input-bound when real / cached > 1.15 (the step waits for the pipeline)",
-                  f"load average before / after: {load_before:.2f} / {os.getloadavg()[0]:.2f} on "
-                  f"{os.cpu_count()} cores"],
+                  (f"load average before / after: {load_before:.2f} / {os.getloadavg()[0]:.2f} on "
+                   f"{os.cpu_count()} cores")],
     }]
 
 

@@ -279,7 +279,8 @@ def train_for(
         shape = step()
         dt = time.perf_counter() - t0
         steps += 1
-        if shape not in shapes and times and dt > RETRACE_FACTOR * float(np.median(times)):
+        # (A new shape before any timed step is taken for a retrace too: at worst one step is not counted.)
+        if shape not in shapes and (not times or dt > RETRACE_FACTOR * float(np.median(times))):
             compile_s += dt  # a new batch shape traced the graph again: compile time, not training
         else:
             trained += dt

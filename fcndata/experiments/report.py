@@ -110,13 +110,13 @@ def versus(x: list[float], y: list[float]) -> str:
     """How values ``x`` (one per seed) compare with ``y``, given the seeds' spread.
 
     ``"above"`` / ``"below"`` when the ranges do not overlap, ``"level with"`` when they do.
-    With a single value on either side there is no spread: the means decide (the report
-    says so once).
+    With a single value on either side there is no spread: the means decide, "level with"
+    if they agree to the third decimal (the report says so once).
 
     >>> versus([0.8, 0.82], [0.7, 0.72]), versus([0.7, 0.72], [0.8, 0.82]), versus([0.7, 0.9], [0.8])
     ('above', 'below', 'level with')
-    >>> versus([0.8], [0.7])
-    'above'
+    >>> versus([0.8], [0.7]), versus([0.0871], [0.0868])
+    ('above', 'level with')
     """
     if len(x) > 1 and len(y) > 1 or len(x) != len(y):
         if min(x) > max(y):
@@ -124,7 +124,8 @@ def versus(x: list[float], y: list[float]) -> str:
         if max(x) < min(y):
             return "below"
         return "level with"
-    return "above" if np.mean(x) > np.mean(y) else "below" if np.mean(x) < np.mean(y) else "level with"
+    diff = float(np.mean(x) - np.mean(y))
+    return "level with" if abs(diff) < 0.0005 else "above" if diff > 0 else "below"
 
 
 def single_seed_note(summary: dict) -> str:
