@@ -420,7 +420,7 @@ def main(
     parser = argparse.ArgumentParser(prog=prog, description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=default_config,
-                        help=f"base recipe: every setting trains its data and model (default {default_config})")
+                        help=f"base recipe: every setting trains its data, augment and model sections (default {default_config})")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one config value in the base and every setting, repeatable")
     parser.add_argument("--seconds", type=float, default=default_seconds,
