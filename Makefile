@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test train bench preview clean
+.PHONY: install test train bench experiment preview clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,8 +22,13 @@ test: $(STAMP)
 train: $(STAMP)
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m fcndata.train
 
+# Every benchmark, one process each, about 15 minutes on 2 cores; writes benchmarks/RESULTS.md.
 bench: $(STAMP)
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) benchmarks/run_all.py
+
+# FCN §4.4 at equal wall-clock (7 settings x 3 seeds, about 30 minutes on 2 cores); writes experiments/patchwise/.
+experiment: $(STAMP)
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m fcndata.experiments.patchwise --config pipelines/brain_fullimage.yaml
 
 preview: $(STAMP)
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m fcndata.preview --config pipelines/brain_fullimage.yaml --out preview.png

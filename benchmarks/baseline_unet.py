@@ -37,51 +37,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-IGNORE = 255
-
+# The U-Net, its compile and its numpy feeding live in the package (the experiments train it too).
+from fcndata.experiments.baseline import IGNORE, compiled_unet, load_arrays, unet  # noqa: F401
 
 # ---------------------------------------------------------------------------- the baseline
-
-
-def unet(num_classes: int, channels: int):
-    """The issue's plain U-Net: 3 levels 16/32/64 + 128 bottleneck, concat skips."""
-    import keras
-    from keras import layers
-
-    def block(x, c):
-        x = layers.Conv2D(c, 3, padding="same", activation="relu")(x)
-        return layers.Conv2D(c, 3, padding="same", activation="relu")(x)
-
-    inputs = keras.Input((None, None, channels))
-    skips, x = [], inputs
-    for c in (16, 32, 64):
-        x = block(x, c)
-        skips.append(x)
-        x = layers.MaxPooling2D()(x)
-    x = block(x, 128)
-    for c, skip in zip((64, 32, 16), reversed(skips)):
-        x = layers.Conv2DTranspose(c, 2, strides=2, padding="same")(x)
-        x = block(layers.Concatenate()([x, skip]), c)
-    return keras.Model(inputs, layers.Conv2D(num_classes, 1)(x))
-
-
-def load_arrays(config, split: str, size=None):
-    """One split as numpy: images float32 [N, H, W, C] in [0, 1], labels uint8 (255 = padding)."""
-    from fcndata import sources
-
-    images, labels = [], []
-    for e in sources.load_source(config.data, split).as_numpy_iterator():
-        images.append(e["image"])
-        labels.append(e["label"])
-    if size is None:
-        size = tuple(int(-(-max(a.shape[i] for a in images) // 8) * 8) for i in (0, 1))
-    x = np.zeros((len(images), *size, images[0].shape[-1]), np.float32)
-    y = np.full((len(images), *size), IGNORE, np.uint8)
-    for i, (im, lab) in enumerate(zip(images, labels)):
-        h, w = lab.shape
-        x[i, :h, :w] = im.astype(np.float32) / np.iinfo(im.dtype).max
-        y[i, :h, :w] = lab
-    return x, y, size
 
 
 def confusion_iou(confusion: np.ndarray, names) -> dict:
@@ -142,11 +101,7 @@ def train_unet(config, seconds: float, seed: int) -> dict:
     keras.utils.set_random_seed(seed)
     x, y, size = load_arrays(config, "train")
     xv, yv, _ = load_arrays(config, "validation", size)
-    model = unet(config.data.num_classes, x.shape[-1])
-    model.compile(
-        keras.optimizers.Adam(1e-3),
-        keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=IGNORE),
-    )
+    model = compiled_unet(config.data.num_classes, x.shape[-1])
     timer = StepTimer(budget=seconds)
     model.fit(x, y, batch_size=config.batching.batch_size, epochs=100_000, callbacks=[timer], verbose=0)
     k = config.data.num_classes
@@ -309,8 +264,7 @@ def main(argv=None) -> int:
             print(json.dumps({"config": args.config, **rows[-1]}), flush=True)
         if args.out:
             with open(args.out, "a") as f:
-                for r in rows[-2 if args.only is None else -1 :]:
-                    f.write(json.dumps({"config": args.config, "overrides": args.overrides, **r}) + "\n")
+                f.writelines(json.dumps({"config": args.config, "overrides": args.overrides, **r}) + "\n" for r in rows[-2 if args.only is None else -1 :])
     print(table(rows, config.data.names))
     return 0
 

@@ -13,9 +13,10 @@ shuffled as in training, for each batching strategy it reports
 * shapes: distinct batch shapes (each is a retrace / XLA compile);
 * model px: pixels the model must process per epoch, as a ratio to plain batching
   (the compute that bucketing saves: real pixels / (1 - padded));
-* batches/s through batching + to_keras on the in-memory source, as a ratio to plain
+* images/s through batching + to_keras on the in-memory source, as a ratio to plain
   batching measured in the same run (input pipeline only; group_by_window costs a
-  little per element, far below what a model step takes).
+  little per element, far below what a model step takes). Images, not batches: bucketing
+  makes batches of different sizes (a bucket's last batch is short).
 
 If the brain source cannot be loaded, synthetic slices of the same shapes (plus a
 few varied ones) are used instead, and the output says so.
@@ -71,7 +72,7 @@ def batch_shapes(ds: tf.data.Dataset) -> int:
 
 
 def throughput(ds: tf.data.Dataset, stages: dict, epochs: int, repeats: int) -> dict:
-    """Batches/s of each stage: best of ``repeats`` rounds, the stages interleaved in each
+    """Images/s of each stage: best of ``repeats`` rounds, the stages interleaved in each
     round, so load from other processes on a shared machine hits them alike."""
     pipelines = {k: ds.repeat(epochs).apply(s).apply(to_keras()).prefetch(tf.data.AUTOTUNE) for k, s in stages.items()}
     for pipeline in pipelines.values():
@@ -81,13 +82,32 @@ def throughput(ds: tf.data.Dataset, stages: dict, epochs: int, repeats: int) -> 
     for _ in range(repeats):
         for key, pipeline in pipelines.items():
             start, n = time.perf_counter(), 0
-            for _ in pipeline:
-                n += 1
+            for _, label, _ in pipeline:
+                n += int(label.shape[0])
             best[key] = max(best[key], n / (time.perf_counter() - start))
     return best
 
 
+COLUMNS = ["pad_to", "strategy", "padded", "floor", "excess", "model px", "shapes", "images/s", "ratio to plain"]
+
+
+def run(quick: bool = False) -> list[dict]:
+    """The benchmark as one table for ``benchmarks/run_all.py`` (see its docstring)."""
+    results, name, repeats, epochs = measure(quick)
+    rows = [[multiple, label, f"{r['padded']:.1%}", f"{r['floor']:.1%}", f"{max(r['padded'] - r['floor'], 0):.1%}",
+             r["model_pixels"], r["shapes"], r["images_per_s"], r["ratio"]] for (multiple, label), r in results.items()]
+    return [{"title": f"batching strategies on {name}, batch_size={BATCH_SIZE}", "columns": COLUMNS, "rows": rows,
+             "notes": [(f"images/s: best of {repeats} runs of {epochs} epochs through batching + to_keras (input "
+                        "pipeline only); ratio to plain batching at the same pad_to, measured in the same run"),
+                       "model px: pixels the model processes per epoch relative to plain batching",
+                       f"load average at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"]}]
+
+
 def main(quick: bool = False) -> dict:
+    return measure(quick)[0]
+
+
+def measure(quick: bool = False):
     source, name = brain_or_synthetic()
     sizes = sizes_of(source)
     # Training order: shuffled images (the source itself is grouped by slice axis,
@@ -96,8 +116,8 @@ def main(quick: bool = False) -> dict:
     epochs, repeats = (2, 1) if quick else (3, 5)
     multiples = (32,) if quick else (32, 8, 1)
     print(f"data: {name}: {len(sizes)} images, shapes {sorted({tuple(s) for s in sizes.tolist()})[:6]}")
-    print(f"batch_size={BATCH_SIZE}; batches/s: best of {repeats} runs of {epochs} epochs (input pipeline only)\n")
-    print(f"{'pad_to':>6} {'strategy':<18} {'padded':>7} {'floor':>6} {'excess':>7} {'model px':>8} {'shapes':>6} {'batches/s':>9} {'ratio':>6}")
+    print(f"batch_size={BATCH_SIZE}; images/s: best of {repeats} runs of {epochs} epochs (input pipeline only)\n")
+    print(f"{'pad_to':>6} {'strategy':<18} {'padded':>7} {'floor':>6} {'excess':>7} {'model px':>8} {'shapes':>6} {'images/s':>9} {'ratio':>6}")
     results = {}
     for multiple in multiples:
         floor = floor_fraction(sizes, multiple)
@@ -116,13 +136,14 @@ def main(quick: bool = False) -> dict:
             rate = rates[label]
             model_px = (1.0 - base_frac) / (1.0 - frac)
             results[(multiple, label)] = {
-                "padded": frac, "floor": floor, "model_pixels": model_px, "shapes": shapes, "batches_per_s": rate
+                "padded": frac, "floor": floor, "model_pixels": model_px, "shapes": shapes, "images_per_s": rate,
+                "ratio": rate / base_rate,
             }
             print(
                 f"{multiple:>6} {label:<18} {frac:>7.1%} {floor:>6.1%} {max(frac - floor, 0.0):>7.1%} {model_px:>8.2f} {shapes:>6} "
                 f"{rate:>9.1f} {rate / base_rate:>6.2f}"
             )
-    return results
+    return results, name, repeats, epochs
 
 
 if __name__ == "__main__":

@@ -142,6 +142,13 @@ SKIPPED_COMMANDS = {
     "make train": "trains the default recipe for minutes; the same code runs in the train commands below",
     "make test": "is this test suite",
     "make preview": "is the first preview command, run below",
+    "make bench": "runs every benchmark for about 15 minutes (benchmarks/ is not part of the suite); "
+                  "tests/test_experiments.py::test_run_all_renders_every_benchmark_table_with_memory_and_machine "
+                  "checks the RESULTS.md it writes",
+    "make experiment": "trains 7 settings x 3 seeds for about 30 minutes: the patchwise command below",
+    "python -m fcndata.experiments.": "trains every setting for minutes; tests/test_experiments.py::"
+                                      "test_patchwise_on_shapes_writes_table_plot_and_paragraph_from_the_runs runs "
+                                      "the same driver on tiny shapes",
     "python benchmarks/": "benchmarks train or measure for minutes (make bench runs them); benchmarks/ is not "
                           "part of the test suite",
     "python -m fcndata.distributed": "starts long-running tf.data service servers; tests/test_distributed.py starts "
