@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from fcndata.config import load_config
 from fcndata.experiments import balance, patchwise
 from fcndata.experiments.compare import Setting, differences, lr_at, resolve
 from fcndata.experiments.report import markdown, summarize, versus
@@ -41,7 +42,10 @@ def test_patchwise_on_shapes_writes_table_plot_and_paragraph_from_the_runs(tmp_p
     row = next(line for line in text.splitlines() if line.startswith("| loss_sampling_p0.5 | 1 |"))
     assert f"| {sampled['mean_iou']:.3f} |" in row and f"| {sampled['steps']} |" in row
     assert "python -m fcndata.experiments.patchwise --config pipelines/shapes.yaml" in text
-    assert "`sampling.loss_keep_probability=0.5`" in text and "`batching.batch_size=16`" in text
+    assert "`sampling.loss_keep_probability=0.5`" in text
+    # the setting's own batch size is listed where it differs from the base recipe's (shapes: 8)
+    sampled_batch = load_config(ROOT / "pipelines" / "brain_loss_sampling_p50.yaml").batching.batch_size
+    assert ("`batching.batch_size=" in text) == (sampled_batch != load_config(ROOT / "pipelines" / "shapes.yaml").batching.batch_size)
     # the paragraph states the measured order
     word = versus([sampled["mean_iou"]], [whole["mean_iou"]])
     assert f"final {sampled['mean_iou']:.3f}, {word} whole images" in text
