@@ -187,9 +187,12 @@ def _memory_child(what: str, size: int) -> None:
         predictor = SlidingWindowPredictor(_identity_model(), patch_size=patch, stride=stride, blend="gaussian",
                                            batch_size=16, pad_to_multiple=1)
         # Trace outside the measurement: two sizes, so the graph traced is the size-generic
-        # one every later image uses (tracing memory is once per predictor, not per image).
+        # one every later image uses, and a strip of two window rows of the full width, so
+        # XLA has compiled the block path's job shapes (tracing and compiling memory is once
+        # per predictor and shape, not per image).
         predictor.predict(image[:300, :300])
         predictor.predict(image[:333, :300])
+        predictor.predict(image[: patch + stride])
         with _PeakRss() as m:
             out = predictor.predict(image)
         print(f"RESULT {m.added} {len(P.grid_origins_2d((size, size), patch, stride))} {out.nbytes} 0")
@@ -278,6 +281,7 @@ def main(quick: bool = False) -> dict:
                                            batch_size=16, pad_to_multiple=1)
     big_predictor.predict(big_image[:300, :300])  # trace the size-generic graph (two sizes)
     big_predictor.predict(big_image[:333, :300])
+    big_predictor.predict(big_image[: 256 + 128])  # and compile the job shapes of full-width bands
     t, _ = _timed(lambda: big_predictor.predict(big_image), 1)
     rows.append((str(big), "SlidingWindowPredictor identity", n, t, "B"))
 
