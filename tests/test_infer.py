@@ -133,7 +133,7 @@ def test_block_path_identity_exact_for_crop_odd_sizes(blend):
 def test_block_path_equals_scatter_path_and_numpy_stitcher(blend):
     image = np.random.default_rng(3).random((45, 61, 3)).astype(np.float32)
     model = _Scores(name="scores")
-    kwargs = dict(patch_size=16, stride=8, blend=blend, batch_size=4, pad_to_multiple=8)
+    kwargs = {"patch_size": 16, "stride": 8, "blend": blend, "batch_size": 4, "pad_to_multiple": 8}
     block = SlidingWindowPredictor(model, **kwargs).predict(image)
     scatter = SlidingWindowPredictor(model, jit_compile=False, **kwargs).predict(image)
     origins = grid_origins_2d((45, 61), 16, 8)
