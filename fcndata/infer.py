@@ -136,7 +136,7 @@ class SlidingWindowPredictor:
         overlap; the job's own output when one job covers the image) plus one job —
         its image region, its float32 windows (at most :data:`JOB_BYTES`, at least one
         batch), the model outputs and the job's output region. 8192² RGB, patch 256,
-        stride 128, batch 16: 1.06x the output (``benchmarks/patches.py``).
+        stride 128, batch 16: 1.02x the output (``python benchmarks/patches.py``).
 
         Memory, scatter path: the float32 output ``[H, W, K]`` itself — a
         variable the batches are scatter-added into in place, handed back without a
@@ -394,9 +394,10 @@ class SlidingWindowPredictor:
 BAND_BYTES = 8 * 2**20
 
 
-#: Float32 window bytes one job of the block predictor cuts at a time (at least
-#: ``batch_size`` windows): 85 windows of 128² RGB, 21 of 256².
+#: Float32 window bytes one job of the block predictor cuts at a time, in whole batches
+#: (at least one): 64 windows of 128² RGB at batch 64, 16 of 256² at batch 16.
 JOB_BYTES = 16 * 2**20
+
 
 def _jobs(ys, xs, sh: int, sw: int, nh: int, max_windows: int, row_bytes: int, budget: int):
     """Rectangles of windows (row range, column range) on one lattice each: lattice rows
