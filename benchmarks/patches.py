@@ -9,7 +9,9 @@ One run, the same seeded images, 2 threads, each row timed as the best of a few 
   balanced  ``BalancedPatches`` (49 per image) on the 512² set
   Stitcher  numpy ``Stitcher`` (gaussian, grid stride) re-assembling the 512² grid
   predictor ``SlidingWindowPredictor`` with an identity Keras model, gaussian blend:
-            the 512² set (patch 128, stride 64) and one 8192² image (patch 256, stride 128)
+            the 512² set (patch 128, stride 64) and one 8192² image (patch 256, stride 128);
+            the default block path and, as "(scatter)", ``jit_compile=False`` (the
+            scatter-add path it replaced when the stride divides the patch)
 
 next to two numpy references measured on the same images in the same run:
 
@@ -187,9 +189,12 @@ def _memory_child(what: str, size: int) -> None:
         predictor = SlidingWindowPredictor(_identity_model(), patch_size=patch, stride=stride, blend="gaussian",
                                            batch_size=16, pad_to_multiple=1)
         # Trace outside the measurement: two sizes, so the graph traced is the size-generic
-        # one every later image uses (tracing memory is once per predictor, not per image).
+        # one every later image uses, and a strip of two window rows of the full width, so
+        # XLA has compiled the block path's job shapes (tracing and compiling memory is once
+        # per predictor and shape, not per image).
         predictor.predict(image[:300, :300])
         predictor.predict(image[:333, :300])
+        predictor.predict(image[: patch + stride])
         with _PeakRss() as m:
             out = predictor.predict(image)
         print(f"RESULT {m.added} {len(P.grid_origins_2d((size, size), patch, stride))} {out.nbytes} 0")
@@ -265,21 +270,34 @@ def main(quick: bool = False) -> dict:
 
     t, n = _timed(stitch_all, repeats)
     rows.append(("512", "Stitcher gaussian (numpy)", n, t, "B"))
-    predictor = SlidingWindowPredictor(_identity_model(), patch_size=PATCH, stride=STRIDE, blend="gaussian",
-                                       batch_size=BATCH, pad_to_multiple=1)
-    predictor.predict(images[0])  # trace once
-    t, _ = _timed(lambda: [predictor.predict(im) for im in images], repeats)
-    rows.append(("512", "SlidingWindowPredictor identity", num * per_image, t, "B"))
+    def predictor_of(**kwargs):
+        kwargs = {**kwargs, "blend": "gaussian", "pad_to_multiple": 1}
+        if not scatter:
+            return SlidingWindowPredictor(_identity_model(), **kwargs)
+        try:  # the scatter-add path, the predictor before the block path (for before/after)
+            return SlidingWindowPredictor(_identity_model(), jit_compile=False, **kwargs)
+        except TypeError:  # a version without the block path
+            return None
+
+    for scatter in (False, True):
+        predictor = predictor_of(patch_size=PATCH, stride=STRIDE, batch_size=BATCH)
+        if predictor is not None:
+            predictor.predict(images[0])  # trace (and compile) once
+            t, _ = _timed(lambda p=predictor: [p.predict(im) for im in images], repeats)
+            rows.append(("512", "SlidingWindowPredictor identity" + " (scatter)" * scatter, num * per_image, t, "B"))
 
     big_image = _images([(big, big)], seed=2)[0][0]
     t, n = _timed(lambda: numpy_overlap_add(big_image, 256, 128)[1], 1)
     rows.append((str(big), "B numpy overlap-add", n, t, None))
-    big_predictor = SlidingWindowPredictor(_identity_model(), patch_size=256, stride=128, blend="gaussian",
-                                           batch_size=16, pad_to_multiple=1)
-    big_predictor.predict(big_image[:300, :300])  # trace the size-generic graph (two sizes)
-    big_predictor.predict(big_image[:333, :300])
-    t, _ = _timed(lambda: big_predictor.predict(big_image), 1)
-    rows.append((str(big), "SlidingWindowPredictor identity", n, t, "B"))
+    for scatter in (False, True):
+        big_predictor = predictor_of(patch_size=256, stride=128, batch_size=16)
+        if big_predictor is None:
+            continue
+        big_predictor.predict(big_image[:300, :300])  # trace the size-generic graph (two sizes)
+        big_predictor.predict(big_image[:333, :300])
+        big_predictor.predict(big_image[: 256 + 128])  # and compile the job shapes of full-width bands
+        t, _ = _timed(lambda p=big_predictor: p.predict(big_image), 1)
+        rows.append((str(big), "SlidingWindowPredictor identity" + " (scatter)" * scatter, n, t, "B"))
 
     load = os.getloadavg()[0]
     print(f"\npatches: 512 set = {num} RGB 512x512 + mask, patch {PATCH}, stride {STRIDE}, batch {BATCH}; "

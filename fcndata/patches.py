@@ -378,6 +378,25 @@ def grid_table_index(y, block, blocks, patch_size: Pair, g: int) -> tf.Tensor:
     return rows + block[:, None, None] + tf.range(nw // g)[None, None, :]
 
 
+#: Largest patch / stride ratio blended as k² shifted block adds (see
+#: :func:`block_cuttable`); above it the scatter-add path is fewer ops.
+MAX_BLOCKS = 8
+
+
+def block_cuttable(patch_size: Pair, stride: Pair) -> bool:
+    """True when each stride divides its patch side with at most :data:`MAX_BLOCKS`
+    blocks per side: a window is then k × k blocks of s × s pixels, k = n / s, and
+    overlapping windows share whole blocks.
+
+    Example:
+      >>> block_cuttable(128, 64), block_cuttable((128, 96), (64, 32)), block_cuttable(16, 6)
+      (True, True, False)
+    """
+    n = pair(patch_size, "patch_size", "block_cuttable")
+    s = pair(stride, "stride", "block_cuttable")
+    return all(a % b == 0 and a // b <= MAX_BLOCKS for a, b in zip(n, s))
+
+
 def random_origins(shape, patch_size: Pair, num: int, key) -> tf.Tensor:
     """``num`` uniform (y, x) origins with the patch inside the image: ``[num, 2]`` int32.
 

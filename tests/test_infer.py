@@ -100,6 +100,74 @@ def test_bands_of_window_rows_give_the_same_output(blend, monkeypatch):
         monkeypatch.undo()
 
 
+# ---------------------------------------------------------------- block path (stride divides patch)
+
+
+@pytest.mark.parametrize("blend", BLENDS)
+def test_block_path_identity_exact_for_crop_odd_sizes(blend):
+    # Stride divides the patch: k² shifted block adds under XLA. Odd sizes give the
+    # shifted last row and column of windows (their own jobs); batch 5 and tiny bands
+    # split the lattice into several jobs whose outputs overlap.
+    import fcndata.infer as I
+
+    rng = np.random.default_rng(7)
+    image = rng.integers(0, 256, (45, 61, 3)).astype(np.uint8)
+    expected = image / np.float32(255)
+    p = SlidingWindowPredictor(_identity(), patch_size=(16, 24), stride=(8, 12), blend=blend, batch_size=5,
+                               pad_to_multiple=8)
+    outs = [p.predict(image)]
+    old, I.BAND_BYTES = I.BAND_BYTES, 1  # one window row per band
+    try:
+        outs.append(p.predict(image))
+    finally:
+        I.BAND_BYTES = old
+    for out in outs:
+        assert out.dtype == np.float32 and out.shape == image.shape
+        if blend == "crop":
+            assert np.array_equal(out, expected)
+        else:
+            np.testing.assert_allclose(out, expected, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("blend", ["gaussian", "crop"])
+def test_block_path_equals_scatter_path_and_numpy_stitcher(blend):
+    image = np.random.default_rng(3).random((45, 61, 3)).astype(np.float32)
+    model = _Scores(name="scores")
+    kwargs = {"patch_size": 16, "stride": 8, "blend": blend, "batch_size": 4, "pad_to_multiple": 8}
+    block = SlidingWindowPredictor(model, **kwargs).predict(image)
+    scatter = SlidingWindowPredictor(model, jit_compile=False, **kwargs).predict(image)
+    origins = grid_origins_2d((45, 61), 16, 8)
+    patches = np.stack([image[y : y + 16, x : x + 16] for y, x in origins])
+    reference = Stitcher((45, 61), 16, 2, blend=blend)
+    reference.add(model(patches).numpy(), origins)
+    np.testing.assert_allclose(block, reference.result(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(block, scatter, rtol=1e-6, atol=1e-6)
+
+
+def test_block_path_small_image_masked_and_flipped():
+    image = keras.Input((None, None, 3), name="image")
+    roi = keras.Input((None, None, 1), name="roi")
+    masked = keras.Model({"image": image, "roi": roi}, keras.layers.Concatenate()([image, roi]))
+    out = SlidingWindowPredictor(masked, patch_size=16, stride=8, pad_to_multiple=8).predict(np.ones((10, 20, 3), np.float32))
+    assert out.shape == (10, 20, 4) and np.allclose(out, 1.0)  # padded rows 10..15 are roi 0, never returned
+    x = np.random.default_rng(2).random((33, 40, 3)).astype(np.float32)
+    np.testing.assert_allclose(SlidingWindowPredictor(_identity(), patch_size=32, stride=16, flip_tta=True).predict(x), x, atol=1e-6)
+
+
+def test_jobs_cover_the_grid_once_in_lattice_rectangles():
+    from fcndata.infer import _jobs
+    from fcndata.patches import grid_origins
+
+    ys, xs = grid_origins(45, 16, 8), grid_origins(61, 24, 12)  # both end with a shifted origin
+    jobs = _jobs(ys, xs, 8, 12, 16, max_windows=5, row_bytes=1, budget=10**6)
+    cells = sorted((i, j) for rows, cols in jobs for i in rows for j in cols)
+    assert cells == [(i, j) for i in range(len(ys)) for j in range(len(xs))]
+    for rows, cols in jobs:
+        assert len(rows) * len(cols) <= 5
+        for o, group, s in ((ys, rows, 8), (xs, cols, 12)):  # one lattice per job and axis
+            assert len(group) == 1 or all(o[i] % s == 0 for i in group)
+
+
 def test_masked_model_sees_roi_zero_on_padding():
     image = keras.Input((None, None, 3), name="image")
     roi = keras.Input((None, None, 1), name="roi")
