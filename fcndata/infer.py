@@ -722,4 +722,5 @@ def predictor_from_config(model, cfg, masked: bool | None = None) -> SlidingWind
         batch_size=cfg.batch_size,
         flip_tta=cfg.flip_tta,
         masked=masked,
+        jit_compile=cfg.jit_compile,
     )

@@ -154,6 +154,20 @@ def test_block_path_small_image_masked_and_flipped():
     np.testing.assert_allclose(SlidingWindowPredictor(_identity(), patch_size=32, stride=16, flip_tta=True).predict(x), x, atol=1e-6)
 
 
+def test_predict_section_chooses_the_path():
+    from fcndata.infer import predictor_from_config
+
+    image = np.random.default_rng(5).random((50, 71, 3)).astype(np.float32)
+    outs = []
+    for jit in ("true", "false"):
+        cfg = load_config(None, ["predict.patch_size=32", "predict.stride=16", f"predict.jit_compile={jit}"]).predict
+        p = predictor_from_config(_identity(), cfg)
+        assert p.jit_compile is (jit == "true")
+        outs.append(p.predict(image))
+    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-6)
+    np.testing.assert_allclose(outs[0], image, rtol=1e-6)
+
+
 def test_jobs_cover_the_grid_once_in_lattice_rectangles():
     from fcndata.infer import _jobs
     from fcndata.patches import grid_origins
