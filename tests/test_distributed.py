@@ -59,10 +59,14 @@ class Service:
         proc = subprocess.Popen([sys.executable, "-m", "fcndata.distributed", *args], stdout=log,
                                 stderr=subprocess.STDOUT, env=_env(), cwd=ROOT)
         deadline = time.time() + 300  # a hang detector: a start under a loaded machine takes a minute
-        while "listening on" not in (self.tmp_path / f"{name}.log").read_text():
-            assert proc.poll() is None, (self.tmp_path / f"{name}.log").read_text()
-            assert time.time() < deadline, f"{name} did not start"
-            time.sleep(0.1)
+        try:
+            while "listening on" not in (self.tmp_path / f"{name}.log").read_text():
+                assert proc.poll() is None, (self.tmp_path / f"{name}.log").read_text()
+                assert time.time() < deadline, f"{name} did not start"
+                time.sleep(0.1)
+        except BaseException:
+            proc.kill()  # a failed start leaves no process behind
+            raise
         return proc
 
     def _start_dispatcher(self) -> subprocess.Popen:
