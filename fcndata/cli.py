@@ -100,6 +100,11 @@ def one_line(error: BaseException) -> str:
     else:
         text = str(error)
     text = _FUNCTION.sub("", _NODE.sub("", text))
+    # autograph re-raises an error from traced code as "in user code:", the traced frames,
+    # then "    ValueError: <message>": keep the message.
+    raised = re.search(r"^\s*in user code:.*?\n\s+\w+(?:Error|Exception): (.*)\Z", text, flags=re.S)
+    if raised:
+        text = raised.group(1)
     found = _ASSERTION.search(text)
     if found:  # tf.debugging.assert_* wraps our message in [ ... ], wherever TF puts it
         return " ".join(re.split(r"\]\s*\[", found.group(1))[0].split())

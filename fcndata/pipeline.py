@@ -6,6 +6,7 @@ to_keras → prefetch. An optional stage is skipped when its YAML section is abs
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -139,11 +140,15 @@ def build_pipeline(
     # Built once, eagerly: size buckets come from the sizes in the source's metadata (image
     # headers, array shapes) when it has them, else from a read of the source, because the
     # data cannot be read inside the per-epoch function.
-    bucketing = config.batching.bucket_by != "none" and config.batching.bucket_boundaries is None and mode != "predict"
-    sizes = _sizes_dataset(data, split) if bucketing and not (training and config.patches) else None
+    batching_cfg = config.batching
+    if training and config.patches is not None and batching_cfg.bucket_by != "none":
+        # Training patches all have patch_size: there is nothing to bucket, so switching
+        # patches on in a whole-image recipe needs no other change (eval still buckets).
+        batching_cfg = dataclasses.replace(batching_cfg, bucket_by="none")
+    bucketing = batching_cfg.bucket_by != "none" and batching_cfg.bucket_boundaries is None and mode != "predict"
+    sizes = _sizes_dataset(data, split) if bucketing else None
     batcher = batching.batching_from_config(
-        config.batching, data, mode, shuffle=False,
-        dataset=None if (training and config.patches) else (sizes if sizes is not None else source),
+        batching_cfg, data, mode, shuffle=False, dataset=sizes if sizes is not None else source,
     )
 
     if not training:

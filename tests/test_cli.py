@@ -326,3 +326,17 @@ def test_no_private_tensorflow_or_keras_api():
     for path in sorted((ROOT / "fcndata").rglob("*.py")):
         for number, line in enumerate(path.read_text().splitlines(), 1):
             assert not private.search(line), f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+
+
+def test_an_error_raised_in_traced_code_keeps_its_message():
+    import tensorflow as tf
+
+    from fcndata.cli import one_line
+
+    def stage(ds):
+        raise ValueError("BucketBySize: boundaries=None must be derived. Received: boundaries=None")
+
+    with pytest.raises(ValueError) as raised:  # autograph wraps it as "in user code: ... ValueError: ..."
+        tf.data.Dataset.range(2).flat_map(lambda i: tf.data.Dataset.from_tensors(i).apply(stage))
+    assert str(raised.value).lstrip().startswith("in user code:")
+    assert one_line(raised.value) == "BucketBySize: boundaries=None must be derived. Received: boundaries=None"

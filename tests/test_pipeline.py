@@ -255,3 +255,15 @@ def test_epochs_stage_validates_its_arguments():
     with pytest.raises(TypeError, match=r"Epochs: initial_epoch must be an int. Received: initial_epoch=1.5"):
         E.Epochs(2, initial_epoch=1.5)
     assert repr(E.Epochs(3, 1)) == "Epochs(count=3, initial_epoch=1, shuffle_buffer=0, seed=0)"
+
+
+def test_patches_switched_on_in_a_bucketing_recipe_batch_plainly():
+    # The one-line switch of README "Class balance": patches added to a whole-image recipe that
+    # buckets by area. Patches all have patch_size, so training batches them without buckets.
+    cfg = _cfg("brain_fullimage.yaml", "batching.batch_size=4", "batching.bucket_by=area",
+               "patches.mode=balanced", "patches.patch_size=32", "patches.num_per_image=2")
+    batches = _batches(build_pipeline(cfg, "train", keras=False, epochs=1), steps_per_epoch(cfg))
+    assert {b["image"].shape[1:3] for b in batches} == {(32, 32)}
+    assert all(np.any(b["roi"]) for b in batches)
+    evaluation = next(iter(build_pipeline(cfg, "eval", keras=False)))  # eval still buckets whole images
+    assert evaluation["image"].shape[1] % 32 == 0 and evaluation["image"].shape[1] >= 40
