@@ -499,6 +499,7 @@ def _train(config, run_dir: Path, resume: bool, has_validation: bool) -> dict:
             if has_validation:
                 logs.append(_image_logger(model, config, run_dir / "logs", val_elements))
             callbacks = [*logs, *callbacks]
+        fit_started = time.time()
         if initial_epoch < t.epochs and name == "multi_worker":
             _fit_multi_worker(strategy, model, config, train_ds, val_ds if chief else None, initial_epoch, steps,
                               callbacks)
@@ -513,6 +514,7 @@ def _train(config, run_dir: Path, resume: bool, has_validation: bool) -> dict:
                 verbose=t.verbose,
                 shuffle=False,  # the pipeline already shuffles, per epoch and seeded
             )
+        fit_seconds = round(time.time() - fit_started, 1)
         if not chief:
             model.save(out_dir / "model.keras")
             return {"run_dir": str(out_dir), "strategy": name, "replicas": replicas, "chief": False}
@@ -539,6 +541,7 @@ def _train(config, run_dir: Path, resume: bool, has_validation: bool) -> dict:
         "epochs": t.epochs,
         "steps_per_epoch": steps,
         "seconds": round(time.time() - started, 1),
+        "fit_seconds": fit_seconds,
         "policy": policy,
         "jit_compile": bool(model.jit_compile),
         "strategy": name,
@@ -600,7 +603,8 @@ def main(argv=None) -> int:
         else:
             per_class = ", ".join(f"{n} {x:.3f}" if x is not None else f"{n} n/a" for n, x in v["per_class_iou"].items())
             print(f"fcndata: validation mean IoU {v['mean_iou']:.3f} ({per_class}); "
-                  f"pixel accuracy {v['pixel_accuracy']:.3f}; {summary['seconds']:.0f} s")
+                  f"pixel accuracy {v['pixel_accuracy']:.3f}; {summary['seconds']:.0f} s "
+                  f"({summary['fit_seconds']:.0f} s of training)")
         made = "model.keras, predictions.png, history.png" if v is not None else "model.keras, history.png"
         print(f"fcndata: results in {summary['run_dir']}/ ({made}, summary.json)")
         return 0

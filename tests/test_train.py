@@ -39,8 +39,10 @@ def test_train_writes_every_artifact(tmp_path, capsys):
     summary = json.loads((run / "summary.json").read_text())
     assert 0.0 <= summary["validation"]["mean_iou"] <= 1.0
     assert set(summary["validation"]["per_class_iou"]) == {"class0", "class1", "class2", "class3"}
+    assert 0.0 < summary["fit_seconds"] <= summary["seconds"]
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-1].startswith(f"fcndata: results in {run}")
+    assert lines[-2].endswith(f"{summary['seconds']:.0f} s ({summary['fit_seconds']:.0f} s of training)")
     # the resolved config reloads and reproduces the run's settings
     assert load_config(run / "config.yaml").train.steps_per_epoch == 3
 
