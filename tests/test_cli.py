@@ -30,7 +30,7 @@ ENV = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", 
 ENV["CUDA_VISIBLE_DEVICES"] = ""
 TINY = ["data.num_images=6", "data.val_num_images=3", "data.min_size=40", "data.max_size=64", "model.width=4",
         "model.variant=fcn32s", "loss.name=cross_entropy", "loss.terms=null",  # the mechanics, not the recipe's model
-        "batching.batch_size=16", "train.steps_per_epoch=2", "train.verbose=0"]
+        "batching.batch_size=16", "train.steps_per_epoch=2", "train.verbose=0", "batching.pad_to_multiple=32"]
 
 
 def _sets(items):

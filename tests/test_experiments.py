@@ -19,7 +19,7 @@ from fcndata.experiments.report import markdown, summarize, versus
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["data.num_images=4", "data.val_num_images=2", "data.min_size=32", "data.max_size=40", "model.width=4",
-        "model.variant=fcn32s"]  # the smallest graph: tracing it is most of a run's time
+        "model.variant=fcn32s", "batching.pad_to_multiple=32"]  # the smallest graph: tracing it is most of a run's time
 
 
 def test_patchwise_on_shapes_writes_table_plot_and_paragraph_from_the_runs(tmp_path, monkeypatch, capsys):

@@ -159,6 +159,7 @@ def test_training_starts_without_reading_the_source_first(monkeypatch, tmp_path)
     cfg = load_config(ROOT / "pipelines" / "shapes.yaml", [
         "data.num_images=2000", "data.val_num_images=2", "data.min_size=16", "data.max_size=24",
         "batching.batch_size=4", "train.epochs=3", f"train.run_dir={tmp_path}", "model.width=4",
+        "batching.pad_to_multiple=32",
     ])
     with pytest.raises(Started) as started:
         trainer.train(cfg, tmp_path / "run")
