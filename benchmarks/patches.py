@@ -209,12 +209,70 @@ def _memory(what: str, size: int):
     return tuple(int(v) for v in line.split()[1:])
 
 
+def _where_time_goes(P, from_arrays, images, labels, repeats) -> dict:
+    """The grid stream taken apart on the 512 set: the cut alone, then each tf.data layer.
+
+    Returns printable rows, the per-element overhead, bytes moved per patch and the
+    limits they imply for a stream that hands out patches one element at a time.
+    """
+    tf = _tf()
+    stage = P.ExtractPatches(PATCH, STRIDE)
+    ds = from_arrays(images, labels, num_classes=5).cache()
+    elements = list(ds)
+    spec = ds.element_spec
+    cutter = stage._cutter(spec)
+    per_image = len(P.grid_origins_2d((512, 512), PATCH, STRIDE))
+    bytes_per_patch = PATCH * PATCH * (images[0].shape[2] + 2)
+
+    @tf.function(input_signature=[spec])
+    def cut(e):
+        return cutter(stage._job(e), tf.constant(0, tf.int64))
+
+    cut(elements[0])
+    n = len(elements) * per_image
+    # every dataset is built (and its functions traced) before the clock starts
+    mapped = ds.map(lambda e: cutter(stage._job(e), tf.constant(0, tf.int64)))
+    chunks, whole = ds.apply(stage.chunks), ds.apply(stage).batch(BATCH)
+    small = tf.data.Dataset.range(n).map(lambda i: {"image": tf.fill([1], i)}).batch(BATCH)
+    unbatch = tf.data.Dataset.from_tensors({"image": tf.zeros([per_image, 1], tf.uint8)}).repeat(len(elements))
+    unbatch = unbatch.unbatch().batch(BATCH)
+    t_op, _ = _timed(lambda: [cut(e)["image"].shape for e in elements], repeats)
+    t_map, _ = _timed(lambda: _count(mapped), repeats)
+    t_chunks, _ = _timed(lambda: _count(chunks), repeats)
+    t_stage, _ = _timed(lambda: _count(whole), repeats)
+    t_elem, _ = _timed(lambda: _count(small), repeats)
+    t_unbatch, _ = _timed(lambda: _count(unbatch), repeats)
+    op_rate = n / t_op
+    element_us = 1e6 * t_elem / n
+    unbatch_us = 1e6 * t_unbatch / n
+    pixels_us = 1e6 * t_op / n
+    rows = [
+        ("cut alone (tf.function, whole image, 2 threads)", f"{op_rate:8.0f} patches/s  {op_rate * bytes_per_patch / 1e9:5.2f} GB/s out"),
+        ("cut in a tf.data map (one element per image)", f"{n / t_map:8.0f} patches/s"),
+        ("ExtractPatches.chunks (per-image chunk datasets)", f"{n / t_chunks:8.0f} patches/s"),
+        ("ExtractPatches -> batch(64) (one slice per patch)", f"{n / t_stage:8.0f} patches/s"),
+        ("tf.data: one tiny element through map + batch(64)", f"{element_us:8.1f} us/element"),
+        ("tf.data: one tiny element out of unbatch + batch(64)", f"{unbatch_us:8.1f} us/element"),
+    ]
+    map_us = 1e6 * t_map / n
+    limits = [
+        f"the vectorised cut costs {pixels_us:.1f} us per patch as one tf.function (2 intra-op threads) and "
+        f"{map_us:.1f} us inside a tf.data map: a stream of it cannot pass {n / t_map:.0f} patches/s here, "
+        f"{1e6 * t_stage / n:.1f} us per patch is what one slice per patch costs today",
+        f"per element tf.data adds {unbatch_us:.1f} us (unbatch) to {element_us:.1f} us (map + batch): "
+        f"element count is not the limit; moving {bytes_per_patch / 1024:.0f} KiB per patch at "
+        f"{n / t_map * bytes_per_patch / 1e9:.2f} GB/s inside tf.data is",
+    ]
+    return {"rows": rows, "limits": limits, "bytes_per_patch": float(bytes_per_patch), "cut_alone_patches_per_s": op_rate,
+            "cut_in_map_patches_per_s": n / t_map, "element_us": element_us, "unbatch_us": unbatch_us}
+
+
 # ---------------------------------------------------------------------------- main
 
 
 def main(quick: bool = False) -> dict:
     """Runs the benchmark, prints a table and returns the numbers."""
-    _tf()
+    tf = _tf()
     from fcndata import patches as P
     from fcndata.infer import SlidingWindowPredictor
     from fcndata.sources import from_arrays
@@ -246,6 +304,14 @@ def main(quick: bool = False) -> dict:
         ds = stream(images8, labels8, P.ExtractPatches(PATCH, STRIDE, border=border))
         t, n = _timed(lambda ds=ds: _count(ds), repeats)
         rows.append(("8", f"ExtractPatches grid ({border})", n, t, "A"))
+    # the chunked, vectorised cut (one gather per plane per chunk) in the same run
+    for group, imgs, labs in (("512", images, labels), ("8", images8, labels8)):
+        chunks = from_arrays(imgs, labs, num_classes=5).cache().apply(P.ExtractPatches(PATCH, STRIDE).chunks)
+        _count(chunks)  # fill the cache
+        for name, ds in (("unbatch -> batch(64)", chunks.unbatch().batch(BATCH)), ("rebatch(64)", chunks.rebatch(BATCH))):
+            t, n = _timed(lambda ds=ds: _count(ds), repeats)
+            rows.append((group, f"ExtractPatches.chunks -> {name}", n, t, "A"))
+    limits = _where_time_goes(P, from_arrays, images, labels, repeats)
     per_image = len(P.grid_origins_2d((512, 512), PATCH, STRIDE))
     balanced = stream(images, labels, P.BalancedPatches(PATCH, num_per_image=per_image, num_classes=5, seed=0))
     t, n = _timed(lambda: _count(balanced), repeats)
@@ -314,6 +380,14 @@ def main(quick: bool = False) -> dict:
             share = f"{rate / refs[group, ref]:12.2f}x" if ref == "B" else f"{100 * rate / refs[group, ref]:11.1f} %"
         results[f"{group}: {name}"] = {"patches_per_s": rate, "share": rate / refs[group, ref] if ref else 1.0}
         print(f"{group:6s} {name:34s} {rate:10.0f} {share:>13s}")
+
+    print(f"\nwhere the time goes (512 set, patch {PATCH}, {limits['bytes_per_patch'] / 1024:.0f} KiB per patch: "
+          f"image + label + roi, uint8):")
+    for name, value in limits["rows"]:
+        print(f"  {name:58s} {value}")
+    for line in limits["limits"]:
+        print(f"  limit: {line}")
+    results["where the time goes"] = {k: v for k, v in limits.items() if isinstance(v, float)}
 
     cut_added, cut_n, arrays_bytes, built = _memory("cut", big)
     pred_added, _, out_bytes, _ = _memory("predict", big)

@@ -860,6 +860,11 @@ def from_arrays(
     roi plane (H x W bytes). tf.data's default graph rewrites serialise the pipeline,
     arrays included, whenever an iterator is made (a transient second copy), so arrays
     of :data:`LARGE_ARRAYS` bytes or more turn them off (``ds.options()`` shows it).
+    Cutting an 8192² RGB image + mask into 256² patches therefore adds ~360 MiB over your
+    arrays (``python benchmarks/patches.py``): the copy (256 MiB), the roi plane (64 MiB)
+    and the patches in flight. The copy is not avoidable cheaply: sharing numpy memory
+    (``tf.experimental.dlpack``) works, but TensorFlow's kernels abort the process on
+    buffers that are not 64-byte aligned, which large numpy arrays usually are not.
 
     Args:
       images: list of [H, W] or [H, W, C] arrays (one dtype: uint8, uint16 or float32;
