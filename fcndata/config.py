@@ -424,7 +424,7 @@ class TrainConfig:
     name: Optional[str] = None  # default: recipe name + timestamp
     seed: int = 0
     deterministic: bool = True  # tf.config.experimental.enable_op_determinism: exact resume, some GPU ops slower
-    verbose: int = 1
+    verbose: int = 1  # 0 silent | 1 progress bar (one line per epoch when output is not a terminal) | 2 one line per epoch
     strategy: str = "auto"  # auto | one_device | mirrored | multi_worker (TF_CONFIG)
 
     def __post_init__(self):

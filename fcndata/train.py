@@ -41,6 +41,20 @@ import numpy as np
 DEFAULT_RECIPE = "pipelines/brain_fullimage.yaml"
 
 
+def fit_verbosity(verbose: int, stream=None) -> int:
+    """``train.verbose`` as Keras gets it: 1 (a progress bar) becomes 2 (one line per epoch)
+    when output goes to a file or a pipe, where a bar would write every step as a line.
+
+    Example:
+      >>> import io
+      >>> fit_verbosity(1, io.StringIO()), fit_verbosity(0, io.StringIO()), fit_verbosity(2, io.StringIO())
+      (2, 0, 2)
+    """
+    stream = sys.stdout if stream is None else stream
+    isatty = getattr(stream, "isatty", None)
+    return 2 if verbose == 1 and not (isatty and isatty()) else verbose
+
+
 def _default_recipe() -> str | None:
     """The default recipe, found from the working directory or next to the package."""
     for base in (Path.cwd(), Path(__file__).resolve().parent.parent):
@@ -511,7 +525,7 @@ def _train(config, run_dir: Path, resume: bool, has_validation: bool) -> dict:
                 steps_per_epoch=steps,
                 validation_data=val_ds,
                 callbacks=callbacks,
-                verbose=t.verbose,
+                verbose=fit_verbosity(t.verbose),
                 shuffle=False,  # the pipeline already shuffles, per epoch and seeded
             )
         fit_seconds = round(time.time() - fit_started, 1)

@@ -30,7 +30,7 @@ def _run_args(tmp_path, name, *extra):
 def test_train_writes_every_artifact(tmp_path, capsys):
     from fcndata.train import main
 
-    assert main(_run_args(tmp_path, "run")) == 0
+    assert main(_run_args(tmp_path, "run", "train.verbose=1")) == 0  # captured: not a terminal
     run = tmp_path / "run"
     for name in ["config.yaml", "metrics.csv", "history.png", "preview.png", "predictions.png", "model.keras",
                  "summary.json"]:
@@ -40,7 +40,11 @@ def test_train_writes_every_artifact(tmp_path, capsys):
     assert 0.0 <= summary["validation"]["mean_iou"] <= 1.0
     assert set(summary["validation"]["per_class_iou"]) == {"class0", "class1", "class2", "class3"}
     assert 0.0 < summary["fit_seconds"] <= summary["seconds"]
-    lines = capsys.readouterr().out.strip().splitlines()
+    out = capsys.readouterr().out
+    lines = out.strip().splitlines()
+    # verbose 1 into a file or pipe: one line per epoch, no progress bar redrawn per step
+    assert "━" not in out and "\r" not in out
+    assert [ln.split()[0] for ln in lines if ln.startswith("Epoch ")] == ["Epoch", "Epoch"]
     assert lines[-1].startswith(f"fcndata: results in {run}")
     assert lines[-2].endswith(f"{summary['seconds']:.0f} s ({summary['fit_seconds']:.0f} s of training)")
     # the resolved config reloads and reproduces the run's settings
