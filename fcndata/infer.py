@@ -264,7 +264,7 @@ class SlidingWindowPredictor:
             rx = (xs[cols, None] + np.arange(nw)[None] < w).astype(np.float32)
             graph = self._job_graph[len(rows) * len(cols) > self.batch_size]
             result = graph(_adopt(region), wys[rows], wxs[cols], ry, rx, divisor)
-            result = result.numpy()
+            result = _own_numpy(result)
             if out is None and (y1 - y0, x1 - x0) == (H, W):
                 out = result  # one job covers the image: its output is the output
                 continue
@@ -444,6 +444,14 @@ def _bands(ys: np.ndarray, nh: int, row_bytes: int, budget: int) -> list[tuple[i
             bands.append((int(starts[first]), int(ends[i - 1])))
             first = i
     return bands
+
+
+def _own_numpy(tensor: tf.Tensor) -> np.ndarray:
+    """The tensor's buffer as a writable numpy array, without the copy ``.numpy()`` makes
+    (2 ms per 512² × 3 float32 output here): for tensors nothing else holds, such as a
+    graph call's fresh result. The array keeps the buffer alive."""
+    view = getattr(tensor, "_numpy", None)
+    return view() if view is not None else tensor.numpy()
 
 
 def _adopt(array: np.ndarray) -> tf.Tensor:

@@ -245,3 +245,16 @@ def test_predict_command_names_a_bad_file(saved_run, tmp_path, capsys):
     assert main(["--model", str(saved_run / "model.keras"), "--input", str(bad), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert f"skipped: predict: image {bad} is truncated" in err and "error: predict: 1 of 1 input(s) failed" in err
+
+
+def test_block_path_output_is_the_callers_own_array():
+    # One job covers a small image, so its result is handed back without a copy: it must
+    # still be writable and not shared with a later prediction.
+    x = np.random.default_rng(3).random((48, 40, 3)).astype(np.float32)
+    p = SlidingWindowPredictor(_identity(), patch_size=16, stride=8, batch_size=64, pad_to_multiple=8)
+    first = p.predict(x)
+    assert first.flags.writeable
+    first += 1.0
+    second = p.predict(x)
+    np.testing.assert_allclose(second, x, atol=1e-6)
+    np.testing.assert_allclose(first, x + 1.0, atol=1e-6)
