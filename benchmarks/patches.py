@@ -5,13 +5,18 @@ Run ``python benchmarks/patches.py [--quick]``; a runner can call ``main(quick)`
 One run, the same seeded images, 2 threads, each row timed as the best of a few runs:
 
   grid      ``from_arrays`` -> ``ExtractPatches`` -> ``batch(64)``: 32 RGB 512² + mask,
-            patch 128, stride 64; and 8 RGB images 300²…1000×700 (border shift and drop)
+            patch 128, stride 64; and 8 RGB images 300²…1000×700 (border shift and drop);
+            and the chunked cut (``ExtractPatches.chunks``) unbatched or rebatched
   balanced  ``BalancedPatches`` (49 per image) on the 512² set
   Stitcher  numpy ``Stitcher`` (gaussian, grid stride) re-assembling the 512² grid
   predictor ``SlidingWindowPredictor`` with an identity Keras model, gaussian blend:
             the 512² set (patch 128, stride 64) and one 8192² image (patch 256, stride 128);
             the default block path and, as "(scatter)", ``jit_compile=False`` (the
-            scatter-add path it replaced when the stride divides the patch)
+            scatter-add path it replaced when the stride divides the patch); on the 512²
+            set B, the Stitcher and the predictors are timed in alternating rounds
+  where the time goes  the chunked cut alone (a tf.function), in a tf.data map, as
+            chunks and as the stage; tf.data's cost per element; bytes per patch; and
+            the limits these imply, printed as "limit:" lines
 
 next to two numpy references measured on the same images in the same run:
 
