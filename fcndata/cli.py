@@ -2,7 +2,8 @@
 
 * Quiet defaults, set before TensorFlow is imported and only where the user's
   environment says nothing: ``TF_CPP_MIN_LOG_LEVEL=3`` (no oneDNN / CPU-feature / absl
-  start-up lines), ``OPENCV_LOG_LEVEL=FATAL`` (no ``[ WARN ]`` / ``[ERROR]`` lines from OpenCV's
+  start-up lines; TensorFlow is then imported with stderr silenced, as some builds log
+  those lines before reading the variable), ``OPENCV_LOG_LEVEL=FATAL`` (no ``[ WARN ]`` / ``[ERROR]`` lines from OpenCV's
   decoders: a bad file is reported once, by the data checks), and
   absl's Python logger at ``error`` once TensorFlow is loaded.
 * An expected failure — a bad recipe, a missing or unreadable file, a data error that
@@ -46,6 +47,31 @@ def quiet_defaults() -> None:
         import cv2.utils.logging as cv2_logging
 
         cv2_logging.setLogLevel(cv2_logging.LOG_LEVEL_FATAL)
+    if os.environ["TF_CPP_MIN_LOG_LEVEL"] in ("1", "2", "3"):
+        _import_tensorflow_quietly()
+
+
+def _import_tensorflow_quietly() -> None:
+    """Imports TensorFlow with the process's stderr (fd 2) pointed at /dev/null.
+
+    Some TensorFlow builds log their start-up lines ("oneDNN custom operations are on",
+    "All log messages before absl::InitializeLog() ...") before they read
+    ``TF_CPP_MIN_LOG_LEVEL`` (seen with tensorflow-cpu 2.21.0 on 2026-12-02), so the
+    variable alone does not keep a command's output clean. A failing import still
+    raises its Python exception, printed after stderr is back.
+    """
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _quiet_python_loggers() -> None:
