@@ -36,6 +36,10 @@ class ConfigError(ValueError):
     """A recipe or override that cannot be turned into a valid configuration."""
 
 
+#: the built-in datasets (fcndata.datasets), offline after install
+BUILTIN_SOURCES = ("shapes", "brain", "digits", "scenes", "phantom")
+
+
 def _pair(value, name: str) -> tuple[int, int]:
     """Normalises an int or [h, w] to a (height, width) tuple of positive ints."""
     if isinstance(value, int) and not isinstance(value, bool):
@@ -123,7 +127,7 @@ class DataConfig:
     root: Optional[str] = None
 
     def __post_init__(self):
-        _choice(self.source, "data.source", ("shapes", "brain", "digits", "folder", "tfrecord", "tfds", "arrays"))
+        _choice(self.source, "data.source", BUILTIN_SOURCES + ("folder", "tfrecord", "tfds", "arrays"))
         _choice(self.on_error, "data.on_error", ("raise", "skip"))
         _choice(self.image_dtype, "data.image_dtype", ("auto", "uint8", "uint16"))
         if self.max_pixels is not None:
@@ -337,8 +341,13 @@ class ModelConfig:
 
     variant: str = "fcn8s"  # fcn8s | fcn16s | fcn32s (the paper's) | fcn4s | fcn2s (tiny backbone); unet (conv decoder)
     backbone: str = "tiny"  # tiny | vgg16 | resnet50 | mobilenetv2
-    norm: str = "batch"  # batch | frozen_batch | group | none
+    # batch | group | instance: over roi pixels only when masked (the layers take the roi), the plain
+    # Keras layers otherwise; frozen_batch (moving statistics only) | none
+    norm: str = "batch"
     masked: bool = False
+    # input pixels: scale (uint8 / 255, uint16 / 65535) | zscore (per image and channel, over the roi)
+    intensity: str = "scale"
+    clip: Optional[tuple[float, float]] = None  # clip raw pixel values to [low, high] first (CT windows)
     weights: Optional[str] = None  # local weights file; never downloaded
     width: int = 32  # tiny backbone: channels of the first stage
     dropout: float = 0.0
@@ -346,7 +355,10 @@ class ModelConfig:
     def __post_init__(self):
         _choice(self.variant, "model.variant", ("fcn8s", "fcn16s", "fcn32s", "fcn4s", "fcn2s", "unet"))
         _choice(self.backbone, "model.backbone", ("tiny", "vgg16", "resnet50", "mobilenetv2"))
-        _choice(self.norm, "model.norm", ("batch", "frozen_batch", "group", "none"))
+        _choice(self.norm, "model.norm", ("batch", "frozen_batch", "group", "instance", "none"))
+        _choice(self.intensity, "model.intensity", ("scale", "zscore"))
+        if self.clip is not None and not self.clip[0] < self.clip[1]:
+            raise ConfigError(f"model.clip must be [low, high] with low < high, in raw pixel values. Received: model.clip={list(self.clip)}")
         _range(self.width, "model.width", 1)
         _range(self.dropout, "model.dropout", 0, 1, high_open=True)
 
@@ -410,6 +422,8 @@ class TrainConfig:
     """``train:`` — the bundled trainer."""
 
     epochs: int = 10
+    # end training after this many seconds of training (the schedule runs over them); null: epochs decide
+    seconds: Optional[float] = None
     steps_per_epoch: Optional[int] = None  # None: one pass over the training data
     validation_steps: Optional[int] = None
     optimizer: str = "adam"  # adam | sgd | adamw
@@ -432,6 +446,7 @@ class TrainConfig:
         _choice(self.schedule, "train.schedule", ("constant", "cosine", "poly"))
         _choice(self.mixed_precision, "train.mixed_precision", ("auto", "off", "mixed_float16", "mixed_bfloat16"))
         _range(self.epochs, "train.epochs", 1)
+        _range(self.seconds, "train.seconds", 0, low_open=True, why="null trains for train.epochs")
         _range(self.steps_per_epoch, "train.steps_per_epoch", 1, why="null means one pass over the training data")
         _range(self.validation_steps, "train.validation_steps", 1, why="null means the whole validation split")
         _range(self.learning_rate, "train.learning_rate", 0, low_open=True)
@@ -516,6 +531,8 @@ class Config:
     predict: PredictConfig = field(default_factory=PredictConfig)
     service: Optional[ServiceConfig] = None
     source: Optional[str] = field(default=None, compare=False)
+    #: the sections the recipe wrote (the rest are defaults); None when built in Python
+    given: Optional[frozenset] = field(default=None, compare=False)
 
     def __post_init__(self):
         # Checks that need two sections.
@@ -542,7 +559,7 @@ class Config:
         return dataclasses.replace(self, **sections)
 
 
-SECTIONS = {f.name: f for f in dataclasses.fields(Config) if f.name != "source"}
+SECTIONS = {f.name: f for f in dataclasses.fields(Config) if f.name not in ("source", "given")}
 
 
 # ---------------------------------------------------------------------------- loading
@@ -629,8 +646,10 @@ def _build_section(cls, raw, where: str, section: str):
         raise ConfigError(f"{where}: {e}") from None
 
 
-def config_from_dict(raw: dict | None, name: str = "<config>") -> Config:
+def config_from_dict(raw: dict | None, name: str = "<config>", given=None) -> Config:
     """Builds a :class:`Config` from a plain dict (as parsed from YAML).
+
+    ``given``: the sections the recipe itself wrote (``Config.given``); default: the keys of ``raw``.
 
     Raises:
       ConfigError: unknown section or key, wrong type or invalid value; the message
@@ -650,7 +669,7 @@ def config_from_dict(raw: dict | None, name: str = "<config>") -> Config:
             cls = next(a for a in typing.get_args(cls) if a is not type(None))
         kwargs[section] = _build_section(cls, value, name, section)
     try:
-        return Config(**kwargs, source=name)
+        return Config(**kwargs, source=name, given=frozenset(kwargs if given is None else given))
     except ConfigError as e:
         raise ConfigError(f"{name}: {e}") from None
 
@@ -695,7 +714,9 @@ def load_config_text(text: str, overrides=(), name: str = "<string>") -> Config:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{name}: not valid YAML ({e}). Fix the syntax at the position shown.") from None
-    return config_from_dict(apply_overrides(raw or {}, overrides), name=name)
+    # Config.given: the file's own sections, not those an override added
+    given = frozenset(raw) if isinstance(raw, dict) else frozenset()
+    return config_from_dict(apply_overrides(raw or {}, overrides), name=name, given=given)
 
 
 def load_config(path: str | Path | None = None, overrides=()) -> Config:

@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from fcndata import elements as E
-from fcndata.config import Config
+from fcndata.config import BUILTIN_SOURCES, Config
 
 MODES = ("train", "eval", "predict")
 
@@ -326,7 +326,7 @@ def _eval_batches(data, split: str, batcher, sizes) -> int | None:
     (TFRecord/TFDS would need a read, ``on_error=skip`` may drop files)."""
     from fcndata import batching, sources
 
-    if data.on_error != "raise" or data.source not in ("shapes", "brain", "digits", "folder"):
+    if data.on_error != "raise" or data.source not in (*BUILTIN_SOURCES, "folder"):
         return None
     if isinstance(batcher, batching.BucketBySize):
         if sizes is None or batcher.boundaries is None:

@@ -45,6 +45,7 @@ import tensorflow as tf
 
 from fcndata import elements as E
 from fcndata.common import ALIGN, aligned_empty
+from fcndata.config import BUILTIN_SOURCES
 from fcndata.decode import (  # noqa: F401  (decoding lives in fcndata.decode; re-exported here)
     _CV2,
     _PNG16,
@@ -1210,7 +1211,7 @@ class Validate:
 
 def has_split(data, split: str) -> bool:
     """Whether ``load_source(data, split)`` has data (a folder / TFRecord source may lack validation)."""
-    if split == "train" or data.source in ("shapes", "brain", "digits"):
+    if split == "train" or data.source in BUILTIN_SOURCES:
         return True
     if data.source == "folder":
         return data.val_images is not None
@@ -1236,7 +1237,7 @@ def source_shapes(data, split: str = "train") -> tuple[int, list[tuple[int, int]
       (2, 2, True)
     """
     val = split == "validation"
-    if data.source in ("shapes", "brain", "digits"):
+    if data.source in BUILTIN_SOURCES:
         from fcndata import datasets
 
         images, _, _ = datasets.arrays(data, split)
@@ -1293,7 +1294,7 @@ def load_source(
             "data to a folder of PNG files, or use service.sharding: off. Received: data.source="
             f"{data.source!r}"
         )
-    if data.source in ("shapes", "brain", "digits"):
+    if data.source in BUILTIN_SOURCES:
         from fcndata import datasets
 
         if indices is not None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-BUILTIN = ("shapes", "brain", "digits")
+from fcndata.config import BUILTIN_SOURCES as BUILTIN
 
 
 def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
