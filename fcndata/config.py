@@ -350,6 +350,9 @@ class ModelConfig:
     clip: Optional[tuple[float, float]] = None  # clip raw pixel values to [low, high] first (CT windows)
     weights: Optional[str] = None  # local weights file; never downloaded
     width: int = 32  # tiny backbone: channels of the first stage
+    # tiny backbone: pooling stages (1-5); the network's stride is 2**depth, so batching.pad_to_multiple
+    # must be a multiple of it
+    depth: int = 5
     dropout: float = 0.0
 
     def __post_init__(self):
@@ -360,6 +363,10 @@ class ModelConfig:
         if self.clip is not None and not self.clip[0] < self.clip[1]:
             raise ConfigError(f"model.clip must be [low, high] with low < high, in raw pixel values. Received: model.clip={list(self.clip)}")
         _range(self.width, "model.width", 1)
+        _range(self.depth, "model.depth", 1, 5, "the tiny backbone has five pooling stages")
+        if self.depth != 5 and self.backbone != "tiny":
+            raise ConfigError(f"model.depth is for the tiny backbone; {self.backbone} pools 5 times. "
+                              f"Received: model.depth={self.depth}, model.backbone={self.backbone!r}")
         _range(self.dropout, "model.dropout", 0, 1, high_open=True)
 
 
@@ -421,7 +428,7 @@ class LossConfig:
 class TrainConfig:
     """``train:`` — the bundled trainer."""
 
-    epochs: int = 10
+    epochs: Optional[int] = 10  # null: train.seconds decides alone
     # end training after this many seconds of training (the schedule runs over them); null: epochs decide
     seconds: Optional[float] = None
     steps_per_epoch: Optional[int] = None  # None: one pass over the training data
@@ -446,6 +453,9 @@ class TrainConfig:
         _choice(self.schedule, "train.schedule", ("constant", "cosine", "poly"))
         _choice(self.mixed_precision, "train.mixed_precision", ("auto", "off", "mixed_float16", "mixed_bfloat16"))
         _range(self.epochs, "train.epochs", 1)
+        if self.epochs is None and self.seconds is None:
+            raise ConfigError("train.epochs: null trains until train.seconds have passed; set train.seconds "
+                              "(or --minutes), or give train.epochs. Received: train.epochs=None, train.seconds=None")
         _range(self.seconds, "train.seconds", 0, low_open=True, why="null trains for train.epochs")
         _range(self.steps_per_epoch, "train.steps_per_epoch", 1, why="null means one pass over the training data")
         _range(self.validation_steps, "train.validation_steps", 1, why="null means the whole validation split")
@@ -455,7 +465,7 @@ class TrainConfig:
         _range(self.warmup_steps, "train.warmup_steps", 0)
         _choice(self.verbose, "train.verbose", (0, 1, 2))
         _choice(self.strategy, "train.strategy", ("auto", "one_device", "mirrored", "multi_worker"))
-        if self.steps_per_epoch is not None and self.warmup_steps >= self.epochs * self.steps_per_epoch:
+        if self.steps_per_epoch is not None and self.epochs is not None and self.warmup_steps >= self.epochs * self.steps_per_epoch:
             raise ConfigError(
                 "train.warmup_steps must be fewer than the training steps (train.epochs x train.steps_per_epoch = "
                 f"{self.epochs * self.steps_per_epoch}), or the learning rate never reaches train.learning_rate. "
