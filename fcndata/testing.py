@@ -157,3 +157,18 @@ def slow_down(microseconds: int):
         return tf.data.experimental.from_variant(variant, ds.element_spec)
 
     return apply
+
+
+def sum_rtol(terms: int, extra_ops: int = 2) -> float:
+    """The float32 relative error bound of a weighted mean of ``terms`` products.
+
+    Summing m terms in float32 errs by at most (m - 1) units of rounding u = 2**-24
+    relative to the sum of magnitudes (positive terms: relative to the sum); a weighted mean
+    has two such sums (values, weights) and ``extra_ops`` roundings more (the division, a
+    scaling). Stitching tests compare against it instead of a constant.
+
+    >>> sum_rtol(1) == 2 * 2.0**-24
+    True
+    """
+    u = 2.0**-24
+    return (2 * (terms - 1) + extra_ops) * u

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 
 import cv2
@@ -9,6 +10,15 @@ import numpy as np
 import pytest
 
 import fcndata.testing as t
+from hypothesis import settings
+
+# The suite draws the same examples on every machine and every clone: derandomized, no example
+# database. A property test that fails, fails every time (an unlucky draw cannot turn CI red on
+# an unrelated change); HYPOTHESIS_PROFILE=explore draws new examples when you look for bugs.
+settings.register_profile("suite", derandomize=True, database=None, print_blob=True)
+settings.register_profile("explore", database=None, max_examples=200)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "suite"))
+
 
 H, W = 13, 17  # odd, non-square, tiny
 

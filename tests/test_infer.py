@@ -13,8 +13,14 @@ from hypothesis import strategies as st
 from fcndata.config import dump_config, load_config
 from fcndata.infer import BLENDS, SlidingWindowPredictor, Stitcher
 from fcndata.patches import grid_origins_2d
+from fcndata.testing import sum_rtol
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def overlap(n: int, s: int) -> int:
+    """The most windows of size n, stride s covering one pixel along an axis (the shifted last one included)."""
+    return -(-n // s) + 1
 
 
 def _identity(channels=3):
@@ -32,8 +38,8 @@ def test_identity_model_reproduces_the_input(blend, size):
     assert out.dtype == np.float32 and out.shape == image.shape
     if blend == "crop":  # one patch per pixel with weight 1: exact
         assert np.array_equal(out, image)
-    else:  # weighted sum / summed weights, divided per axis: exact to float32 rounding
-        np.testing.assert_allclose(out, image, rtol=1e-6, atol=0)
+    else:  # weighted sum / summed weights: exact to float32 rounding of (16/8 x 24/10 windows) terms
+        np.testing.assert_allclose(out, image, rtol=sum_rtol(overlap(16, 8) * overlap(24, 10)), atol=0)
 
 
 @settings(max_examples=12, deadline=None)
@@ -47,9 +53,8 @@ def test_identity_any_size_and_stride(h, w, n, data, blend):
     expected = image / np.float32(255)
     if blend == "crop":
         assert np.array_equal(out, expected)
-    else:  # float32 sums of up to (n/s)² weighted terms: the rounding grows with the overlap
-        # (stride 1, patch 24: 3.7e-6 measured, on main as well)
-        np.testing.assert_allclose(out, expected, rtol=1e-6 * max(1.0, n / s / 4), atol=0)
+    else:  # float32 sums of up to ceil(n/s)² weighted terms, plus the /255 of the expected value
+        np.testing.assert_allclose(out, expected, rtol=sum_rtol(overlap(n, s) ** 2, extra_ops=3), atol=0)
 
 
 class _Scores(keras.Model):

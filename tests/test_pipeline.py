@@ -99,17 +99,19 @@ def test_eval_cardinality_comes_from_metadata():
 
 
 def test_thousand_epochs_build_once():
-    # The stream is built once (Dataset.range(...).flat_map): 1000 epochs cost what 1 does.
-    # Chained in Python they took ~127 s to build and ~74 s to the first batch on shapes;
-    # the bounds are an order of magnitude only, generous for a loaded machine.
-    import time
-
-    cfg = load_config(ROOT / "pipelines" / "shapes.yaml", ["train.epochs=1000"])
-    start = time.perf_counter()
-    ds = build_pipeline(cfg, "train")
-    built = time.perf_counter()
-    next(iter(ds))
-    assert built - start < 20 and time.perf_counter() - built < 30
+    # The stream is built once (Dataset.range(...).flat_map, the epoch a tensor): the graph of 1000
+    # epochs is the graph of 1 but for the one constant holding the count. Chained in Python, 1000
+    # epochs built 1000 copies of the pipeline (~127 s to build on shapes); the times go to
+    # benchmarks/pipeline.py, the test checks the structure that makes them flat.
+    graphs = {}
+    for epochs in (1, 1000):
+        cfg = load_config(ROOT / "pipelines" / "shapes.yaml", [f"train.epochs={epochs}"])
+        graph = tf.compat.v1.GraphDef()
+        graph.ParseFromString(build_pipeline(cfg, "train")._as_serialized_graph().numpy())
+        graphs[epochs] = graph
+    assert len(graphs[1].node) == len(graphs[1000].node)
+    assert sorted(n.op for n in graphs[1].node) == sorted(n.op for n in graphs[1000].node)
+    assert len(graphs[1].library.function) == len(graphs[1000].library.function)
 
 
 def test_steps_per_epoch_reads_no_data(monkeypatch):

@@ -40,6 +40,23 @@ def padded_batch(sizes=SIZES, channels=3, dtype="uint8", weight=False, to=(40, 6
     return batch
 
 
+def legend_classes_drawn(path, num_classes: int = 3) -> set[int]:
+    """The foreground class ids whose legend swatch colour appears in a written PNG.
+
+    A swatch is the class colour at alpha min(1, a + 0.25) over the white figure; a class is
+    drawn when some pixel is within 2/255 of that blend in every channel.
+    """
+    pixels = matplotlib.image.imread(path)[..., :3].reshape(-1, 3)
+    found = set()
+    for k in range(1, num_classes):
+        r, g, b, a = preview.class_color(k)
+        alpha = min(1.0, a + 0.25)
+        swatch = np.array([r, g, b]) * alpha + (1 - alpha)
+        if (np.abs(pixels - swatch).max(axis=1) <= 2 / 255).any():
+            found.add(k)
+    return found
+
+
 def png_shape(fig: Figure, path) -> tuple[int, int]:
     fig.savefig(path)
     return matplotlib.image.imread(path).shape[:2]
@@ -228,12 +245,12 @@ def test_save_batch_preview_batched_dataset(tmp_path):
     ds = tf.data.Dataset.from_tensors(padded_batch(weight=True)).repeat(2)
     out = preview.save_batch_preview(ds, tmp_path / "sub" / "p.png", NAMES, max_items=2, dpi=40)
     assert out == str(tmp_path / "sub" / "p.png")
-    assert matplotlib.image.imread(out).shape[0] > 0
+    assert legend_classes_drawn(out) == {1, 2}  # the stripes of fcndata.testing: classes 0, 1, 2
 
 
 def test_save_batch_preview_unbatched_dataset(tmp_path):
     out = preview.save_batch_preview(t.dataset(SIZES), tmp_path / "u.png", max_items=2, dpi=40)
-    assert matplotlib.image.imread(out).ndim == 3
+    assert legend_classes_drawn(out) == {1, 2}
 
 
 def test_save_batch_preview_empty_dataset(tmp_path):
@@ -355,7 +372,7 @@ def test_cli_with_stub_pipeline(tmp_path, monkeypatch, capsys):
     assert preview.main(argv) == 0
     assert calls == [(3, "eval", False)]
     assert capsys.readouterr().out.strip() == str(out)
-    assert matplotlib.image.imread(out).ndim == 3
+    assert legend_classes_drawn(out) == {1, 2}
 
 
 def test_cli_bad_config(tmp_path, capsys):
@@ -391,4 +408,4 @@ def test_cli_end_to_end_on_shapes(tmp_path, capsys):
     ]
     assert preview.main(argv) == 0
     assert capsys.readouterr().out.strip() == str(out)
-    assert matplotlib.image.imread(out).shape[0] > 0
+    assert legend_classes_drawn(out)  # shapes on a background: at least one shape class is drawn
