@@ -8,9 +8,9 @@ import struct
 import cv2
 import numpy as np
 import pytest
+from hypothesis import settings
 
 import fcndata.testing as t
-from hypothesis import settings
 
 # The suite draws the same examples on every machine and every clone: derandomized, no example
 # database. A property test that fails, fails every time (an unlucky draw cannot turn CI red on
