@@ -1,10 +1,12 @@
-"""Every README snippet and command runs as written, on tiny data where it would train for minutes.
+"""Every snippet and command of README.md and docs/*.md runs as written, on tiny data where it would train for minutes.
 
 A Python snippet runs with only the substitutions listed in ``TINY`` (a recipe gets tiny
 ``--set`` overrides, a fit gets ``verbose=0``); a ``python -m fcndata.*`` command runs
 in-process with tiny overrides appended and its outputs redirected to a temporary folder.
-What cannot run here is listed in ``SKIPPED`` with the reason, and a test checks that
-every snippet and command of the README is either run or listed.
+What cannot run here is listed in ``SKIPPED`` with the reason, and a test per page checks that
+every snippet and command of that page is either run or listed. Each snippet lives on one page
+and runs once. The README stays short (at most ``README_MAX_LINES`` lines) and every relative
+link of every page points to a file (and heading) that exists.
 """
 
 from __future__ import annotations
@@ -20,8 +22,13 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-README = (ROOT / "README.md").read_text()
-PYTHON_BLOCKS = re.findall(r"```python\n(.*?)```", README, re.S)
+README_MAX_LINES = 300
+#: page (relative to the repository) -> its text: the README, then docs/ in name order
+PAGES = {name: (ROOT / name).read_text()
+         for name in ["README.md", *sorted(f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md"))]}
+README = PAGES["README.md"]
+#: (page, code) of every python block, in page order
+PYTHON_BLOCKS = [(page, code) for page, text in PAGES.items() for code in re.findall(r"```python\n(.*?)```", text, re.S)]
 
 BRAIN = ["data.slice_step=24", "model.width=4", "train.epochs=1", "train.steps_per_epoch=1",
          "train.validation_steps=1", "batching.batch_size=2", "train.verbose=0"]
@@ -34,9 +41,10 @@ def _tiny(recipe: str) -> list[str]:
     return BRAIN if "brain" in recipe else SHAPES
 
 
-def _block(start: str) -> str:
-    found = [b for b in PYTHON_BLOCKS if b.startswith(start)]
-    assert len(found) == 1, f"no single README python block starts with {start!r}"
+def _block(start: str) -> tuple[str, str]:
+    """(page, code) of the one python block, of all pages, that starts with ``start``."""
+    found = [(page, code) for page, code in PYTHON_BLOCKS if code.startswith(start)]
+    assert len(found) == 1, f"not exactly one python block of README.md and docs/ starts with {start!r}: {found}"
     return found[0]
 
 
@@ -51,8 +59,8 @@ def _load_config_tiny(code: str) -> str:
     return re.sub(r'load_config\("(pipelines/[^"]+)"(?:, (\[[^\]]*\]))?\)', tiny, code)
 
 
-def _run(code: str) -> None:
-    exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
+def _run(code: str, page: str) -> None:
+    exec(compile(code, page, "exec"), {"__name__": "readme"})
 
 
 # ---------------------------------------------------------------------------- python snippets
@@ -84,9 +92,15 @@ SKIPPED = {
 }
 
 
-def test_every_python_block_is_run_or_listed_as_skipped():
-    for block in PYTHON_BLOCKS:
-        assert any(block.startswith(k) for k in [*TINY, *SKIPPED]), f"README python block not tested:\n{block[:200]}"
+@pytest.mark.parametrize("page", list(PAGES))
+def test_every_python_block_is_run_or_listed_as_skipped(page):
+    for block in [code for where, code in PYTHON_BLOCKS if where == page]:
+        assert any(block.startswith(k) for k in [*TINY, *SKIPPED]), f"{page}: python block not tested:\n{block[:200]}"
+
+
+def test_every_tiny_and_skipped_block_is_on_exactly_one_page():
+    for start in [*TINY, *SKIPPED]:
+        _block(start)
 
 
 def _saved_run(where: Path) -> Path:
@@ -102,9 +116,10 @@ def _saved_run(where: Path) -> Path:
     return run
 
 
-@pytest.mark.parametrize("start", list(TINY), ids=[k.splitlines()[0][:40] for k in TINY])
+@pytest.mark.parametrize("start", list(TINY), ids=[f"{_block(k)[0]}:{k.splitlines()[0][:40]}" for k in TINY])
 def test_readme_python_block_runs(start, tmp_path, monkeypatch):
-    code = _load_config_tiny(_block(start))
+    page, code = _block(start)
+    code = _load_config_tiny(code)
     for old, new in TINY[start]:
         assert old in code, old
         code = code.replace(old, new)
@@ -114,20 +129,21 @@ def test_readme_python_block_runs(start, tmp_path, monkeypatch):
         _saved_run(tmp_path)
         cv2.imwrite(str(tmp_path / "big.png"), np.random.default_rng(0).integers(0, 255, (150, 170, 3), np.uint8))
     monkeypatch.chdir(tmp_path)
-    _run(code)
+    _run(code, page)
 
 
 def test_readme_quickstart_is_the_brain_recipe():
-    assert 'load_config("pipelines/brain_patchwise.yaml", ["train.epochs=2"])' in PYTHON_BLOCKS[0]
+    assert PYTHON_BLOCKS[0][0] == "README.md"
+    assert 'load_config("pipelines/brain_patchwise.yaml", ["train.epochs=2"])' in PYTHON_BLOCKS[0][1]
 
 
 # ---------------------------------------------------------------------------- commands
 
 
-def _commands() -> list[str]:
-    """Every ``python -m fcndata.*`` / ``make`` / ``python benchmarks`` line of the README's shell blocks."""
+def _commands(text: str) -> list[str]:
+    """Every ``python -m fcndata.*`` / ``make`` / ``python benchmarks`` line of a page's shell blocks."""
     out = []
-    for lang, block in re.findall(r"^```(\w*)\n(.*?)^```", README, re.S | re.M):
+    for lang, block in re.findall(r"^```(\w*)\n(.*?)^```", text, re.S | re.M):
         if lang not in ("", "bash"):
             continue
         text = block.replace("\\\n", " ")
@@ -138,7 +154,8 @@ def _commands() -> list[str]:
     return out
 
 
-COMMANDS = _commands()
+PAGE_COMMANDS = {page: _commands(text) for page, text in PAGES.items()}
+COMMANDS = [c for commands in PAGE_COMMANDS.values() for c in commands]
 SKIPPED_COMMANDS = {
     "make train": "trains the default recipe for minutes; the same code runs in the train commands below",
     "make test": "is this test suite",
@@ -159,13 +176,27 @@ SKIPPED_COMMANDS = {
     "python -m fcndata.train --config pipelines/shapes.yaml --set train.strategy=": "test_distributed.py::"
         "test_train_command_on_two_hosts_ends_with_identical_weights runs the mirrored command in-process and the "
         "multi_worker one in two processes with TF_CONFIG on loopback",
+    "python -m fcndata.plan --config my_data.yaml": "lands with issue 24 in the same merge",
+    "python -m fcndata.train --config my_data.yaml --minutes": "lands with issue 24 in the same merge",
 }
 
 
-def test_every_command_is_run_or_listed_as_skipped():
-    run = [c for c in COMMANDS if not any(c.startswith(s) for s in SKIPPED_COMMANDS)]
-    assert {c.split()[2] for c in run} <= {"fcndata.train", "fcndata.predict", "fcndata.inspect", "fcndata.preview"}, run
-    assert len(run) == 9, run  # 1 config error, 3 train, 2 predict, 1 inspect, 2 preview (listed below)
+def _skipped(command: str) -> bool:
+    return any(command.startswith(s) for s in SKIPPED_COMMANDS)
+
+
+@pytest.mark.parametrize("page", list(PAGES))
+def test_every_command_is_run_or_listed_as_skipped(page):
+    run = [c for c in PAGE_COMMANDS[page] if not _skipped(c)]
+    assert {c.split()[2] for c in run} <= {"fcndata.train", "fcndata.predict", "fcndata.inspect", "fcndata.preview"}, \
+        f"{page}: commands neither run below nor listed in SKIPPED_COMMANDS: {run}"
+
+
+def test_the_commands_run_below_are_all_the_commands_not_skipped():
+    run = [c for c in COMMANDS if not _skipped(c)]
+    assert len(run) == 9, run  # 1 config error, 3 train, 2 predict, 1 inspect, 2 preview (run below)
+    for skipped in SKIPPED_COMMANDS:
+        assert any(c.startswith(skipped) for c in COMMANDS), f"SKIPPED_COMMANDS lists a command no page has: {skipped}"
 
 
 def _argv(command: str, tmp_path: Path) -> list[str]:
@@ -176,7 +207,9 @@ def _argv(command: str, tmp_path: Path) -> list[str]:
 
 
 def test_readme_config_error_example_prints_what_the_readme_shows():
-    block = README[README.index("$ python -m fcndata.train --set patches.stide=16"):]
+    command = "$ python -m fcndata.train --set patches.stide=16"
+    (text,) = [text for text in PAGES.values() if command in text]
+    block = text[text.index(command):]
     expected = block.splitlines()[1]
     out = subprocess.run([sys.executable, "-m", "fcndata.train", "--set", "patches.stide=16"], cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
@@ -190,8 +223,7 @@ def test_readme_train_predict_inspect_commands_run(tmp_path, monkeypatch, capsys
     from fcndata.train import main as train_main
 
     monkeypatch.chdir(ROOT)
-    train = [c for c in COMMANDS if c.startswith("python -m fcndata.train --") and "stide" not in c
-             and not any(c.startswith(k) for k in SKIPPED_COMMANDS)]
+    train = [c for c in COMMANDS if c.startswith("python -m fcndata.train --") and "stide" not in c and not _skipped(c)]
     assert [c.split()[3] for c in train] == ["--config", "--config", "--resume"]
     runs = tmp_path / "runs"
     first_run = None
@@ -255,3 +287,37 @@ def test_readme_hand_composition_example_runs():
     ds = scope["ds"]
     first, second = [b[2].numpy() for b in ds], [b[2].numpy() for b in ds]
     assert any(not (a.shape == b.shape and (a == b).all()) for a, b in zip(first, second))
+
+
+# ---------------------------------------------------------------------------- the pages themselves
+
+
+def test_readme_is_short():
+    lines = len(README.splitlines())
+    assert lines <= README_MAX_LINES, f"README.md has {lines} lines; at most {README_MAX_LINES}: move reference to docs/"
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor of a Markdown heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def _anchors(path: Path) -> set[str]:
+    text = re.sub(r"^```.*?^```", "", path.read_text(), flags=re.S | re.M)
+    return {_anchor(h) for h in re.findall(r"^#+ (.*)$", text, re.M)}
+
+
+@pytest.mark.parametrize("page", list(PAGES))
+def test_every_relative_link_points_to_an_existing_file_and_heading(page):
+    text = re.sub(r"^```.*?^```", "", PAGES[page], flags=re.S | re.M)
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"[a-z]+:", target):
+            continue  # http(s), mailto
+        path, _, anchor = target.partition("#")
+        file = (ROOT / page).parent / path if path else ROOT / page
+        if not file.exists():
+            broken.append(f"{target}: no file {file.relative_to(ROOT) if file.is_relative_to(ROOT) else file}")
+        elif anchor and file.suffix == ".md" and anchor not in _anchors(file):
+            broken.append(f"{target}: no heading with anchor #{anchor} in {file.relative_to(ROOT)}")
+    assert not broken, f"{page}: broken links:\n" + "\n".join(broken)
