@@ -315,7 +315,7 @@ def test_every_relative_link_points_to_an_existing_file_and_heading(page):
         if re.match(r"[a-z]+:", target):
             continue  # http(s), mailto
         path, _, anchor = target.partition("#")
-        file = (ROOT / page).parent / path if path else ROOT / page
+        file = ((ROOT / page).parent / path).resolve() if path else ROOT / page
         if not file.exists():
             broken.append(f"{target}: no file {file.relative_to(ROOT) if file.is_relative_to(ROOT) else file}")
         elif anchor and file.suffix == ".md" and anchor not in _anchors(file):
