@@ -378,7 +378,7 @@ def _check_data(config: C.Config) -> None:
 
 
 def plan(config: C.Config, *, memory: int | None = None, minutes: float | None = None,
-         fingerprint: Fingerprint | None = None, budget: Budget | None = None) -> Plan:
+         fingerprint: Fingerprint | None = None, budget: Budget | None = None, overrides=()) -> Plan:
     """Plans a complete recipe for ``config.data`` by :data:`RULES`.
 
     Args:
@@ -387,6 +387,8 @@ def plan(config: C.Config, *, memory: int | None = None, minutes: float | None =
       minutes: training time (default :data:`DEFAULT_MINUTES`).
       fingerprint: facts measured before (default: :func:`fcndata.fingerprint.fingerprint` now).
       budget: a :class:`Budget` (overrides ``memory`` and ``minutes``; tests use it).
+      overrides: ``--set section.key=value`` strings: they win over the rules (``data.*`` ones
+        are expected in ``config`` already, as ``load_config`` applies them).
 
     Returns:
       A :class:`Plan` whose ``config`` keeps ``config.data`` (plus planned data keys).
@@ -402,6 +404,14 @@ def plan(config: C.Config, *, memory: int | None = None, minutes: float | None =
         for key, (value, fact) in rule.decide(fp, budget, dict(values)).items():
             values[key] = value
             reasons[key] = fact
+    given = C.apply_overrides({}, overrides)  # checks section and key names, parses the values
+    for section, keys in given.items():
+        if section == "data":
+            continue
+        values.pop(section, None)  # a section the rules left out exists once the command line sets a key of it
+        for name, value in keys.items():
+            values[f"{section}.{name}"] = value
+            reasons[f"{section}.{name}"] = f"--set {section}.{name} on the command line"
     sections: dict = {}
     for key, value in values.items():
         if "." not in key:  # a whole section decided absent
@@ -506,11 +516,10 @@ def plan_for_training(config: C.Config, overrides=(), minutes: float | None = No
     """
     if config.given is None or {"model", "train"} & set(config.given):
         return config
-    p = plan(config, minutes=minutes)
+    p = plan(config, minutes=minutes, overrides=overrides)
     raw = C.to_dict(p.config)
     if config.service is not None:  # where the input runs is not the plan's to decide
         raw["service"] = C.to_dict(config)["service"]
-    raw = C.apply_overrides(raw, overrides)
     planned = C.config_from_dict(raw, name=config.source or "<plan>", given=config.given)
     print(f"fcndata: {config.source} has no model:/train: sections: training the plan "
           f"(python -m fcndata.plan --config {config.source} writes it with its reasons)", file=out or sys.stdout,
@@ -546,7 +555,7 @@ def main(argv=None) -> int:
                              "pipelines/folder.yaml with your paths. Received: no --config")
         config = C.load_config(args.config, args.overrides)
         print(f"fcndata: fingerprinting {config.data.source} data of {args.config}...", file=sys.stderr, flush=True)
-        p = plan(config, memory=parse_memory(args.memory), minutes=args.minutes)
+        p = plan(config, memory=parse_memory(args.memory), minutes=args.minutes, overrides=args.overrides)
         out = Path(args.out) if args.out else default_out(args.config)
         write_plan(p, out, recipe=args.config)
         fp = p.fingerprint

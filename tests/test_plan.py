@@ -263,3 +263,11 @@ def test_plan_then_train_a_folder_end_to_end(tmp_path, capsys):
     run = C.load_config(tmp_path / "runs" / "run" / "config.yaml")
     assert {"model", "train"} <= run.given  # --resume trains this config, not a new plan
     assert run.model == cfg.model and run.sampling == cfg.sampling and run.train.steps_per_epoch == 2
+
+
+def test_command_line_overrides_win_over_the_rules_and_say_so():
+    p = P.plan(folder_config(), fingerprint=fp(), budget=CPU, overrides=["model.width=4", "patches.mode=balanced"])
+    assert p.config.model.width == 4 and p.reasons["model.width"] == "--set model.width on the command line"
+    assert p.config.patches.mode == "balanced"  # a section the rules left out, created by the override
+    with pytest.raises(C.ConfigError, match=r"unknown key 'widht' in section 'model'; did you mean 'width'"):
+        P.plan(folder_config(), fingerprint=fp(), budget=CPU, overrides=["model.widht=4"])
