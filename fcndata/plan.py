@@ -17,7 +17,7 @@ The yardstick of every size decision is activation memory: :func:`bytes_per_pixe
 planned network × the pixels of one batch. On a GPU the budget is memory (half the device's);
 on CPU it is time: the default budget (:data:`CPU_BUDGET`) is about the activations of the
 step the bundled recipes measured as learning fastest per second on 2 cores (brain: 4 whole
-slices of ~100×110 at width 16), so a plan on CPU takes steps of that cost.
+slices of ~100×110 at width 16), so a plan on CPU takes steps of about that cost.
 
 Example:
   >>> from fcndata.config import load_config_text
@@ -49,11 +49,12 @@ from fcndata.fingerprint import Fingerprint, fingerprint as measure
 
 GiB, MiB = 1 << 30, 1 << 20
 
-#: The CPU budget: ~the activations of the best measured CPU step (brain_fullimage.yaml: batch 4
-#: of ~96x112 padded slices at width 16 ~ 0.06 GiB; batch 4 beat 8 there and on shapes). A step
-#: costs time in proportion to its pixels on 2 cores, so the budget bounds seconds per update;
-#: 4x that step leaves room for larger images before switching to patches.
-CPU_BUDGET = 256 * MiB
+#: The CPU budget is a time budget per step: a step costs time in proportion to its pixels on
+#: 2 cores, and the bundled recipes learned fastest per second with small steps (brain: batch 4
+#: of ~96x112 slices at width 16, ~55 MiB of activations, beat batch 8; shapes: batch 4 beat 8).
+#: 128 MiB is about two such steps: batch 4 of brain-sized images, batch 2 of 192x224 ones, and
+#: patches for images of ~512 px and more (nnU-Net's floor of 2 images per batch).
+CPU_BUDGET = 128 * MiB
 #: on a GPU: this share of its memory for activations (weights, optimizer state, cuDNN workspace
 #: and the input pipeline's prefetch take the rest)
 GPU_SHARE = 0.5
