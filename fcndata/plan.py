@@ -8,16 +8,16 @@ a time budget into the other sections. :func:`write_plan` writes the recipe with
 every planned value naming the fact that chose it::
 
     python -m fcndata.plan --config my_data.yaml [--memory 4GiB] [--minutes 10] [--out PATH]
-    python -m fcndata.train --config my_data.yaml.plan.yaml     # or train the data-only recipe directly
+    python -m fcndata.train --config my_data.plan.yaml          # or train the data-only recipe directly
 
 ``python -m fcndata.train`` on a recipe without ``model:`` and ``train:`` sections trains its
 plan (:func:`plan_for_training`).
 
 The yardstick of every size decision is activation memory: :func:`bytes_per_pixel` of the
 planned network × the pixels of one batch. On a GPU the budget is memory (half the device's);
-on CPU it is time: the default budget (:data:`CPU_BUDGET`) is about the activations of the
-step the bundled recipes measured as learning fastest per second on 2 cores (brain: 4 whole
-slices of ~100×110 at width 16), so a plan on CPU takes steps of about that cost.
+on CPU it is time: the default budget (:data:`CPU_BUDGET`) is about the activations of two of
+the steps the bundled recipes measured as learning fastest per second on 2 cores (brain: 4
+whole slices of ~100×110 at width 16), so a plan on CPU takes steps of about that cost.
 
 Example:
   >>> from fcndata.config import load_config_text
