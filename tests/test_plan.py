@@ -274,3 +274,22 @@ def test_command_line_overrides_win_over_the_rules_and_say_so():
     assert p.config.patches.mode == "balanced"  # a section the rules left out, created by the override
     with pytest.raises(C.ConfigError, match=r"unknown key 'widht' in section 'model'; did you mean 'width'"):
         P.plan(folder_config(), fingerprint=fp(), budget=CPU, overrides=["model.widht=4"])
+
+
+def test_a_16_bit_folder_with_an_offset_is_clipped_to_its_foreground(tmp_path):
+    rng = np.random.default_rng(0)
+    for d in ("i", "m"):
+        (tmp_path / d).mkdir()
+    for k in range(3):
+        label = np.zeros((41, 53), np.uint8)
+        label[:, 20:] = 1 + np.arange(53 - 20)[None, :] % 4
+        image = 30000 + label.astype(np.uint16) * 500 + rng.integers(0, 50, label.shape).astype(np.uint16)
+        cv2.imwrite(str(tmp_path / "i" / f"{k}.png"), image)
+        cv2.imwrite(str(tmp_path / "m" / f"{k}.png"), label)
+    recipe = tmp_path / "ct.yaml"
+    recipe.write_text("data: {source: folder, images: 'i/*.png', masks: 'm/{stem}.png', num_classes: 5, channels: 1}\n")
+    p = P.plan(C.load_config(recipe), budget=CPU)
+    assert p.fingerprint.dtype == "uint16" and 30000 <= p.fingerprint.intensity["p0.5"] < 30050
+    low, high = p.config.model.clip
+    assert 30500 <= low < 30550 and 32000 <= high < 32050 and p.config.data.image_dtype == "uint16"
+    assert C.load_config(P.write_plan(p, tmp_path / "ct.plan.yaml")) == p.config
