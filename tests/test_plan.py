@@ -135,6 +135,8 @@ def test_minutes_become_train_seconds_with_the_cosine_schedule():
     t = p.config.train
     assert (t.seconds, t.epochs, t.optimizer, t.schedule, t.learning_rate) == (150.0, None, "adam", "cosine", 2e-3)
     assert p.reasons["train.seconds"] == "2.5 minutes"
+    small = P.plan(folder_config(), fingerprint=fp(height=(40.0, 50.0, 60.0), width=(40.0, 50.0, 61.0)), budget=CPU)
+    assert small.config.model.width == 8 and small.config.train.learning_rate == 3e-3  # shapes measured
 
 
 def test_every_rule_sets_the_keys_it_declares_and_gives_a_reason():
