@@ -606,6 +606,9 @@ def main(argv=None) -> int:
         else:
             recipe = args.config or _default_recipe()
             config = load_config(recipe, args.overrides)
+            from fcndata.plan import plan_for_training  # a data-only recipe trains its plan
+
+            config = plan_for_training(config, args.overrides, getattr(args, "minutes", None))
             run_dir = default_run_dir(config)
         summary = train(config, run_dir, resume=bool(args.resume))
         if not summary.get("chief", True):

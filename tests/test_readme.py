@@ -154,6 +154,10 @@ SKIPPED_COMMANDS = {
                           "part of the test suite",
     "python -m fcndata.distributed": "starts long-running tf.data service servers; tests/test_distributed.py starts "
                                      "dispatchers and workers with these commands as subprocesses",
+    "python -m fcndata.plan --config my_data.yaml": "needs your own folder; tests/test_plan.py::"
+        "test_plan_then_train_a_folder_end_to_end runs plan, then train on the data-only recipe, on a folder it writes",
+    "python -m fcndata.train --config my_data.yaml --minutes": "needs your own folder; tests/test_plan.py::"
+        "test_plan_then_train_a_folder_end_to_end trains a data-only recipe's plan the same way",
     "python -m fcndata.train --config my_data.yaml --set service.address=": "needs a dispatcher; "
         "test_distributed.py::test_readme_train_command_with_a_service runs it against two worker processes",
     "python -m fcndata.train --config pipelines/shapes.yaml --set train.strategy=": "test_distributed.py::"
