@@ -54,9 +54,11 @@ RECIPES = {
     "scenes": "pipelines/scenes.yaml",
     "phantom": "pipelines/phantom.yaml",
 }
-#: training seconds per run (each of 2 trainers x 3 seeds): 330 s x 6 = 33 minutes of training;
-#: with graph tracing (~5-15 s a run), 4 evaluations a run and data generation the panel takes
-#: about 45 minutes on 2 cores. scenes and phantom get the most: their steps are the slowest.
+#: training seconds per run (each of 2 trainers x 3 seeds): 330 s x 6 = 33 minutes of training.
+#: Measured per run on 2 cores (6-step smoke runs, 2026-12-04): graph tracing 2-10 s, one evaluation
+#: 0.4-2.6 s (brain, digits, shapes), 5 / 2.7 s (phantom: plan / U-Net), 21 / 10 s (scenes: 12
+#: whole 512-640 px images); with :data:`EVAL_POINTS` evaluations a run the panel takes ~44 minutes.
+#: scenes and phantom get the most: their steps are the slowest (scenes' U-Net: 3.7 s a step).
 SECONDS = {"brain": 60.0, "digits": 60.0, "shapes": 30.0, "scenes": 90.0, "phantom": 90.0}
 #: what each dataset asks of a planner (the table's first column)
 ABOUT = {
@@ -71,7 +73,7 @@ KEY_DECISIONS = ("model.variant", "model.depth", "model.width", "model.intensity
                  "patches", "patches.mode", "patches.patch_size", "patches.num_per_image", "loss.terms", "sampling",
                  "sampling.class_weights", "augment", "augment.scale", "augment.rotate", "train.learning_rate")
 PLAN, UNET = "plan", "unet"
-EVAL_POINTS = 4
+EVAL_POINTS = 3  # evaluations per run: scenes' cost ~30 s each (plan + U-Net)
 
 
 # ---------------------------------------------------------------------------- pure helpers
@@ -260,6 +262,10 @@ def _iou(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
+def _epochs(value: float) -> str:
+    return f"{value:.1f}" if value >= 1 else f"{value:.2f}"
+
+
 def markdown(panel: dict) -> str:
     """The panel's RESULTS.md text, every number from ``panel`` (results.json)."""
     from fcndata.experiments.report import machine_lines, summarize
@@ -303,7 +309,7 @@ def markdown(panel: dict) -> str:
                  for n in (PLAN, UNET) if any(r["one_class"] for r in results["runs"] if r["setting"] == n)]
         lines.append(f"| {d} | {results.get('about', '')} | {results['seconds']:g} | {_final(s)} | {_final(u)} | "
                      f"{verdict(s['finals'], u['finals'])} | {s['s_per_step']:.3f} | {u['s_per_step']:.3f} | "
-                     f"{ep[PLAN]:.1f} | {ep[UNET]:.1f} | {', '.join(flags) or 'none'} |")
+                     f"{_epochs(ep[PLAN])} | {_epochs(ep[UNET])} | {', '.join(flags) or 'none'} |")
     lines += ["", "![validation mean IoU vs training seconds, per dataset](curves.png)", ""]
     for d, results in runs.items():
         summary, names = summaries[d], results["class_names"]
@@ -319,7 +325,7 @@ def markdown(panel: dict) -> str:
             epochs = np.mean([r["epochs"] for r in results["runs"] if r["setting"] == n])
             lines.append(f"| {n} | {len(s['finals'])} | {_final(s)} | "
                          + " | ".join(_iou(s["per_class"][c]) for c in names)
-                         + f" | {s['s_per_step']:.3f} | {s['steps']:.0f} | {epochs:.1f} |")
+                         + f" | {s['s_per_step']:.3f} | {s['steps']:.0f} | {_epochs(epochs)} |")
         rows = decisions(results["plan"]["sections"], results["plan"]["reasons"])
         if rows:
             later = [o for o in panel.get("overrides", ()) if not o.strip().startswith("data.")]
