@@ -8,16 +8,16 @@ a time budget into the other sections. :func:`write_plan` writes the recipe with
 every planned value naming the fact that chose it::
 
     python -m fcndata.plan --config my_data.yaml [--memory 4GiB] [--minutes 10] [--out PATH]
-    python -m fcndata.train --config my_data.yaml.plan.yaml     # or train the data-only recipe directly
+    python -m fcndata.train --config my_data.plan.yaml          # or train the data-only recipe directly
 
 ``python -m fcndata.train`` on a recipe without ``model:`` and ``train:`` sections trains its
 plan (:func:`plan_for_training`).
 
 The yardstick of every size decision is activation memory: :func:`bytes_per_pixel` of the
 planned network × the pixels of one batch. On a GPU the budget is memory (half the device's);
-on CPU it is time: the default budget (:data:`CPU_BUDGET`) is about the activations of the
-step the bundled recipes measured as learning fastest per second on 2 cores (brain: 4 whole
-slices of ~100×110 at width 16), so a plan on CPU takes steps of that cost.
+on CPU it is time: the default budget (:data:`CPU_BUDGET`) is about the activations of two of
+the steps the bundled recipes measured as learning fastest per second on 2 cores (brain: 4
+whole slices of ~100×110 at width 16), so a plan on CPU takes steps of about that cost.
 
 Example:
   >>> from fcndata.config import load_config_text
@@ -49,11 +49,12 @@ from fcndata.fingerprint import Fingerprint, fingerprint as measure
 
 GiB, MiB = 1 << 30, 1 << 20
 
-#: The CPU budget: ~the activations of the best measured CPU step (brain_fullimage.yaml: batch 4
-#: of ~96x112 padded slices at width 16 ~ 0.06 GiB; batch 4 beat 8 there and on shapes). A step
-#: costs time in proportion to its pixels on 2 cores, so the budget bounds seconds per update;
-#: 4x that step leaves room for larger images before switching to patches.
-CPU_BUDGET = 256 * MiB
+#: The CPU budget is a time budget per step: a step costs time in proportion to its pixels on
+#: 2 cores, and the bundled recipes learned fastest per second with small steps (brain: batch 4
+#: of ~96x112 slices at width 16, ~55 MiB of activations, beat batch 8; shapes: batch 4 beat 8).
+#: 128 MiB is about two such steps: batch 4 of brain-sized images, batch 2 of 192x224 ones, and
+#: patches for images of ~512 px and more (nnU-Net's floor of 2 images per batch).
+CPU_BUDGET = 128 * MiB
 #: on a GPU: this share of its memory for activations (weights, optimizer state, cuDNN workspace
 #: and the input pipeline's prefetch take the rest)
 GPU_SHARE = 0.5
@@ -378,7 +379,7 @@ def _check_data(config: C.Config) -> None:
 
 
 def plan(config: C.Config, *, memory: int | None = None, minutes: float | None = None,
-         fingerprint: Fingerprint | None = None, budget: Budget | None = None) -> Plan:
+         fingerprint: Fingerprint | None = None, budget: Budget | None = None, overrides=()) -> Plan:
     """Plans a complete recipe for ``config.data`` by :data:`RULES`.
 
     Args:
@@ -387,6 +388,8 @@ def plan(config: C.Config, *, memory: int | None = None, minutes: float | None =
       minutes: training time (default :data:`DEFAULT_MINUTES`).
       fingerprint: facts measured before (default: :func:`fcndata.fingerprint.fingerprint` now).
       budget: a :class:`Budget` (overrides ``memory`` and ``minutes``; tests use it).
+      overrides: ``--set section.key=value`` strings: they win over the rules (``data.*`` ones
+        are expected in ``config`` already, as ``load_config`` applies them).
 
     Returns:
       A :class:`Plan` whose ``config`` keeps ``config.data`` (plus planned data keys).
@@ -402,6 +405,14 @@ def plan(config: C.Config, *, memory: int | None = None, minutes: float | None =
         for key, (value, fact) in rule.decide(fp, budget, dict(values)).items():
             values[key] = value
             reasons[key] = fact
+    given = C.apply_overrides({}, overrides)  # checks section and key names, parses the values
+    for section, keys in given.items():
+        if section == "data":
+            continue
+        values.pop(section, None)  # a section the rules left out exists once the command line sets a key of it
+        for name, value in keys.items():
+            values[f"{section}.{name}"] = value
+            reasons[f"{section}.{name}"] = f"--set {section}.{name} on the command line"
     sections: dict = {}
     for key, value in values.items():
         if "." not in key:  # a whole section decided absent
@@ -506,11 +517,10 @@ def plan_for_training(config: C.Config, overrides=(), minutes: float | None = No
     """
     if config.given is None or {"model", "train"} & set(config.given):
         return config
-    p = plan(config, minutes=minutes)
+    p = plan(config, minutes=minutes, overrides=overrides)
     raw = C.to_dict(p.config)
     if config.service is not None:  # where the input runs is not the plan's to decide
         raw["service"] = C.to_dict(config)["service"]
-    raw = C.apply_overrides(raw, overrides)
     planned = C.config_from_dict(raw, name=config.source or "<plan>", given=config.given)
     print(f"fcndata: {config.source} has no model:/train: sections: training the plan "
           f"(python -m fcndata.plan --config {config.source} writes it with its reasons)", file=out or sys.stdout,
@@ -546,7 +556,7 @@ def main(argv=None) -> int:
                              "pipelines/folder.yaml with your paths. Received: no --config")
         config = C.load_config(args.config, args.overrides)
         print(f"fcndata: fingerprinting {config.data.source} data of {args.config}...", file=sys.stderr, flush=True)
-        p = plan(config, memory=parse_memory(args.memory), minutes=args.minutes)
+        p = plan(config, memory=parse_memory(args.memory), minutes=args.minutes, overrides=args.overrides)
         out = Path(args.out) if args.out else default_out(args.config)
         write_plan(p, out, recipe=args.config)
         fp = p.fingerprint

@@ -53,8 +53,11 @@ def test_network_is_a_masked_unet_without_norm_and_zscore_inputs():
 def test_whole_images_when_two_padded_largest_fit_the_budget():
     p = planned(fp())
     assert p.config.patches is None and p.config.predict.patch_size is None
-    assert p.config.batching.batch_size == 4  # the CPU cap: batch 4 beat 8 on brain and shapes
+    # 192x224 padded: 2 fit the CPU's step budget (time per step), as on a 2-core machine they should
+    assert p.config.batching.batch_size == 2
     assert "budget" in p.reasons["batching.batch_size"] and "184x220" in p.reasons["batching.batch_size"]
+    small = planned(fp(height=(90.0, 100.0, 110.0), width=(90.0, 100.0, 110.0)))
+    assert small.config.batching.batch_size == 4  # the CPU cap: batch 4 beat 8 on brain and shapes
 
 
 def test_big_images_train_on_patches_a_multiple_of_the_stride():
@@ -64,7 +67,7 @@ def test_big_images_train_on_patches_a_multiple_of_the_stride():
     n = cfg.patches.patch_size[0]
     assert cfg.patches.patch_size == (n, n) and n % 2**cfg.model.depth == 0 and 4 * 2**cfg.model.depth <= n < 512
     assert cfg.predict.patch_size == (n, n) and cfg.predict.blend == "gaussian"
-    assert "> the 256 MiB CPU default budget" in p.reasons["batching.batch_size"]
+    assert "> the 128 MiB CPU default budget" in p.reasons["batching.batch_size"]
     # a GPU's budget fits whole images again
     gpu = P.Budget(8 * P.GiB, "GPU", 600.0, "gpu")
     assert planned(fp(height=(512.0, 600.0, 700.0), width=(512.0, 640.0, 800.0), channels=3), gpu).config.patches is None
@@ -263,3 +266,30 @@ def test_plan_then_train_a_folder_end_to_end(tmp_path, capsys):
     run = C.load_config(tmp_path / "runs" / "run" / "config.yaml")
     assert {"model", "train"} <= run.given  # --resume trains this config, not a new plan
     assert run.model == cfg.model and run.sampling == cfg.sampling and run.train.steps_per_epoch == 2
+
+
+def test_command_line_overrides_win_over_the_rules_and_say_so():
+    p = P.plan(folder_config(), fingerprint=fp(), budget=CPU, overrides=["model.width=4", "patches.mode=balanced"])
+    assert p.config.model.width == 4 and p.reasons["model.width"] == "--set model.width on the command line"
+    assert p.config.patches.mode == "balanced"  # a section the rules left out, created by the override
+    with pytest.raises(C.ConfigError, match=r"unknown key 'widht' in section 'model'; did you mean 'width'"):
+        P.plan(folder_config(), fingerprint=fp(), budget=CPU, overrides=["model.widht=4"])
+
+
+def test_a_16_bit_folder_with_an_offset_is_clipped_to_its_foreground(tmp_path):
+    rng = np.random.default_rng(0)
+    for d in ("i", "m"):
+        (tmp_path / d).mkdir()
+    for k in range(3):
+        label = np.zeros((41, 53), np.uint8)
+        label[:, 20:] = 1 + np.arange(53 - 20)[None, :] % 4
+        image = 30000 + label.astype(np.uint16) * 500 + rng.integers(0, 50, label.shape).astype(np.uint16)
+        cv2.imwrite(str(tmp_path / "i" / f"{k}.png"), image)
+        cv2.imwrite(str(tmp_path / "m" / f"{k}.png"), label)
+    recipe = tmp_path / "ct.yaml"
+    recipe.write_text("data: {source: folder, images: 'i/*.png', masks: 'm/{stem}.png', num_classes: 5, channels: 1}\n")
+    p = P.plan(C.load_config(recipe), budget=CPU)
+    assert p.fingerprint.dtype == "uint16" and 30000 <= p.fingerprint.intensity["p0.5"] < 30050
+    low, high = p.config.model.clip
+    assert 30500 <= low < 30550 and 32000 <= high < 32050 and p.config.data.image_dtype == "uint16"
+    assert C.load_config(P.write_plan(p, tmp_path / "ct.plan.yaml")) == p.config
