@@ -80,7 +80,10 @@ def test_panel_plans_and_trains_two_datasets_and_writes_a_row_each(tmp_path, mon
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_panel_budgets_epochs_and_flags():
+def test_panel_budgets_epochs_and_flags(capsys):
+    assert panel.main(["--datasets", "scenes,mri"]) == 2
+    assert ("error: panel: datasets must be some of ['brain', 'digits', 'shapes', 'scenes', 'phantom']. "
+            "Received: --datasets scenes,mri") in capsys.readouterr().err
     assert panel.budgets(list(panel.SECONDS)) == panel.SECONDS
     # the default panel: 2 arms x 3 seeds of training stays within ~35 of its ~45 minutes
     assert 6 * sum(panel.SECONDS.values()) <= 35 * 60
