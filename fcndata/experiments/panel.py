@@ -283,18 +283,18 @@ def markdown(panel: dict) -> str:
          f"{len(panel['seeds'])} seed(s) ({', '.join(map(str, panel['seeds']))}), plan and U-Net round-robin; "
          f"validation evaluated {panel['eval_points']} times per run"
          + (f"; at most {panel['max_steps']} steps per run" if panel.get("max_steps") else "")),
-        "- plan: `fcndata.plan.plan(data-only recipe, minutes=budget / 60)`, trained as planned; U-Net: the plain "
-        "Keras U-Net of `fcndata.experiments.baseline` (3 levels 16/32/64 + 128, Adam 1e-3, batch 4 of whole "
-        "zero-padded images scaled to [0, 1], no augmentation)",
-        "- epochs: images (or patches) seen / one epoch of the arm's training stream; all-background: a run whose "
-        "last evaluation has at most one class with IoU > 0",
+        ("- plan: `fcndata.plan.plan(data-only recipe, minutes=budget / 60)`, trained as planned; U-Net: the plain "
+         "Keras U-Net of `fcndata.experiments.baseline` (3 levels 16/32/64 + 128, Adam 1e-3, whole zero-padded "
+         "images scaled to [0, 1], no augmentation, the base recipe's batch size: 4 unless overridden)"),
+        ("- epochs: images (or patches) seen / one epoch of the arm's training stream; all-background: a run whose "
+         "last evaluation has at most one class with IoU > 0"),
     ]
     if panel.get("overrides"):
         lines.append(f"- overrides for every dataset: `--set {' '.join(panel['overrides'])}`")
     lines += ["", "## Summary", "",
               "Mean IoU over the validation split: mean ± sd over seeds; s/step: median step time.", "",
-              "| dataset | what the planner must adapt to | s/run | plan mean IoU | U-Net mean IoU | verdict | "
-              "plan s/step | U-Net s/step | plan epochs | U-Net epochs | all-background |",
+              ("| dataset | what the planner must adapt to | s/run | plan mean IoU | U-Net mean IoU | verdict | "
+               "plan s/step | U-Net s/step | plan epochs | U-Net epochs | all-background |"),
               "|---" * 11 + "|"]
     summaries = {}
     for d, results in runs.items():
@@ -314,8 +314,8 @@ def markdown(panel: dict) -> str:
     for d, results in runs.items():
         summary, names = summaries[d], results["class_names"]
         fraction = results.get("class_fraction") or []
-        lines += [f"## {d}", "", f"Data: `{results['base']}` ({results.get('about', '')}); details in "
-                                 f"[{d}/RESULTS.md]({d}/RESULTS.md), the plan in `plans/{d}.yaml`.", ""]
+        lines += [f"## {d}", "", (f"Data: `{results['base']}` ({results.get('about', '')}); details in "
+                                  f"[{d}/RESULTS.md]({d}/RESULTS.md), the plan in `plans/{d}.yaml`."), ""]
         if fraction:
             lines += ["Training pixels per class: "
                       + ", ".join(f"{n} {100 * f:.2f} %" for n, f in zip(names, fraction)) + ".", ""]
