@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test train bench experiment preview clean
+.PHONY: install test train bench experiment panel preview clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,9 +26,16 @@ train: $(STAMP)
 bench: $(STAMP)
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) benchmarks/run_all.py
 
-# FCN §4.4 at equal wall-clock (7 settings x 3 seeds, about 30 minutes on 2 cores); writes experiments/patchwise/.
+# FCN §4.4 at equal wall-clock (7 settings x 3 seeds, about 30 minutes on 2 cores); writes experiments/patchwise/;
+# then the panel (below, about 45 minutes).
 experiment: $(STAMP)
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m fcndata.experiments.patchwise --config pipelines/brain_fullimage.yaml
+	$(MAKE) panel
+
+# The plan vs a plain U-Net at equal wall-clock on brain, digits, shapes, scenes and phantom (2 arms x 3 seeds
+# each, about 45 minutes on 2 cores); writes experiments/panel/.
+panel: $(STAMP)
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m fcndata.experiments.panel --out experiments/panel
 
 preview: $(STAMP)
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m fcndata.preview --config pipelines/brain_fullimage.yaml --out preview.png

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from fcndata.config import load_config
-from fcndata.experiments import balance, patchwise
+from fcndata.experiments import balance, panel, patchwise
 from fcndata.experiments.compare import Setting, differences, lr_at, resolve
 from fcndata.experiments.report import markdown, summarize, versus
 
@@ -50,6 +50,54 @@ def test_patchwise_on_shapes_writes_table_plot_and_paragraph_from_the_runs(tmp_p
     word = versus([sampled["mean_iou"]], [whole["mean_iou"]])
     assert f"final {sampled['mean_iou']:.3f}, {word} whole images" in text
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_panel_plans_and_trains_two_datasets_and_writes_a_row_each(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "panel"
+    argv = ["--datasets", "shapes,phantom", "--seconds", "4", "--seeds", "1", "--max-steps", "3", "--eval-points", "1",
+            "--out", str(out)]
+    # tiny data; depth 5 / pad 32 / width 4: the smallest graph to trace, whatever depth the plan picks
+    for o in ["data.num_images=4", "data.val_num_images=2", "data.min_size=40", "data.max_size=48",
+              "model.depth=5", "batching.pad_to_multiple=32", "model.width=4"]:
+        argv += ["--set", o]
+    assert panel.main(argv) == 0
+    assert "[2/2] unet, seed 0" in capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["datasets"]) == ["shapes", "phantom"] and results["seconds"] == {"shapes": 1.3, "phantom": 4.0}
+    text = (out / "RESULTS.md").read_text()
+    for name in ("shapes", "phantom"):
+        runs = results["datasets"][name]["runs"]
+        assert [r["setting"] for r in runs] == ["plan", "unet"] and all(r["steps"] == 3 for r in runs)
+        plan_run, unet_run = runs
+        row = next(line for line in text.splitlines() if line.startswith(f"| {name} | "))
+        assert f"| {plan_run['mean_iou']:.3f} | {unet_run['mean_iou']:.3f} | plan " in row
+        assert f"## {name}" in text and (out / "plans" / f"{name}.yaml").is_file() and (out / name / "RESULTS.md").is_file()
+        # the data section the plan saw carries the overrides; the plan is the one the panel trained
+        assert load_config(out / "recipes" / f"{name}.yaml").data.num_images == 4
+    assert "| `model.clip` | `[" in text  # phantom: 16-bit, so the plan clips
+    assert "python -m fcndata.experiments.panel --datasets shapes,phantom" in text
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_panel_budgets_epochs_and_flags(capsys):
+    assert panel.main(["--datasets", "scenes,mri"]) == 2
+    assert ("error: panel: datasets must be some of ['brain', 'digits', 'shapes', 'scenes', 'phantom']. "
+            "Received: --datasets scenes,mri") in capsys.readouterr().err
+    assert panel.budgets(list(panel.SECONDS)) == panel.SECONDS
+    # the default panel: 2 arms x 3 seeds of training stays within ~35 of its ~45 minutes
+    assert 6 * sum(panel.SECONDS.values()) <= 35 * 60
+    assert set(panel.RECIPES) == set(panel.SECONDS) == set(panel.ABOUT)
+    cfg = load_config(ROOT / "pipelines" / "shapes.yaml", ["patches.mode=random", "patches.patch_size=32",
+                                                           "patches.num_per_image=5"])
+    assert panel.items_per_epoch(cfg, [(50, 60)] * 3) == 15
+    grid = load_config(ROOT / "pipelines" / "shapes.yaml", ["patches.mode=grid", "patches.patch_size=32",
+                                                            "patches.stride=16"])
+    assert panel.items_per_epoch(grid, [(48, 64)]) == 2 * 3
+    assert panel.items_per_epoch(load_config(ROOT / "pipelines" / "shapes.yaml"), [(50, 60)] * 3) == 3
+    with pytest.raises(ValueError, match=r"Setting 'p': a ready config is trained by fcndata as it is"):
+        Setting("p", "pipelines/shapes.yaml", config=cfg)
+    assert resolve(Setting("p", config=cfg), "pipelines/brain_fullimage.yaml", ["model.width=4"]) is cfg
 
 
 def _fake(finals: dict, steps: dict, s_per_step: dict, classes=("background", "a", "b"), fraction=(0.75, 0.2, 0.05),

