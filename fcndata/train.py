@@ -422,7 +422,7 @@ def _training_clock(config, elapsed, agree=None):
       config: the run's recipe.
       elapsed: a float64 ``tf.Variable`` holding the training seconds spent (restored on resume).
       agree: maps this process's running total to the one every worker uses (multi-worker:
-        the maximum over workers, so all set the same rate and stop at the same step).
+        the mean over workers, so all set the same rate and stop at the same step).
 
     The callback's ``steps`` counts the optimizer's steps (from its ``iterations`` at the start).
     """
@@ -544,17 +544,23 @@ def _image_logger(model, config, log_dir: Path, dataset=None, times: int = 5, cl
     return Images()
 
 
-def _agree_on_max(strategy):
-    """``x -> max of x over every worker`` (one small all-reduce), so that the workers of a
-    multi-worker run set the same learning rate and stop at the same step of a budget."""
+def _agree_on_mean(strategy):
+    """``x -> mean of x over every worker`` (one small all-reduce; ReduceOp has no MAX), so
+    that the workers of a multi-worker run set the same learning rate and stop at the same step
+    of a budget."""
     import tensorflow as tf
+
+    device = strategy.extended.worker_devices[0]
 
     @tf.function
     def reduce(x):
-        def replica(x):
-            return tf.distribute.get_replica_context().all_reduce("MAX", x)
+        def replica():
+            # placed: the collective refuses a tensor without a device ("destinations can not be empty")
+            with tf.device(device):
+                value = tf.identity(x)
+            return tf.distribute.get_replica_context().all_reduce("MEAN", value)
 
-        return strategy.experimental_local_results(strategy.run(replica, args=(x,)))[0]
+        return strategy.experimental_local_results(strategy.run(replica))[0]
 
     return lambda x: float(reduce(tf.constant(x, tf.float64)))
 
@@ -586,7 +592,7 @@ def _fit_multi_worker(strategy, model, config, train_ds, val_ds, initial_epoch: 
             total += float(step(next(iterator)))
             done += 1
             hooks.on_train_batch_end(i)
-            if model.stop_training:  # the same step on every worker: the budget's clock agrees on the max
+            if model.stop_training:  # the same step on every worker: the budget's clock agrees on the mean
                 break
         sync_replica_state(strategy, model)
         logs = {"loss": total / done}
@@ -752,7 +758,7 @@ def _train(config, run_dir: Path, resume: bool, has_validation: bool, extra_call
             checkpoint = _EpochCheckpoint(model, out_dir / "checkpoints")
         initial_epoch = checkpoint.restore(run_dir / "checkpoints") if resume else 0
         clock = _training_clock(config, checkpoint.elapsed,
-                                agree=_agree_on_max(strategy) if name == "multi_worker" else None)
+                                agree=_agree_on_mean(strategy) if name == "multi_worker" else None)
         epochs = t.epochs if t.epochs is not None else _NO_CAP
         clock.steps = int(model.optimizer.iterations.numpy())  # what a resumed run has done
         budget_left = t.seconds is None or clock.seconds < t.seconds
@@ -793,7 +799,7 @@ def _train(config, run_dir: Path, resume: bool, has_validation: bool, extra_call
             callbacks = [*logs, *callbacks]
         callbacks += list(extra_callbacks)
         verbose = fit_verbosity(t.verbose)
-        if t.epochs is None and verbose:
+        if t.epochs is None and verbose and name != "multi_worker":  # (that loop prints its own epoch lines)
             callbacks.append(_epoch_logger(verbose))
         fit_started = time.time()
         if to_fit and name == "multi_worker":
@@ -929,12 +935,17 @@ def main(argv=None) -> int:
             print(f"fcndata: this worker's checkpoints and model copy in {summary['run_dir']}/; the chief writes the run")
             return 0
         v = summary["validation"]
+        budget = ""
+        if summary["seconds_budget"] is not None:
+            budget = (f"{summary['steps']} steps, {summary['epochs_reached']:g} epochs in "
+                      f"{summary['training_seconds']:.0f} of the {summary['seconds_budget']:g} s budget; ")
         if v is None:
-            print(f"fcndata: trained without validation (the recipe has no validation data); {summary['seconds']:.0f} s")
+            print(f"fcndata: trained without validation (the recipe has no validation data); {budget}"
+                  f"{summary['seconds']:.0f} s")
         else:
             per_class = ", ".join(f"{n} {x:.3f}" if x is not None else f"{n} n/a" for n, x in v["per_class_iou"].items())
             print(f"fcndata: validation mean IoU {v['mean_iou']:.3f} ({per_class}); "
-                  f"pixel accuracy {v['pixel_accuracy']:.3f}; {summary['seconds']:.0f} s "
+                  f"pixel accuracy {v['pixel_accuracy']:.3f}; {budget}{summary['seconds']:.0f} s "
                   f"({summary['fit_seconds']:.0f} s of training)")
         made = "model.keras, predictions.png, history.png" if v is not None else "model.keras, history.png"
         print(f"fcndata: results in {summary['run_dir']}/ ({made}, summary.json)")

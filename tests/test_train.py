@@ -206,14 +206,17 @@ def _cosine(fractions, lr=0.01):
     return [lr * 0.5 * (1 + np.cos(np.pi * f)) for f in fractions]
 
 
-def test_seconds_stop_after_exactly_the_budgeted_steps_with_cosine_over_the_seconds(tmp_path, monkeypatch):
+def test_seconds_stop_after_exactly_the_budgeted_steps_with_cosine_over_the_seconds(tmp_path, monkeypatch, capsys):
     from fcndata import train as T
 
     monkeypatch.setattr(T, "_clock", _FakeClock(tick=0.5))
     rates = _rates()
     # 3.5 s at 0.5 s a step: 7 steps, two epochs and a third of one; no epochs cap
-    cfg = _budget_config(tmp_path, "budget", "train.epochs=null", "train.seconds=3.5", "train.schedule=cosine")
+    cfg = _budget_config(tmp_path, "budget", "train.epochs=null", "train.seconds=3.5", "train.schedule=cosine",
+                         "train.verbose=1")
     summary = T.train(cfg, callbacks=[rates])
+    out = capsys.readouterr().out
+    assert [ln for ln in out.splitlines() if ln.startswith("Epoch")] == ["Epoch 1", "Epoch 2", "Epoch 3"]
     assert summary["steps"] == 7
     assert summary["epochs_reached"] == pytest.approx(7 / 3, abs=0.01)
     assert summary["seconds_budget"] == 3.5 and summary["training_seconds"] == 3.5
