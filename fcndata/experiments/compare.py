@@ -108,7 +108,7 @@ def resolve(setting: Setting, base_recipe: str, overrides: Sequence[str] = ()):
 
 
 #: values a comparison does not use (the budget replaces the epochs; nothing is saved or predicted)
-UNUSED = ("train.epochs", "train.steps_per_epoch", "train.validation_steps", "train.run_dir", "train.name",
+UNUSED = ("train.epochs", "train.seconds", "train.steps_per_epoch", "train.validation_steps", "train.run_dir", "train.name",
           "train.verbose", "predict.")
 
 
