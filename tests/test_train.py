@@ -397,3 +397,28 @@ def test_check_warns_when_the_model_predicts_a_single_class():
     assert lines[0].startswith("fcndata: warning: the model predicts only class class0 on the validation split")
     assert "--minutes" in lines[0] and "python -m fcndata.inspect" in lines[0]
     assert checks["predicted_classes"] == ["class0"] and checks["mode_gap"] == 0.0
+
+
+def test_sigkill_of_a_time_budget_run_then_resume_continues_its_seconds(tmp_path):
+    import tensorflow as tf
+
+    extra = ["train.epochs=null", "train.seconds=15", "train.steps_per_epoch=6", "train.schedule=cosine"]
+    cmd = [sys.executable, "-m", "fcndata.train"]
+    proc = subprocess.Popen(cmd + _run_args(tmp_path, "killed", *extra), env=ENV, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = tmp_path / "killed" / "checkpoints"
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(ckpt.glob("ckpt-1.index")):
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved = float(tf.train.load_variable(str(ckpt / "ckpt-1"), "elapsed/.ATTRIBUTES/VARIABLE_VALUE"))
+    assert saved > 0.0  # epoch 1's training seconds, checkpointed with the model
+    done = subprocess.run(cmd + ["--resume", str(tmp_path / "killed")], env=ENV, cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"at epoch 2, {saved:.1f} s of the 15 s budget spent" in done.stdout
+    summary = json.loads((tmp_path / "killed" / "summary.json").read_text())
+    assert summary["training_seconds"] >= 15 and summary["steps"] > 6  # the budget, continued across the kill
+    assert summary["epochs_reached"] == pytest.approx(summary["steps"] / 6, abs=0.01)
