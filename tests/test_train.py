@@ -40,6 +40,10 @@ def test_train_writes_every_artifact(tmp_path, capsys):
     assert 0.0 <= summary["validation"]["mean_iou"] <= 1.0
     assert set(summary["validation"]["per_class_iou"]) == {"class0", "class1", "class2", "class3"}
     assert 0.0 < summary["fit_seconds"] <= summary["seconds"]
+    assert 0.0 < summary["training_seconds"] <= summary["fit_seconds"]
+    assert (summary["seconds_budget"], summary["steps"], summary["epochs_reached"]) == (None, 6, 2.0)
+    assert set(summary["checks"]) == {"mean_iou_inference_mode", "mean_iou_training_mode", "mode_gap",
+                                      "predicted_classes", "warnings"}
     out = capsys.readouterr().out
     lines = out.strip().splitlines()
     # verbose 1 into a file or pipe: one line per epoch, no progress bar redrawn per step
@@ -263,6 +267,10 @@ def test_resumed_time_budget_continues_the_seconds_and_the_schedule(tmp_path, mo
     # the budget continues from epoch 1's 1.5 s: 5 more steps, 8 in all, on the same schedule
     assert summary["steps"] == 8 and summary["training_seconds"] == 4.0
     np.testing.assert_allclose(first.rates[:3] + resumed.rates, expected, rtol=1e-6)
+    # resuming a run whose budget is spent trains no more steps, and still writes the run
+    again = _rates()
+    summary = T.train(cfg, tmp_path / "crashed", resume=True, callbacks=[again])
+    assert again.rates == [] and summary["steps"] == 8 and summary["training_seconds"] == 4.0
 
 
 def test_minutes_sets_the_budget_and_lifts_the_epochs_cap(tmp_path, monkeypatch):
