@@ -334,8 +334,9 @@ RULES = (
          "a class under 1 % of labelled pixels gets median-frequency weights clipped at 10 (balanced patches "
          "instead when training on patches); none otherwise: weighting lowered csf at 71 % background", _balance),
     Rule("augment", ("augment.scale", "augment.rotate"),
-         "few images: small scale and rotation; no flips (a mirrored digit or left/right label changes what is "
-         "learnable), no photometric ones (the z-score undoes them); augmentation costs CPU beside the step", _augment),
+         "few images: small scale and rotation (shapes, 64 images, 90 epochs: 0.886 with, 0.860 without, at 1.24x "
+         "the seconds; brain's 92 slices of one template trained best without); no flips (a mirrored digit or a "
+         "left/right label changes what is learnable), no photometric ones (the z-score undoes them)", _augment),
     Rule("optimizer", ("train.optimizer", "train.learning_rate", "train.schedule", "train.warmup_steps"),
          "Adam, cosine from 2e-3 at width 16 (brain, digits: 0.882 and 0.385 vs the U-Net's 0.843 and 0.239), "
          "3e-3 at width 8 (shapes)", _optimizer),
