@@ -10,8 +10,43 @@ Example:
 
 from __future__ import annotations
 
+import math
+
 import keras
 from keras import ops
+
+
+def budget_rate(learning_rate: float, schedule: str, warmup_steps: int, fraction: float, step: int) -> float:
+    """The learning rate after ``fraction`` of a time budget and ``step`` steps.
+
+    For training to a wall-clock budget (``train.seconds``): the schedule (``constant``,
+    ``cosine`` or ``poly``, as in :func:`fcndata.train.learning_rate_schedule`) runs over
+    the budget's seconds, so cosine and poly reach 0 exactly when the budget ends; the first
+    ``warmup_steps`` steps (still counted in steps) scale it by ``step / warmup_steps``.
+
+    Args:
+      learning_rate: the initial rate (``train.learning_rate``).
+      schedule: ``constant``, ``cosine`` or ``poly``.
+      warmup_steps: steps of linear warm-up (0: none).
+      fraction: the share of the budget spent, clipped to [0, 1].
+      step: the number of steps done.
+
+    Example:
+      >>> budget_rate(0.01, "cosine", 0, 0.0, 10), round(budget_rate(0.01, "cosine", 0, 0.5, 10), 6)
+      (0.01, 0.005)
+      >>> budget_rate(0.01, "poly", 0, 1.0, 10), budget_rate(0.01, "constant", 4, 0.9, 1)
+      (0.0, 0.0025)
+    """
+    fraction = min(max(fraction, 0.0), 1.0)
+    if schedule == "cosine":
+        lr = learning_rate * 0.5 * (1.0 + math.cos(math.pi * fraction))
+    elif schedule == "poly":
+        lr = learning_rate * (1.0 - fraction) ** 0.9
+    else:
+        lr = learning_rate
+    if warmup_steps and step < warmup_steps:
+        lr *= step / warmup_steps
+    return float(lr)
 
 
 @keras.saving.register_keras_serializable(package="fcndata")

@@ -6,6 +6,22 @@ epoch and exact resume, TensorBoard logs, and the run's artifacts in ``runs/NAME
     python -m fcndata.train                                    # default recipe: brain, whole images
     python -m fcndata.train --config pipelines/brain_patchwise.yaml --set train.epochs=5
     python -m fcndata.train --resume runs/brain_fullimage-20261128-140000   # after a crash
+    python -m fcndata.train --minutes 10                       # 10 minutes of training, any number of epochs
+
+Time budget: ``train.seconds`` (or ``--minutes M``, which sets it to 60·M and, unless the
+recipe or a ``--set`` gives ``train.epochs``, lifts the epochs cap) ends training after that
+many seconds of training steps (input pipeline included; validation, checkpoints and logs
+not counted). ``train.epochs`` is then a cap, whichever comes first; the learning-rate
+schedule (after ``train.warmup_steps``, still steps) runs over the budget's seconds, so
+cosine and poly reach 0 when it ends; a resumed run continues the seconds already spent.
+``summary.json`` says ``seconds_budget``, ``training_seconds``, ``steps`` and
+``epochs_reached``.
+
+Checks: after ``model.save``, one validation batch is predicted in inference and in
+training mode; a warning line says when their mean IoU differs by more than 0.05
+(normalisation statistics that do not transfer to inference) and another when the model
+predicts a single class on the validation split; the results are ``summary.json``'s
+``checks``. The model is left unchanged by them.
 
 Every run writes ``config.yaml`` (resolved), ``metrics.csv``, ``logs/`` (TensorBoard, with
 prediction images), ``checkpoints/``, ``history.png``, ``preview.png``, ``predictions.png``,
@@ -39,6 +55,16 @@ from pathlib import Path
 import numpy as np
 
 DEFAULT_RECIPE = "pipelines/brain_fullimage.yaml"
+
+#: The clock the training budget is measured with; tests replace it with a fake one.
+_clock = time.monotonic
+
+#: ``fit``'s number of epochs when ``train.epochs`` is null (no cap): the budget stops it.
+_NO_CAP = 1_000_000
+
+#: The largest difference of mean IoU between training and inference mode on one validation
+#: batch that :func:`check_trained_model` accepts without a warning.
+MODE_GAP = 0.05
 
 
 def fit_verbosity(verbose: int, stream=None) -> int:
@@ -95,7 +121,9 @@ def learning_rate_schedule(config, steps_per_epoch: int):
     """The learning rate of ``config.train``: a float or a Keras ``LearningRateSchedule``.
 
     ``warmup_steps`` ramps the rate linearly from 0 to ``learning_rate`` and then runs the
-    schedule over the remaining steps, whatever the schedule.
+    schedule over the remaining steps, whatever the schedule. Under ``train.seconds`` the
+    schedule runs over the budget's seconds instead: this returns the constant
+    ``learning_rate``, and the trainer's budget callback sets the rate before every step.
 
     Raises:
       ValueError: ``warmup_steps`` is not fewer than the training steps.
@@ -105,6 +133,10 @@ def learning_rate_schedule(config, steps_per_epoch: int):
     from fcndata.schedules import LinearWarmup
 
     t = config.train
+    if t.seconds is not None:
+        # The budget's callback sets the rate every step (fcndata.schedules.budget_rate): the
+        # optimizer holds it in a variable, which the compiled (and XLA) step reads.
+        return t.learning_rate
     total = max(1, t.epochs * steps_per_epoch)
     if t.warmup_steps >= total:
         raise ValueError(
@@ -196,6 +228,107 @@ def evaluate(model, config, max_batches: int | None = None, dataset=None) -> dic
     }
 
 
+def _mean_iou(label, pred, weight, num_classes: int) -> float:
+    """Mean IoU over the pixels of positive ``weight`` (classes absent from both left out)."""
+    import tensorflow as tf
+
+    from fcndata.metrics import per_class_iou
+
+    valid = weight > 0
+    confusion = tf.math.confusion_matrix(tf.boolean_mask(label, valid), tf.boolean_mask(pred, valid),
+                                         num_classes=num_classes, dtype=tf.int64).numpy()
+    iou = per_class_iou(confusion)
+    return float(np.nanmean(iou)) if not np.all(np.isnan(iou)) else float("nan")
+
+
+def check_trained_model(model, config, batch, confusion, stream=None) -> dict:
+    """Two checks of a trained model; each prints one warning line when it fails.
+
+    1. Inference mode against training mode on the same validation ``batch``: when their
+       mean IoU differs by more than :data:`MODE_GAP`, the normalisation statistics the model
+       learnt (batch-norm moving averages) do not describe the batches it was trained on, and
+       the saved model predicts worse than training said.
+    2. The validation prediction (``confusion``, of the whole validation split) holds a single
+       class: the model has learnt nothing yet, or the labels are wrong.
+
+    ``model`` is unchanged afterwards: a call in training mode updates batch-norm moving
+    statistics and advances the dropout seed generators, so every variable of the model is
+    snapshotted before and assigned back after (bit for bit).
+
+    Args:
+      model: the trained Keras model.
+      config: its recipe (classes, names, ``model.norm``, ``model.masked``).
+      batch: one validation batch ``(inputs, label, sample_weight)``.
+      confusion: the validation confusion matrix (rows: label, columns: prediction).
+      stream: where warnings go (default: ``sys.stderr``).
+
+    Returns:
+      ``{"mean_iou_inference_mode", "mean_iou_training_mode", "mode_gap", "predicted_classes",
+      "warnings"}``.
+
+    Example:
+      >>> import keras, numpy as np
+      >>> from fcndata.config import load_config_text
+      >>> cfg = load_config_text("data: {num_classes: 2}")
+      >>> model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Conv2D(2, 1)])
+      >>> batch = (np.ones((1, 4, 4, 1), "float32"), np.zeros((1, 4, 4), "int32"), np.ones((1, 4, 4), "float32"))
+      >>> checks = check_trained_model(model, cfg, batch, [[10, 0], [6, 0]], stream=sys.stdout)  # doctest: +ELLIPSIS
+      fcndata: warning: the model predicts only class class0 on the validation split...
+      >>> checks["mode_gap"], checks["predicted_classes"]
+      (0.0, ['class0'])
+    """
+    import tensorflow as tf
+
+    stream = sys.stderr if stream is None else stream
+    d = config.data
+    inputs, label, weight = batch
+    label = tf.convert_to_tensor(label)
+    weight = tf.convert_to_tensor(weight)
+    # Training mode changes the model (moving statistics, seed generators): restore it all.
+    snapshot = [v.numpy() for v in model.variables]
+    try:
+        modes = {}
+        for training in (False, True):
+            logits = model(inputs, training=training)
+            pred = tf.argmax(logits, axis=-1, output_type=tf.int32)
+            modes[training] = _mean_iou(tf.cast(label, tf.int32), pred, weight, d.num_classes)
+    finally:
+        for variable, value in zip(model.variables, snapshot):
+            variable.assign(value)
+    inference, training = modes[False], modes[True]
+    gap = abs(training - inference) if np.isfinite(training) and np.isfinite(inference) else 0.0
+    columns = np.asarray(confusion).sum(axis=0)
+    predicted = [d.names[i] for i in np.flatnonzero(columns)]
+    warnings = []
+    if gap > MODE_GAP:
+        warnings.append(
+            f"normalisation statistics do not transfer to inference: mean IoU {training:.2f} in training mode, "
+            f"{inference:.2f} in inference mode on the same validation batch (model.norm={config.model.norm}, "
+            f"model.masked={str(config.model.masked).lower()}): the moving averages the saved model predicts with "
+            f"do not describe the (padded, size-bucketed) batches it trained on. Use model.norm: group (or instance), "
+            f"or model.masked: true (statistics over real pixels only), or train longer so the moving averages settle"
+        )
+    if len(predicted) == 1:
+        name = predicted[0]
+        labeled = int(columns.sum())
+        share = np.asarray(confusion).sum(axis=1)[d.names.index(name)] / max(labeled, 1)
+        warnings.append(
+            f"the model predicts only class {name} on the validation split ({labeled} labeled pixels, {share:.0%} of "
+            f"them {name}): train longer (--minutes, or more train.epochs), check the labels with python -m "
+            f"fcndata.inspect --config {config.source or 'RECIPE'}, and weigh the classes "
+            f"(sampling.class_weights: inverse_frequency) or balance the patches (patches.mode: balanced)"
+        )
+    for line in warnings:
+        print(f"fcndata: warning: {line}", file=stream, flush=True)
+    return {
+        "mean_iou_inference_mode": None if np.isnan(inference) else round(inference, 4),
+        "mean_iou_training_mode": None if np.isnan(training) else round(training, 4),
+        "mode_gap": round(float(gap), 4),
+        "predicted_classes": predicted,
+        "warnings": warnings,
+    }
+
+
 def _read_history(path: Path) -> dict[str, list[float]]:
     history: dict[str, list[float]] = {}
     if not path.is_file():
@@ -237,14 +370,17 @@ def _validation_examples(model, config, max_items: int = 4, dataset=None):
 
 
 class _EpochCheckpoint:
-    """Saves model, optimizer and the number of finished epochs at the end of every epoch."""
+    """Saves model, optimizer, the number of finished epochs and the training seconds spent
+    (``elapsed``, what a ``train.seconds`` budget resumes from) at the end of every epoch."""
 
     def __init__(self, model, directory: Path):
         import tensorflow as tf
 
         model.optimizer.build(model.trainable_variables)
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
-        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, epoch=self.epoch)
+        self.elapsed = tf.Variable(0.0, dtype=tf.float64, trainable=False)
+        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, epoch=self.epoch,
+                                              elapsed=self.elapsed)
         self.manager = tf.train.CheckpointManager(self.checkpoint, str(directory), max_to_keep=2)
 
     def restore(self, directory: Path | None = None) -> int:
@@ -254,7 +390,8 @@ class _EpochCheckpoint:
         latest = tf.train.latest_checkpoint(str(directory)) if directory is not None else self.manager.latest_checkpoint
         if latest is None:
             return 0
-        self.checkpoint.restore(latest).assert_existing_objects_matched()
+        # expect_partial: a checkpoint written before the elapsed seconds were saved restores with 0
+        self.checkpoint.restore(latest).assert_existing_objects_matched().expect_partial()
         return int(self.epoch.numpy())
 
     def callback(self):
@@ -270,14 +407,91 @@ class _EpochCheckpoint:
         return Save()
 
 
-def _image_logger(model, config, log_dir: Path, dataset=None, times: int = 5):
+def _training_clock(config, elapsed, agree=None):
+    """A callback that measures training seconds and, under ``train.seconds``, runs the budget.
+
+    Each step is timed from ``on_train_batch_begin`` to ``on_train_batch_end`` with
+    :data:`_clock`: the step and its input pipeline (``fit`` reads the next batch inside the
+    step), not validation, checkpoints or logging at the end of an epoch. The running total
+    lives in ``elapsed`` (a variable of the epoch checkpoint, so a resumed run continues it).
+    With ``train.seconds``, before every step the optimizer's rate is set to
+    :func:`fcndata.schedules.budget_rate` of the budget's share spent, and after the step
+    that spends the budget ``model.stop_training`` ends ``fit`` (or the multi-worker loop).
+
+    Args:
+      config: the run's recipe.
+      elapsed: a float64 ``tf.Variable`` holding the training seconds spent (restored on resume).
+      agree: maps this process's running total to the one every worker uses (multi-worker:
+        the maximum over workers, so all set the same rate and stop at the same step).
+
+    The callback's ``steps`` counts the optimizer's steps (from its ``iterations`` at the start).
+    """
+    import keras
+
+    from fcndata.schedules import budget_rate
+
+    t = config.train
+
+    class TrainingClock(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.seconds = float(elapsed.numpy())
+            self.steps = 0
+            self.rate = None
+            self.started = None
+
+        def on_train_begin(self, logs=None):
+            self.seconds = float(elapsed.numpy())
+            self.steps = int(self.model.optimizer.iterations.numpy())
+
+        def on_train_batch_begin(self, batch, logs=None):
+            if t.seconds is not None:
+                rate = budget_rate(t.learning_rate, t.schedule, t.warmup_steps, self.seconds / t.seconds, self.steps)
+                if rate != self.rate:  # an assignment per change, not per step, for the constant schedule
+                    self.model.optimizer.learning_rate = rate
+                    self.rate = rate
+            self.started = _clock()
+
+        def on_train_batch_end(self, batch, logs=None):
+            seconds = self.seconds + (_clock() - self.started)
+            self.seconds = float(agree(seconds)) if agree is not None else seconds
+            self.steps += 1
+            elapsed.assign(self.seconds)
+            if t.seconds is not None and self.seconds >= t.seconds:
+                self.model.stop_training = True
+
+        def spent(self) -> float | None:
+            """The budget's share spent, or None without ``train.seconds``."""
+            return None if t.seconds is None else min(1.0, self.seconds / t.seconds)
+
+    return TrainingClock()
+
+
+def _epoch_logger(verbose: int):
+    """Keras' progress bar without the total epochs (``fit`` runs a huge number when
+    ``train.epochs`` is null and ``train.seconds`` stops it): ``Epoch 3``, not ``Epoch 3/1000000``."""
+    import keras
+
+    class EpochLogger(keras.callbacks.ProgbarLogger):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epochs = 0  # Keras prints "Epoch i/N" only when N > 1
+            super().on_epoch_begin(epoch, logs)
+            if self.verbose:
+                print(f"Epoch {epoch + 1}", flush=True)
+
+    return EpochLogger()
+
+
+def _image_logger(model, config, log_dir: Path, dataset=None, times: int = 5, clock=None):
     """A callback writing validation predictions to TensorBoard ``times`` times per run.
 
     Measured on the brain recipe: rebuilding the validation pipeline and drawing the
     figure took ~3.4 s, a quarter of a 14-step epoch, when done every epoch. So the
     example images are read once (from ``dataset``, the run's eval pipeline of element
     dicts, when given), and the figure is drawn on ``times`` evenly spaced epochs
-    (always the last), from the first validation batch kept in memory.
+    (always the last), from the first validation batch kept in memory. Under
+    ``train.seconds`` the ``times`` points are spread over the budget instead (``clock``: the
+    run's :func:`_training_clock`).
     """
     import keras
     import matplotlib.pyplot as plt
@@ -288,12 +502,26 @@ def _image_logger(model, config, log_dir: Path, dataset=None, times: int = 5):
     from fcndata.preview import plot_predictions
 
     writer = tf.summary.create_file_writer(str(log_dir / "predictions"))
-    every = max(1, config.train.epochs // times)
+    epochs = config.train.epochs
+    every = max(1, (epochs or 1) // times)
+    next_share = [1.0 / times]
     cached = []
+
+    def due(epoch) -> bool:
+        if model.stop_training or epoch + 1 == epochs:  # the last epoch
+            return True
+        spent = clock.spent() if clock is not None else None
+        if spent is None:
+            return not (epoch + 1) % every
+        if spent < next_share[0]:
+            return False
+        while next_share[0] <= spent:
+            next_share[0] += 1.0 / times
+        return True
 
     class Images(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
-            if (epoch + 1) % every and epoch + 1 != config.train.epochs:
+            if not due(epoch):
                 return
             if not cached:
                 batch = next(iter(build_pipeline(config, "eval", keras=False) if dataset is None else dataset))
@@ -316,12 +544,28 @@ def _image_logger(model, config, log_dir: Path, dataset=None, times: int = 5):
     return Images()
 
 
+def _agree_on_max(strategy):
+    """``x -> max of x over every worker`` (one small all-reduce), so that the workers of a
+    multi-worker run set the same learning rate and stop at the same step of a budget."""
+    import tensorflow as tf
+
+    @tf.function
+    def reduce(x):
+        def replica(x):
+            return tf.distribute.get_replica_context().all_reduce("MAX", x)
+
+        return strategy.experimental_local_results(strategy.run(replica, args=(x,)))[0]
+
+    return lambda x: float(reduce(tf.constant(x, tf.float64)))
+
+
 def _fit_multi_worker(strategy, model, config, train_ds, val_ds, initial_epoch: int, steps: int, callbacks) -> None:
     """What ``model.fit`` does, as a step loop that runs under ``MultiWorkerMirroredStrategy``.
 
     The same stream, steps, callbacks (CSV, TensorBoard, images, checkpoints) and epoch
     logs (``loss`` and, on the chief, ``val_mean_iou`` and ``val_pixel_accuracy`` from
-    :func:`evaluate`; no ``val_loss``); batch-norm
+    :func:`evaluate`; no ``val_loss``), ``model.stop_training`` (a ``train.seconds`` budget)
+    checked after every step; batch-norm
     moving statistics are averaged across workers at the end of every epoch.
     """
     import keras
@@ -332,27 +576,42 @@ def _fit_multi_worker(strategy, model, config, train_ds, val_ds, initial_epoch: 
     step = train_step(strategy, model)
     iterator = iter(distribute_batches(strategy, train_ds))
     hooks = keras.callbacks.CallbackList(callbacks, add_history=False, add_progbar=False, model=model)
+    model.stop_training = False
     hooks.on_train_begin()
-    for epoch in range(initial_epoch, t.epochs):
+    for epoch in range(initial_epoch, t.epochs or _NO_CAP):
         hooks.on_epoch_begin(epoch)
-        total = 0.0
+        total, done = 0.0, 0
         for i in range(steps):
+            hooks.on_train_batch_begin(i)
             total += float(step(next(iterator)))
+            done += 1
             hooks.on_train_batch_end(i)
+            if model.stop_training:  # the same step on every worker: the budget's clock agrees on the max
+                break
         sync_replica_state(strategy, model)
-        logs = {"loss": total / steps}
+        logs = {"loss": total / done}
         if val_ds is not None:
             # In this process only (Keras evaluate would wait for the other workers' collectives).
             result = evaluate(model, config, max_batches=t.validation_steps, dataset=val_ds)
             logs.update(val_mean_iou=result["mean_iou"], val_pixel_accuracy=result["pixel_accuracy"])
         if t.verbose:
-            print(f"Epoch {epoch + 1}/{t.epochs}: " + ", ".join(f"{k} {v:.4f}" for k, v in logs.items()), flush=True)
+            of = f"/{t.epochs}" if t.epochs is not None else ""
+            print(f"Epoch {epoch + 1}{of}: " + ", ".join(f"{k} {v:.4f}" for k, v in logs.items()), flush=True)
         hooks.on_epoch_end(epoch, logs)
+        if model.stop_training:
+            break
     hooks.on_train_end()
 
 
-def train(config, run_dir: Path | None = None, resume: bool = False) -> dict:
+def train(config, run_dir: Path | None = None, resume: bool = False, callbacks=()) -> dict:
     """Trains ``config`` into ``run_dir`` (resuming from its checkpoints if ``resume``).
+
+    ``train.seconds`` ends training after that many seconds of training (steps and their
+    input pipeline; validation and checkpoints not counted), ``train.epochs`` then being a
+    cap (null: none); the learning-rate schedule runs over those seconds, and a resumed run
+    continues the seconds spent. After training (and after ``model.save``) the trained
+    model is checked (:func:`check_trained_model`): a warning line if its normalisation
+    statistics do not transfer to inference mode or if it predicts one class only.
 
     A recipe without validation data trains without it: no validation metrics, image
     logging, final evaluation or ``predictions.png``; ``summary.json`` says
@@ -360,8 +619,16 @@ def train(config, run_dir: Path | None = None, resume: bool = False) -> dict:
     printed once at the end and saved in ``skipped.csv`` (path, reason), their number in
     ``summary.json``; if a split has no usable file at all, nothing is trained or written.
 
+    Args:
+      config: the recipe.
+      run_dir: the run folder (default: :func:`default_run_dir`).
+      resume: continue the run in ``run_dir`` from its last checkpoint.
+      callbacks: more Keras callbacks for ``fit`` (after the trainer's own).
+
     Returns:
-      The run summary (also written to ``summary.json``).
+      The run summary (also written to ``summary.json``): with ``training_seconds`` (the
+      budget's clock), ``seconds_budget``, ``steps``, ``epochs_reached`` (steps / steps per
+      epoch) and ``checks``.
 
     Raises:
       ValueError: every file of a split was skipped (the message says how to list them).
@@ -382,7 +649,7 @@ def train(config, run_dir: Path | None = None, resume: bool = False) -> dict:
         run_dir.mkdir(parents=True, exist_ok=True)
         dump_config(config, run_dir / "config.yaml")
         try:
-            summary = _train(config, run_dir, resume, has_validation)
+            summary = _train(config, run_dir, resume, has_validation, list(callbacks))
         finally:
             skipped = sources.skipped_files(reports)
             if config.data.on_error == "skip" or skipped:
@@ -447,7 +714,7 @@ def _save_skipped(skipped, run_dir: Path) -> None:
         print("\n".join(lines), file=sys.stderr, flush=True)
 
 
-def _train(config, run_dir: Path, resume: bool, has_validation: bool) -> dict:
+def _train(config, run_dir: Path, resume: bool, has_validation: bool, extra_callbacks=()) -> dict:
     import keras
 
     from fcndata.batching import to_keras
@@ -487,11 +754,21 @@ def _train(config, run_dir: Path, resume: bool, has_validation: bool) -> dict:
             model = build_model(config, steps)
             checkpoint = _EpochCheckpoint(model, out_dir / "checkpoints")
         initial_epoch = checkpoint.restore(run_dir / "checkpoints") if resume else 0
+        clock = _training_clock(config, checkpoint.elapsed,
+                                agree=_agree_on_max(strategy) if name == "multi_worker" else None)
+        epochs = t.epochs if t.epochs is not None else _NO_CAP
+        clock.steps = int(model.optimizer.iterations.numpy())  # what a resumed run has done
+        budget_left = t.seconds is None or clock.seconds < t.seconds
         if resume:
-            print(f"fcndata: resuming {run_dir} at epoch {initial_epoch + 1}/{t.epochs}", flush=True)
+            of = f"/{t.epochs}" if t.epochs is not None else ""
+            spent = f", {clock.seconds:.1f} s of the {t.seconds:g} s budget spent" if t.seconds is not None else ""
+            print(f"fcndata: resuming {run_dir} at epoch {initial_epoch + 1}{of}{spent}", flush=True)
+        to_fit = initial_epoch < epochs and budget_left
         # One stream of all remaining epochs, built once; `steps` comes from the source's
-        # metadata, so nothing is read before the first step.
-        train_ds = build_pipeline(config, "train", initial_epoch=initial_epoch)
+        # metadata, so nothing is read before the first step. (Without an epochs cap, the stream
+        # is as long as fit's epochs: built lazily, its length costs nothing.)
+        train_ds = build_pipeline(config, "train", initial_epoch=initial_epoch,
+                                  epochs=max(1, epochs - initial_epoch)) if to_fit else None
         # The eval pipeline is built once per run and serves validation, the image logger
         # and the final evaluation. Its batch count comes from metadata too (no counting pass).
         val_elements = val_ds = None
@@ -505,7 +782,8 @@ def _train(config, run_dir: Path, resume: bool, has_validation: bool) -> dict:
                   "without validation (no validation metrics, evaluation or predictions.png)", file=sys.stderr, flush=True)
         from fcndata import cli
 
-        callbacks = [checkpoint.callback(),
+        # The clock first: the checkpoint saves the seconds it counted up to the epoch's end.
+        callbacks = [clock, checkpoint.callback(),
                      # A SIGTERM whose exception TensorFlow swallowed still stops the run here.
                      keras.callbacks.LambdaCallback(on_train_batch_end=lambda *_, **__: cli.check_interrupted())]
         if chief:  # the run's metrics, logs and images
@@ -514,21 +792,25 @@ def _train(config, run_dir: Path, resume: bool, has_validation: bool) -> dict:
                 keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs"), write_graph=False),
             ]
             if has_validation:
-                logs.append(_image_logger(model, config, run_dir / "logs", val_elements))
+                logs.append(_image_logger(model, config, run_dir / "logs", val_elements, clock=clock))
             callbacks = [*logs, *callbacks]
+        callbacks += list(extra_callbacks)
+        verbose = fit_verbosity(t.verbose)
+        if t.epochs is None and verbose:
+            callbacks.append(_epoch_logger(verbose))
         fit_started = time.time()
-        if initial_epoch < t.epochs and name == "multi_worker":
+        if to_fit and name == "multi_worker":
             _fit_multi_worker(strategy, model, config, train_ds, val_ds if chief else None, initial_epoch, steps,
                               callbacks)
-        elif initial_epoch < t.epochs:
+        elif to_fit:
             model.fit(
                 train_ds,
-                epochs=t.epochs,
+                epochs=epochs,
                 initial_epoch=initial_epoch,
                 steps_per_epoch=steps,
                 validation_data=val_ds,
                 callbacks=callbacks,
-                verbose=fit_verbosity(t.verbose),
+                verbose=verbose,
                 shuffle=False,  # the pipeline already shuffles, per epoch and seeded
             )
         fit_seconds = round(time.time() - fit_started, 1)
@@ -538,9 +820,12 @@ def _train(config, run_dir: Path, resume: bool, has_validation: bool) -> dict:
         print(f"fcndata: saving model.keras, {'evaluating on the validation split, ' if has_validation else ''}"
               "drawing the PNGs...", file=sys.stderr, flush=True)
         model.save(run_dir / "model.keras")
-        result = None
+        result = checks = None
         if has_validation:
             result = evaluate(model, config, dataset=val_elements.apply(to_keras(masked_input=config.model.masked)))
+            # After model.save: the check restores every variable it could change, and the saved
+            # model could not be changed by it in any case.
+            checks = check_trained_model(model, config, next(iter(val_ds)), result["confusion"])
         history = _read_history(run_dir / "metrics.csv")
         plot_history(history).savefig(run_dir / "history.png", dpi=100)
         # Drawn here, not on the service: one batch needs no job on the workers.
@@ -558,7 +843,11 @@ def _train(config, run_dir: Path, resume: bool, has_validation: bool) -> dict:
         "epochs": t.epochs,
         "steps_per_epoch": steps,
         "seconds": round(time.time() - started, 1),
-        "fit_seconds": fit_seconds,
+        "fit_seconds": fit_seconds,  # fit as a whole: training, validation, checkpoints, logs
+        "training_seconds": round(clock.seconds, 1),  # training steps only (the budget's clock), all sessions
+        "seconds_budget": t.seconds,
+        "steps": clock.steps,
+        "epochs_reached": round(clock.steps / steps, 2),
         "policy": policy,
         "jit_compile": bool(model.jit_compile),
         "strategy": name,
@@ -567,6 +856,7 @@ def _train(config, run_dir: Path, resume: bool, has_validation: bool) -> dict:
         "per_replica_batch_size": per_replica,
         "validation": result,
         "last_epoch": {k: v[-1] for k, v in history.items() if v},
+        "checks": checks,
     }
     return summary
 
@@ -578,6 +868,26 @@ def default_run_dir(config) -> Path:
     return Path(t.run_dir) / (t.name or f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
+def _with_minutes(config, minutes: float, overrides, resumed: bool = False):
+    """``--minutes M``: ``train.seconds = 60·M``, and no epochs cap unless the recipe file or an
+    override gives ``train.epochs`` (a resumed run's ``config.yaml`` keeps its own)."""
+    import dataclasses
+
+    import yaml
+
+    from fcndata.config import ConfigError
+
+    if not minutes > 0:
+        raise ConfigError(f"--minutes must be > 0 (minutes of training). Received: --minutes {minutes:g}")
+    explicit = resumed or any(o.replace(" ", "").startswith("train.epochs=") for o in overrides or ())
+    if not explicit and config.given and "train" in config.given and config.source and Path(config.source).is_file():
+        raw = yaml.safe_load(Path(config.source).read_text()) or {}
+        explicit = isinstance(raw.get("train"), dict) and "epochs" in raw["train"]
+    train = dataclasses.replace(config.train, seconds=60.0 * minutes,
+                                epochs=config.train.epochs if explicit else None)
+    return config.replace(train=train)
+
+
 def main(argv=None) -> int:
     from fcndata import cli
 
@@ -587,6 +897,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fcndata.train", description="Train the bundled FCN on a recipe.")
     add_config_arguments(parser, default=None)
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    parser.add_argument(
+        "--minutes", type=float, metavar="M",
+        help="train for M minutes of training (train.seconds = 60*M; validation and checkpoints not counted); "
+             "the schedule runs over them, and train.epochs is no cap unless the recipe or --set gives it",
+    )
     cli.add_debug_argument(parser)
     args = parser.parse_args(argv)
     run_dir: Path | None = None
@@ -613,6 +928,8 @@ def main(argv=None) -> int:
 
             config = plan_for_training(config, args.overrides, getattr(args, "minutes", None))
             run_dir = default_run_dir(config)
+        if args.minutes is not None:
+            config = _with_minutes(config, args.minutes, args.overrides, resumed=bool(args.resume))
         summary = train(config, run_dir, resume=bool(args.resume))
         if not summary.get("chief", True):
             print(f"fcndata: this worker's checkpoints and model copy in {summary['run_dir']}/; the chief writes the run")

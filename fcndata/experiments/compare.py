@@ -156,17 +156,10 @@ def lr_at(config, fraction: float, step: int) -> float:
     >>> lr_at(cfg, 0.0, 10), round(lr_at(cfg, 0.5, 10), 6), lr_at(cfg, 1.0, 10)
     (0.01, 0.005, 0.0)
     """
+    from fcndata.schedules import budget_rate
+
     t = config.train
-    fraction = min(max(fraction, 0.0), 1.0)
-    if t.schedule == "cosine":
-        lr = t.learning_rate * 0.5 * (1.0 + math.cos(math.pi * fraction))
-    elif t.schedule == "poly":
-        lr = t.learning_rate * (1.0 - fraction) ** 0.9
-    else:
-        lr = t.learning_rate
-    if t.warmup_steps and step < t.warmup_steps:
-        lr *= step / t.warmup_steps
-    return float(lr)
+    return budget_rate(t.learning_rate, t.schedule, t.warmup_steps, fraction, step)
 
 
 def _fcndata_model(config):
