@@ -338,7 +338,8 @@ RULES = (
     Rule("augment", ("augment.scale", "augment.rotate"),
          "few images: small scale and rotation (shapes, 64 images, 90 epochs: 0.886 with, 0.860 without, at 1.24x "
          "the seconds; brain's 92 slices of one template trained best without); no flips (a mirrored digit or a "
-         "left/right label changes what is learnable), no photometric ones (the z-score undoes them)", _augment),
+         "left/right label changes what is learnable), no photometric ones (a z-score undoes them; each transform "
+         "costs CPU beside the step on 2 cores)", _augment),
     Rule("optimizer", ("train.optimizer", "train.learning_rate", "train.schedule", "train.warmup_steps"),
          "Adam, cosine from 2e-3 at width 16 (brain, digits: 0.882 and 0.385 vs the U-Net's 0.843 and 0.239), "
          "3e-3 at width 8 (shapes)", _optimizer),
