@@ -52,13 +52,21 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from fcndata.normalization import Intensity, RoiBatchNormalization, RoiGroupNormalization, RoiInstanceNormalization
+
 VARIANTS = ("fcn8s", "fcn16s", "fcn32s", "fcn4s", "fcn2s", "unet")
 #: Variants that fuse the stride-4 / stride-2 maps: only the tiny backbone exposes them.
 FINE_VARIANTS = ("fcn4s", "fcn2s")
 BACKBONES = ("tiny", "vgg16", "resnet50", "mobilenetv2")
-NORMS = ("batch", "frozen_batch", "group", "none")
-#: Total stride of the network: inputs must have H and W divisible by it.
+NORMS = ("batch", "frozen_batch", "group", "instance", "none")
+#: Total stride of the full-depth network (every keras.applications backbone, tiny at depth 5):
+#: inputs must have H and W divisible by it. The tiny backbone's is ``2**depth``: see :func:`stride`.
 STRIDE = 32
+#: The fcn variants' output stride: the finest pooled map each fuses (fcnNs predicts at stride N).
+VARIANT_STRIDE = {"fcn32s": 32, "fcn16s": 16, "fcn8s": 8, "fcn4s": 4, "fcn2s": 2}
+#: Raw pixel maximum of each built-in source's images (the one table: ``pixel_max`` reads it).
+BUILTIN_IMAGE_DTYPES = {"shapes": "uint8", "brain": "uint8", "digits": "uint8", "scenes": "uint8", "phantom": "uint16"}
+_DTYPE_MAX = {"uint8": 255.0, "uint16": 65535.0, "float32": 1.0}
 
 # Last layer at stride 8, 16 and 32 of each keras.applications backbone (checked by
 # building them at 64x64: the next layer halves the resolution).
@@ -97,6 +105,15 @@ def bilinear_kernel(size: int, channels: int) -> np.ndarray:
     for c in range(channels):
         kernel[:, :, c, c] = filt
     return kernel
+
+
+def stride(backbone: str = "tiny", depth: int = 5) -> int:
+    """The network's total stride: inputs need H and W divisible by it.
+
+    >>> stride("tiny", 3), stride("tiny"), stride("vgg16")
+    (8, 32, 32)
+    """
+    return 2**depth if backbone == "tiny" else STRIDE
 
 
 def group_count(channels: int, max_groups: int = 32) -> int:
@@ -185,23 +202,33 @@ def _check_choice(value, name: str, choices: Sequence[str]) -> None:
         raise ValueError(f"fcn: {name} must be one of {list(choices)}. Received: {name}={value!r}")
 
 
-def _norm_layer(norm: str, channels: int, name: str):
+def _norm_layer(norm: str, channels: int, name: str, masked: bool = False):
+    """The norm layer; ``masked``: the roi layers of fcndata.normalization (called as ``layer(x, roi)``)."""
     if norm == "batch":
-        return layers.BatchNormalization(name=name)
+        return RoiBatchNormalization(name=name) if masked else layers.BatchNormalization(name=name)
     if norm == "frozen_batch":
         return FrozenBatchNormalization(name=name)
     if norm == "group":
-        return layers.GroupNormalization(groups=group_count(channels), name=name)
+        groups = group_count(channels)
+        return RoiGroupNormalization(groups, name=name) if masked else layers.GroupNormalization(groups, name=name)
+    if norm == "instance":
+        return RoiInstanceNormalization(name=name) if masked else layers.GroupNormalization(channels, name=name)
     return None
 
 
 def _conv_block(x, channels, kernel, norm, name, roi=None, init="glorot_uniform"):
-    """conv → norm → relu (→ × roi). Conv has no bias when a norm follows."""
+    """conv → norm → relu (→ × roi). Conv has no bias when a norm follows.
+
+    With a roi, batch / group / instance statistics are taken over the roi pixels only.
+    """
     x = layers.Conv2D(
         channels, kernel, padding="same", use_bias=norm == "none", kernel_initializer=init, name=f"{name}_conv"
     )(x)
-    norm_layer = _norm_layer(norm, channels, f"{name}_{norm}norm" if norm != "batch" else f"{name}_bn")
-    if norm_layer is not None:
+    masked = roi is not None and norm in ("batch", "group", "instance")
+    norm_layer = _norm_layer(norm, channels, f"{name}_{norm}norm" if norm != "batch" else f"{name}_bn", masked)
+    if masked:
+        x = norm_layer(x, roi)
+    elif norm_layer is not None:
         x = norm_layer(x)
     x = layers.ReLU(name=f"{name}_relu")(x)
     if roi is not None:
@@ -209,14 +236,18 @@ def _conv_block(x, channels, kernel, norm, name, roi=None, init="glorot_uniform"
     return x
 
 
-def _tiny_backbone(x, width, norm, rois, init="glorot_uniform"):
-    """5 stages of 2 × conv-norm-relu + 2×2 max-pool.
+#: Channel multiplier of each tiny stage (of ``width``).
+_TINY_MULTS = (1, 2, 4, 8, 8)
 
-    Returns the pooled stride 2, 4, 8, 16, 32 maps (the FCN skips) and the stride 1, 2,
-    4, 8, 16 maps before each pool (the U-Net skips: they keep the stage's full resolution).
+
+def _tiny_backbone(x, width, norm, rois, init="glorot_uniform", depth=5):
+    """``depth`` (1-5) stages of 2 × conv-norm-relu + 2×2 max-pool.
+
+    Returns the pooled stride 2, 4, …, 2**depth maps (the FCN skips) and the stride 1, 2,
+    …, 2**(depth-1) maps before each pool (the U-Net skips: they keep the stage's full resolution).
     """
     features, before_pool = [], []
-    for stage, mult in enumerate((1, 2, 4, 8, 8), start=1):
+    for stage, mult in enumerate(_TINY_MULTS[:depth], start=1):
         roi = rois.get(2 ** (stage - 1)) if rois else None
         for i in (1, 2):
             x = _conv_block(x, width * mult, 3, norm, f"block{stage}_{i}", roi, init)
@@ -263,9 +294,10 @@ def _replace_batch_norm(model: keras.Model, norm: str) -> keras.Model:
         if isinstance(layer, layers.BatchNormalization):
             if norm == "frozen_batch":
                 new = FrozenBatchNormalization.from_config(layer.get_config())
-            elif norm == "group":
+            elif norm in ("group", "instance"):
                 channels = layer.input.shape[-1]
-                new = layers.GroupNormalization(groups=group_count(channels), epsilon=layer.epsilon, name=layer.name)
+                groups = group_count(channels) if norm == "group" else channels
+                new = layers.GroupNormalization(groups=groups, epsilon=layer.epsilon, name=layer.name)
             else:
                 new = layers.Identity(name=layer.name)
         else:
@@ -356,6 +388,10 @@ def fcn(
     dropout: float = 0.0,
     input_size: tuple[int, int] | None = None,
     name: str | None = None,
+    depth: int = 5,
+    intensity: str = "scale",
+    clip: tuple[float, float] | None = None,
+    pixel_max: float = 1.0,
 ) -> keras.Model:
     """Builds a fully convolutional network (Keras 3 functional model).
 
@@ -364,20 +400,34 @@ def fcn(
       variant: ``fcn8s`` (fuses pool3 and pool4), ``fcn16s`` (pool4) or ``fcn32s``, as in
         the paper; ``fcn4s`` and ``fcn2s`` continue the same skip pattern down to pool2 /
         pool1 (tiny backbone only) for structures a few pixels wide, which a stride-8
-        prediction cannot draw.
+        prediction cannot draw. ``fcnNs`` predicts at stride N: the fc6/fc7 head sits on
+        the deepest pooled map (stride ``2**depth``) and every pooled map from there down
+        to stride N is fused, so it needs ``2**depth >= N`` (fcn32s depth 5, fcn16s >= 4,
+        fcn8s >= 3, fcn4s >= 2).
         ``unet`` is not from the paper: a conv decoder (see the module docstring) that
-        refines each skip with 3×3 convs instead of adding 1×1 class scores.
+        refines each skip with 3×3 convs instead of adding 1×1 class scores; any depth.
       backbone: ``tiny`` (from scratch), ``vgg16``, ``resnet50`` or ``mobilenetv2``.
-      norm: normalisation after each conv of the tiny backbone and the fc6/fc7 head:
-        ``batch``, ``frozen_batch`` (moving statistics only: works at batch size 1),
-        ``group`` (GroupNorm, groups = largest divisor of the channels <= 32) or ``none``.
-        For resnet50 / mobilenetv2 their BatchNormalization layers are swapped too
-        (``batch`` keeps them); vgg16 has none.
+      norm: normalisation after each conv of the tiny backbone, the fc6/fc7 head and the
+        unet decoder. Without ``masked``, the plain Keras layers: ``batch``
+        (BatchNormalization: statistics of the whole padded batch in training, moving ones
+        in inference), ``group`` (GroupNormalization, groups = largest divisor of the
+        channels <= 32, per image), ``instance`` (GroupNormalization with one group per
+        channel). With ``masked``, the same three take the roi and compute their statistics
+        over roi pixels only (fcndata.normalization: ``RoiBatchNormalization``,
+        ``RoiGroupNormalization``, ``RoiInstanceNormalization``), so padding and
+        size-bucketing change nothing and training and inference mode agree.
+        ``frozen_batch`` (moving statistics only: works at batch size 1) and ``none`` are
+        the same either way. For resnet50 / mobilenetv2 their BatchNormalization layers are
+        swapped too (``batch`` keeps them; ``instance`` = GroupNormalization per channel);
+        inside keras.applications backbones the layers cannot take a roi, so their
+        statistics include padding even when ``masked`` (only the fcndata head and
+        decoder layers use the roi). vgg16 has none.
       masked: inputs become ``{"image": [B,H,W,C], "roi": [B,H,W,1]}``; the image and the
         features are multiplied by the roi (max-pooled to each resolution) so padding
-        stays zero instead of spreading into real pixels. The tiny backbone masks after
-        every conv block; keras.applications backbones only at their three feature
-        outputs (their inner layers are not reachable), so padding leaks a little there.
+        stays zero instead of spreading into real pixels, and norms use roi statistics
+        (above). The tiny backbone masks after every conv block; keras.applications
+        backbones only at their three feature outputs (their inner layers are not
+        reachable), so padding leaks a little there.
       weights: None or a local file: ``.weights.h5`` / ``.keras`` from an fcndata model
         (loaded into the whole model, layers whose shapes differ — e.g. the score
         layers when ``num_classes`` changed — are skipped), or a keras.applications
@@ -385,18 +435,27 @@ def fcn(
       input_channels: image channels C. keras.applications backbones get a trainable
         1x1 conv ``channel_adapter`` to 3 channels, initialised so that output channel
         k copies input channel k mod C (grey is repeated; RGBA drops alpha).
-      width: channels of the first tiny stage (then 2w, 4w, 8w, 8w; fc6/fc7 have 8w); for
-        ``unet`` also the decoder's (8w at stride 16, 4w at 8, 2w at 4, w at 2 and 1).
+      width: channels of the first tiny stage (then 2w, 4w, 8w, 8w; fc6/fc7 have the
+        deepest stage's); for ``unet`` also the decoder's (8w at stride 16, 4w at 8, 2w at
+        4, w at 2 and 1).
       dropout: dropout rate after fc6 and fc7 (the paper uses 0.5), or after the first
         ``unet`` bottleneck conv.
-      input_size: optional static (H, W), multiples of 32; default None × None.
+      input_size: optional static (H, W), multiples of the stride; default None × None.
       name: model name; default ``f"{variant}_{backbone}"``.
+      depth: pooling stages of the tiny backbone (1-5); the network's stride is
+        ``2**depth`` (:func:`stride`). keras.applications backbones: 5 only.
+      intensity: the first layer (``Intensity``): ``scale`` (pixels as given, in [0, 1])
+        or ``zscore`` (per image and channel over the roi; needs ``masked``).
+      clip: None or ``(low, high)`` raw pixel values: an intensity window applied first
+        (with ``scale`` stretched to [0, 1]); needs ``pixel_max``.
+      pixel_max: the raw pixel maximum the pipeline divided by (255 uint8, 65535 uint16,
+        1.0 float): converts ``clip`` to [0, 1] units.
 
     Returns:
       A ``keras.Model`` whose output layer ``logits`` gives float32 ``[B, H, W, num_classes]``.
 
     Raises:
-      ValueError: a choice, size or weights file is invalid.
+      ValueError: a choice, size, depth or weights file is invalid, or ``zscore`` without ``masked``.
     """
     _check_choice(variant, "variant", VARIANTS)
     if variant in FINE_VARIANTS and backbone != "tiny":
@@ -406,6 +465,7 @@ def fcn(
         )
     _check_choice(backbone, "backbone", BACKBONES)
     _check_choice(norm, "norm", NORMS)
+    _check_choice(intensity, "intensity", ("scale", "zscore"))
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"fcn: num_classes must be a positive int. Received: num_classes={num_classes!r}")
     if not isinstance(input_channels, int) or input_channels < 1:
@@ -414,12 +474,32 @@ def fcn(
         raise ValueError(f"fcn: width must be a positive int. Received: width={width!r}")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"fcn: dropout must be in [0, 1). Received: dropout={dropout!r}")
+    if not isinstance(depth, int) or not 1 <= depth <= 5:
+        raise ValueError(f"fcn: depth must be an int in [1, 5] (the tiny backbone pools 5 times). Received: depth={depth!r}")
+    if depth != 5 and backbone != "tiny":
+        raise ValueError(
+            f"fcn: depth is for the tiny backbone; {backbone} pools 5 times. Use depth=5 or backbone='tiny'. "
+            f"Received: depth={depth}, backbone={backbone!r}"
+        )
+    if variant in VARIANT_STRIDE and 2**depth < VARIANT_STRIDE[variant]:
+        finest = min((v for v, s in VARIANT_STRIDE.items() if s <= 2**depth), key=VARIANT_STRIDE.get, default=None)
+        raise ValueError(
+            f"fcn: {variant} predicts at stride {VARIANT_STRIDE[variant]}, but depth={depth} puts the fc6/fc7 head at "
+            f"stride {2**depth}, finer than that. Use depth >= {VARIANT_STRIDE[variant].bit_length() - 1}, or "
+            f"variant={finest!r} (no skips at this depth) or 'unet'. Received: variant={variant!r}, depth={depth}"
+        )
+    if intensity == "zscore" and not masked:
+        raise ValueError(
+            "fcn: intensity='zscore' normalises each image over its roi pixels, so the model needs the roi: set "
+            "masked=True (model.masked: true), or use intensity='scale'. Received: intensity='zscore', masked=False"
+        )
+    total_stride = stride(backbone, depth)
     if input_size is not None:
         input_size = tuple(input_size)
-        if len(input_size) != 2 or any(s is not None and (s <= 0 or s % STRIDE) for s in input_size):
+        if len(input_size) != 2 or any(s is not None and (s <= 0 or s % total_stride) for s in input_size):
             raise ValueError(
-                f"fcn: input_size must be (height, width) with multiples of {STRIDE} (or None); pad "
-                f"images with PadAndBatch(pad_to_multiple={STRIDE}). Received: input_size={input_size!r}"
+                f"fcn: input_size must be (height, width) with multiples of {total_stride} (or None); pad "
+                f"images with PadAndBatch(pad_to_multiple={total_stride}). Received: input_size={input_size!r}"
             )
     weights_kind = _weights_kind(weights, backbone)
     h, w = input_size or (None, None)
@@ -428,14 +508,17 @@ def fcn(
     inputs = image
     rois = None
     x = image
+    strides = [2**k for k in range(1, (depth if backbone == "tiny" else 5) + 1)]
     if masked:
         roi = keras.Input((h, w, 1), name="roi")
         inputs = {"image": image, "roi": roi}
         # max-pool: a feature is real when any pixel under it is real (for a 0/1 roi
         # this is the same as avg-pool > 0).
         rois = {1: roi}
-        for s in (2, 4, 8, 16, 32):
+        for s in strides:
             rois[s] = layers.MaxPooling2D(s, name=f"roi_pool{s}")(roi)
+    if intensity != "scale" or clip is not None:
+        x = Intensity(intensity, clip=clip, pixel_max=pixel_max, name="intensity")(x, *([rois[1]] if masked else []))
 
     if backbone == "tiny":
         if masked:
@@ -443,8 +526,8 @@ def fcn(
         # unet: He init. Its ~22 relu convs without a norm shrink a Glorot-initialised signal
         # until the relus die (measured: loss stuck after one Adam step at width 4).
         init = _UNET_INIT if variant == "unet" else "glorot_uniform"
-        (pool1, pool2, pool3, pool4, pool5), before_pool = _tiny_backbone(x, width, norm, rois, init)
-        head = 8 * width
+        pools, before_pool = _tiny_backbone(x, width, norm, rois, init, depth)
+        head = _TINY_MULTS[depth - 1] * width
     else:
         if input_channels != 3:
             x = layers.Conv2D(
@@ -464,68 +547,73 @@ def fcn(
             pool3 = RoiMask(name="pool3_roi")(pool3, rois[8])
             pool4 = RoiMask(name="pool4_roi")(pool4, rois[16])
             pool5 = RoiMask(name="pool5_roi")(pool5, rois[32])
+        pools = [None, None, pool3, pool4, pool5]
         head = 512
+    deepest = pools[-1]
 
     if variant == "unet":
         return _finish(
             _unet_head(
-                pool5, (before_pool if backbone == "tiny" else None), (pool3, pool4), num_classes, norm,
+                deepest, (before_pool if backbone == "tiny" else None), tuple(pools[2:4]), num_classes, norm,
                 rois, width, dropout, backbone,
             ),
             inputs, num_classes, variant, backbone, name, input_channels, weights, weights_kind,
         )
 
-    roi32 = rois[32] if masked else None
-    x = _conv_block(pool5, head, 3, norm, "fc6", roi32)
+    top = strides[-1]
+    roi_top = rois[top] if masked else None
+    x = _conv_block(deepest, head, 3, norm, "fc6", roi_top)
     if dropout:
         x = layers.Dropout(dropout, name="fc6_dropout")(x)
-    x = _conv_block(x, head, 1, norm, "fc7", roi32)
+    x = _conv_block(x, head, 1, norm, "fc7", roi_top)
     if dropout:
         x = layers.Dropout(dropout, name="fc7_dropout")(x)
 
-    def masked_(t, stride, name_):
+    def masked_(t, stride_, name_):
         # scores at padding would otherwise carry the bias into real pixels when upsampled
-        return RoiMask(name=name_)(t, rois[stride]) if masked else t
+        return RoiMask(name=name_)(t, rois[stride_]) if masked else t
 
-    score = masked_(_score(x, num_classes, "score_fr"), 32, "score_fr_roi")
-    if variant == "fcn32s":
-        final_factor = 32
-    else:
-        score = _upsample(score, 2, num_classes, "upscore2", trainable=True)
-        score = layers.Add(name="fuse_pool4")([score, _score(pool4, num_classes, "score_pool4", zero=True)])
-        score = masked_(score, 16, "fuse_pool4_roi")
-        final_factor = 16
-        finer = {"fcn8s": 1, "fcn4s": 2, "fcn2s": 3}.get(variant, 0)
-        skips = [(pool3, 8, "pool3", "pool4")] + ([(pool2, 4, "pool2", "pool3")] if finer > 1 else [])
-        skips += [(pool1, 2, "pool1", "pool2")] if finer > 2 else []
-        for feature, stride, pool, previous in skips:
-            score = _upsample(score, 2, num_classes, f"upscore_{previous}", trainable=True)
-            score = layers.Add(name=f"fuse_{pool}")([score, _score(feature, num_classes, f"score_{pool}", zero=True)])
-            score = masked_(score, stride, f"fuse_{pool}_roi")
-            final_factor = stride
+    score = masked_(_score(x, num_classes, "score_fr"), top, "score_fr_roi")
+    final_factor = top
+    # the pooled maps finer than the head, down to the variant's stride: pool k has stride 2**k
+    for k in range(top.bit_length() - 2, VARIANT_STRIDE[variant].bit_length() - 2, -1):
+        feature, skip_stride = pools[k - 1], 2**k
+        # the first ×2 step keeps the paper's name, "upscore2"
+        up_name = "upscore2" if skip_stride == top // 2 else f"upscore_pool{k + 1}"
+        score = _upsample(score, 2, num_classes, up_name, trainable=True)
+        score = layers.Add(name=f"fuse_pool{k}")([score, _score(feature, num_classes, f"score_pool{k}", zero=True)])
+        score = masked_(score, skip_stride, f"fuse_pool{k}_roi")
+        final_factor = skip_stride
     # "upscore2" is already the first ×2 step's name (the paper's), hence fcn2s's own name
     last = f"upscore{final_factor}" if final_factor != 2 else "upscore_out2"
     score = _upsample(score, final_factor, num_classes, last, trainable=False)
     return _finish(score, inputs, num_classes, variant, backbone, name, input_channels, weights, weights_kind)
 
 
-def _unet_head(pool5, before_pool, app_features, num_classes, norm, rois, width, dropout, backbone):
-    """``variant="unet"``: a conv bottleneck at stride 32, then the conv decoder.
+def _unet_head(deepest, before_pool, app_features, num_classes, norm, rois, width, dropout, backbone):
+    """``variant="unet"``: a conv bottleneck at the deepest stride, then the conv decoder.
 
-    Tiny backbone: the decoder climbs back to full resolution through the four stage
-    outputs before pooling (stride 16, 8, 4, 2, 1; channels 8w, 4w, 2w, w, w), so the
+    Tiny backbone (depth d): the bottleneck has the deepest stage's channels and sits at
+    stride 2**d; the decoder climbs back to full resolution through the stage outputs
+    before pooling (at depth 5: stride 16, 8, 4, 2, 1; channels 8w, 4w, 2w, w, w), so the
     class scores are computed at the input resolution. keras.applications backbones
     expose only their stride-8/16 maps: the decoder refines at 16 (8w) and 8 (4w) and a
     fixed bilinear ×8 takes the scores to the input resolution.
     """
-    roi32 = rois[32] if rois else None
-    x = _conv_block(pool5, 8 * width, 3, norm, "bottleneck_1", roi32, _UNET_INIT)
+    if backbone == "tiny":
+        depth = len(before_pool)
+        channels, top = _TINY_MULTS[depth - 1] * width, 2**depth
+    else:
+        channels, top = 8 * width, 32
+    roi_top = rois[top] if rois else None
+    x = _conv_block(deepest, channels, 3, norm, "bottleneck_1", roi_top, _UNET_INIT)
     if dropout:
         x = layers.Dropout(dropout, name="bottleneck_dropout")(x)
-    x = _conv_block(x, 8 * width, 3, norm, "bottleneck_2", roi32, _UNET_INIT)
+    x = _conv_block(x, channels, 3, norm, "bottleneck_2", roi_top, _UNET_INIT)
     if backbone == "tiny":
-        s1, s2, s4, s8, s16 = before_pool
-        skips = [(s16, 16, 8 * width), (s8, 8, 4 * width), (s4, 4, 2 * width), (s2, 2, width), (s1, 1, width)]
+        # decoder channels at stride 2**k: w at 1 and 2, 2w at 4, 4w at 8, 8w at 16
+        decoder = (1, 1, 2, 4, 8)
+        skips = [(before_pool[k], 2**k, decoder[k] * width) for k in range(depth - 1, -1, -1)]
         x = _conv_decoder(x, skips, norm, rois)
         return _score(x, num_classes, "score")
     pool3, pool4 = app_features
@@ -575,12 +663,49 @@ def _copy_matching_weights(source: keras.Model, target: keras.Model) -> None:
             layer.set_weights(values)
 
 
+def pixel_max(data) -> float:
+    """The raw pixel maximum of a ``data:`` section's images (255 uint8, 65535 uint16).
+
+    ``data.image_dtype`` when set; else, for a built-in source, its images' dtype
+    (:data:`BUILTIN_IMAGE_DTYPES`). Other sources with ``image_dtype: auto`` decide per
+    dataset, so the maximum cannot be known before reading.
+
+    Raises:
+      ValueError: it cannot be known (names ``data.image_dtype`` and how to set it).
+
+    Example:
+      >>> from fcndata.config import DataConfig
+      >>> pixel_max(DataConfig(source="shapes")), pixel_max(DataConfig(source="phantom"))
+      (255.0, 65535.0)
+    """
+    if data.image_dtype != "auto":
+        return _DTYPE_MAX[data.image_dtype]
+    if data.source in BUILTIN_IMAGE_DTYPES:
+        return _DTYPE_MAX[BUILTIN_IMAGE_DTYPES[data.source]]
+    raise ValueError(
+        f"model.clip is in raw pixel values, but the pixel maximum of data.source={data.source} images is only known "
+        "once they are read (image_dtype auto): set data.image_dtype to uint8 or uint16 (every image is then read as "
+        "that bit depth), or remove model.clip. Received: data.image_dtype='auto'"
+    )
+
+
+def model_stride(cfg) -> int:
+    """The total stride of the model a ``model:`` section builds (``2**depth`` for tiny, else 32)."""
+    return stride(cfg.backbone, getattr(cfg, "depth", 5))
+
+
 def model_from_config(cfg, data) -> keras.Model:
     """Builds :func:`fcn` from the ``model:`` and ``data:`` sections.
 
+    ``model.intensity: zscore`` needs ``model.masked: true``; ``model.clip`` needs the raw
+    pixel maximum (:func:`pixel_max`).
+
     Args:
       cfg: a ``ModelConfig``.
-      data: a ``DataConfig`` (``num_classes``, ``channels``).
+      data: a ``DataConfig`` (``num_classes``, ``channels``, ``source``, ``image_dtype``).
+
+    Raises:
+      ValueError: ``zscore`` without ``masked``, or ``clip`` whose pixel maximum is unknown.
 
     Example:
       >>> from fcndata.config import DataConfig, ModelConfig
@@ -588,6 +713,12 @@ def model_from_config(cfg, data) -> keras.Model:
       >>> m.input_shape, m.output_shape
       ((None, None, None, 1), (None, None, None, 2))
     """
+    if cfg.intensity == "zscore" and not cfg.masked:
+        raise ValueError(
+            "model.intensity: zscore normalises each image over its roi pixels, so the model needs the roi as an "
+            "input: set model.masked: true, or use model.intensity: scale. Received: model.intensity=zscore, "
+            "model.masked=false"
+        )
     return fcn(
         data.num_classes,
         variant=cfg.variant,
@@ -598,6 +729,10 @@ def model_from_config(cfg, data) -> keras.Model:
         input_channels=data.channels,
         width=cfg.width,
         dropout=cfg.dropout,
+        depth=cfg.depth,
+        intensity=cfg.intensity,
+        clip=cfg.clip,
+        pixel_max=pixel_max(data) if cfg.clip is not None else 1.0,
     )
 
 

@@ -669,20 +669,23 @@ def train(config, run_dir: Path | None = None, resume: bool = False, callbacks=(
 def _check_batches_fit_the_model(config) -> None:
     """Refuses batches whose height or width the bundled model cannot take, before anything runs.
 
-    Every variant downsamples by ``models.STRIDE`` (32): other sizes fail deep inside the
-    network (a concat of mismatched skips) or, for ``fcn32s``, silently predict a smaller map.
-    Batches are padded to ``batching.pad_to_multiple``, patches included, so that is the key.
+    Every variant downsamples by the model's stride (``models.model_stride``: ``2**model.depth``
+    on the tiny backbone, 32 otherwise): other sizes fail deep inside the network (a concat
+    of mismatched skips) or, for ``fcn32s``, silently predict a smaller map. Batches are
+    padded to ``batching.pad_to_multiple``, patches included, so that is the key.
     """
     from fcndata.config import ConfigError
-    from fcndata.models import STRIDE
+    from fcndata.models import model_stride
 
+    stride = model_stride(config.model)
     multiple = config.batching.pad_to_multiple
-    if multiple % STRIDE:
+    if multiple % stride:
         raise ConfigError(
-            f"{config.source or 'recipe'}: batching.pad_to_multiple must be a multiple of {STRIDE} for the bundled "
-            f"model: model.variant={config.model.variant} downsamples {STRIDE}x, and inputs of other sizes fail inside "
-            f"the network. Set batching.pad_to_multiple: {STRIDE} (or {2 * STRIDE}, ...); a model of your own fed by "
-            f"build_pipeline can use any multiple. Received: batching.pad_to_multiple={multiple}"
+            f"{config.source or 'recipe'}: batching.pad_to_multiple must be a multiple of {stride} for the bundled "
+            f"model: model.variant={config.model.variant} (model.depth={config.model.depth}) downsamples {stride}x, "
+            f"and inputs of other sizes fail inside the network. Set batching.pad_to_multiple: {stride} (or "
+            f"{2 * stride}, ...); a model of your own fed by build_pipeline can use any multiple. "
+            f"Received: batching.pad_to_multiple={multiple}"
         )
 
 

@@ -44,10 +44,15 @@ def planned(f: Fingerprint, budget=CPU, **data) -> P.Plan:
 # ---------------------------------------------------------------------------- one test per rule
 
 
-def test_network_is_a_masked_unet_without_norm_and_zscore_inputs():
+def test_network_is_a_masked_unet_without_norm():
     cfg = planned(fp()).config
     assert (cfg.model.variant, cfg.model.backbone, cfg.model.masked, cfg.model.norm) == ("unet", "tiny", True, "none")
-    assert cfg.model.intensity == "zscore"
+
+
+def test_8_bit_inputs_are_scaled_16_bit_ones_z_scored():
+    assert planned(fp()).config.model.intensity == "scale"
+    assert planned(fp(dtype="uint16")).config.model.intensity == "zscore"
+    assert planned(fp(dtype="float32")).config.model.intensity == "zscore"
 
 
 def test_whole_images_when_two_padded_largest_fit_the_budget():
