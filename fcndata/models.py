@@ -482,11 +482,11 @@ def fcn(
             f"Received: depth={depth}, backbone={backbone!r}"
         )
     if variant in VARIANT_STRIDE and 2**depth < VARIANT_STRIDE[variant]:
-        finest = min((v for v, s in VARIANT_STRIDE.items() if s <= 2**depth), key=VARIANT_STRIDE.get, default=None)
+        same = next(v for v, s in VARIANT_STRIDE.items() if s == 2**depth)  # the variant without skips here
         raise ValueError(
             f"fcn: {variant} predicts at stride {VARIANT_STRIDE[variant]}, but depth={depth} puts the fc6/fc7 head at "
             f"stride {2**depth}, finer than that. Use depth >= {VARIANT_STRIDE[variant].bit_length() - 1}, or "
-            f"variant={finest!r} (no skips at this depth) or 'unet'. Received: variant={variant!r}, depth={depth}"
+            f"variant={same!r} (no skips at this depth) or 'unet'. Received: variant={variant!r}, depth={depth}"
         )
     if intensity == "zscore" and not masked:
         raise ValueError(
