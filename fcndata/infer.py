@@ -720,10 +720,14 @@ def stitch(predictions, origins, source_shape: Sequence[int], blend: str = "gaus
     return stitcher.result()
 
 
-def predictor_from_config(model, cfg, masked: bool | None = None) -> SlidingWindowPredictor:
-    """A predictor from a ``predict:`` section (:class:`fcndata.config.PredictConfig`)."""
+def predictor_from_config(model, cfg, masked: bool | None = None, pad_to_multiple: int = 32) -> SlidingWindowPredictor:
+    """A predictor from a ``predict:`` section (:class:`fcndata.config.PredictConfig`).
+
+    ``pad_to_multiple``: the model's stride (``fcndata.models.model_stride(config.model)``).
+    """
     return SlidingWindowPredictor(
         model,
+        pad_to_multiple=pad_to_multiple,
         patch_size=cfg.patch_size,
         stride=cfg.stride,
         blend=cfg.blend,

@@ -1,7 +1,8 @@
 """FCN-32s / 16s / 8s (Long, Shelhamer & Darrell) and a U-Net-style decoder on four backbones, Keras 3.
 
 The model takes a float32 image batch ``[B, H, W, C]`` in ``[0, 1]`` (what
-``to_keras`` yields), with H and W multiples of 32, and returns float32 logits
+``to_keras`` yields), with H and W multiples of the stride (32; ``2**depth`` for the
+tiny backbone, :func:`stride`), and returns float32 logits
 ``[B, H, W, num_classes]`` at the input resolution from a layer named ``logits``
 (cast to float32 there, so ``mixed_float16`` / ``mixed_bfloat16`` work)::
 
@@ -35,7 +36,16 @@ their coarser parent.
 Backbones: ``tiny`` (5 stages of 2 × conv-norm-relu + max-pool, channels w, 2w, 4w,
 8w, 8w; trains in minutes on a CPU) and ``vgg16`` / ``resnet50`` / ``mobilenetv2``
 from ``keras.applications`` (weights None or a local file, never downloaded; their
-input scaling is done inside the model).
+input scaling is done inside the model). ``depth`` < 5 drops the tiny backbone's
+deepest stages: the fc6/fc7 head or the unet bottleneck sits on the deepest pool left.
+
+Normalisation (``norm``) with ``masked=True``: ``batch`` / ``group`` / ``instance`` are
+the roi layers of :mod:`fcndata.normalization`, whose means and variances are taken over
+roi pixels only (batch: over the whole batch, moving statistics in inference; group and
+instance: per image), so an image normalises the same however it was padded or bucketed.
+Without ``masked`` they are Keras' BatchNormalization / GroupNormalization (instance =
+one group per channel), whose statistics include the padding. An optional first layer
+``Intensity`` clips to a raw-value window and/or z-scores each image over its roi.
 
 Example:
   >>> model = fcn(3, "fcn8s", backbone="tiny", width=4)
@@ -482,11 +492,11 @@ def fcn(
             f"Received: depth={depth}, backbone={backbone!r}"
         )
     if variant in VARIANT_STRIDE and 2**depth < VARIANT_STRIDE[variant]:
-        finest = min((v for v, s in VARIANT_STRIDE.items() if s <= 2**depth), key=VARIANT_STRIDE.get, default=None)
+        same = next(v for v, s in VARIANT_STRIDE.items() if s == 2**depth)  # the variant without skips here
         raise ValueError(
             f"fcn: {variant} predicts at stride {VARIANT_STRIDE[variant]}, but depth={depth} puts the fc6/fc7 head at "
             f"stride {2**depth}, finer than that. Use depth >= {VARIANT_STRIDE[variant].bit_length() - 1}, or "
-            f"variant={finest!r} (no skips at this depth) or 'unet'. Received: variant={variant!r}, depth={depth}"
+            f"variant={same!r} (no skips at this depth) or 'unet'. Received: variant={variant!r}, depth={depth}"
         )
     if intensity == "zscore" and not masked:
         raise ValueError(

@@ -74,19 +74,20 @@ def roi_moments(x, roi, axes, keepdims=True):
     """
     x = tf.cast(x, tf.float32)
     roi = tf.cast(roi, tf.float32)
-    # broadcast the roi to x's shape before counting: each channel of a group is a sample
-    weight = roi * tf.ones_like(x)
-    count = tf.reduce_sum(weight, axis=axes, keepdims=keepdims)
+    # each roi pixel counts once per element of x it broadcasts over (the channels of a group);
+    # counted from the roi alone, so no x-sized weight tensor is made (one pass less)
+    repeat = 1
+    for a in axes:
+        if roi.shape[a] == 1 and x.shape[a] != 1:
+            repeat *= x.shape[a]
+    count = tf.reduce_sum(roi, axis=axes, keepdims=True) * float(repeat)
     denominator = tf.maximum(count, 1.0)
-    mean = tf.reduce_sum(x * weight, axis=axes, keepdims=keepdims) / denominator
-    centred = x - (mean if keepdims else tf.reshape(mean, _kept_shape(x, axes)))
-    variance = tf.reduce_sum(tf.square(centred) * weight, axis=axes, keepdims=keepdims) / denominator
+    mean = tf.reduce_sum(x * roi, axis=axes, keepdims=True) / denominator
+    variance = tf.reduce_sum(tf.square(x - mean) * roi, axis=axes, keepdims=True) / denominator
+    if not keepdims:
+        mean, variance, count = (tf.squeeze(t, axis=axes) for t in (mean, variance, count))
+        count = count * tf.ones_like(mean)
     return mean, variance, count
-
-
-def _kept_shape(x, axes):
-    axes = [a % len(x.shape) for a in axes]
-    return [1 if i in axes else -1 for i in range(len(x.shape))][: len(x.shape)]
 
 
 def _check_roi(layer, x_shape, roi_shape):

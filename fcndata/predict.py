@@ -122,7 +122,11 @@ def main(argv=None) -> int:
         print(f"fcndata: loading {model_path}...", file=sys.stderr, flush=True)
         model = load_model(model_path, compile=False)
         check_model_matches(model, config, model_path)
-        predictor = predictor_from_config(model, config.predict, masked=config.model.masked)
+        from fcndata.models import model_stride
+
+        predictor = predictor_from_config(
+            model, config.predict, masked=config.model.masked, pad_to_multiple=model_stride(config.model)
+        )
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         failed = []

@@ -28,6 +28,7 @@ REGISTERED = {
     "fcndata.losses": ("MaskedSparseCrossEntropy", "SparseFocalLoss", "SigmoidFocalLoss", "DiceLoss", "SumOfLosses"),
     "fcndata.metrics": ("ConfusionMatrix", "MeanIoU", "PixelAccuracy"),
     "fcndata.models": ("BilinearInitializer", "FrozenBatchNormalization", "RoiMask", "ImagePreprocess"),
+    "fcndata.normalization": ("RoiBatchNormalization", "RoiGroupNormalization", "RoiInstanceNormalization", "Intensity"),
     "fcndata.schedules": ("LinearWarmup",),
 }
 

@@ -370,3 +370,81 @@ def test_unet_loss_decreases_on_shapes_in_a_few_steps():
     losses = [float(model.train_on_batch(x, y, sample_weight=w)[0]) for _ in range(10)]
     # (width 4: it learns slowly, but steadily) every step lowers the loss
     assert all(b < a for a, b in zip(losses, losses[1:])) and losses[-1] < 0.95 * losses[0], losses
+
+
+# ---------------------------------------------------------------------------- depth, intensity, roi norms (issue 24)
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("variant", ["unet", "fcn8s"])
+def test_depth_sets_the_stride_and_keeps_the_output_size(variant, depth):
+    if variant == "fcn8s" and depth < 3:
+        with pytest.raises(ValueError, match=f"fcn8s predicts at stride 8, but depth={depth} puts the fc6/fc7 head at "
+                                             f"stride {2**depth}.*Use depth >= 3"):
+            fcn(3, variant, width=2, depth=depth)
+        return
+    stride = 2**depth
+    assert models.stride("tiny", depth) == stride
+    model = fcn(3, variant, width=2, depth=depth, masked=True, norm="batch")
+    h, w = 3 * stride, 5 * stride
+    x = {"image": _image(2, h, w), "roi": np.ones((2, h, w, 1), "float32")}
+    assert tuple(model(x, training=False).shape) == (2, h, w, 3)
+    pools = [l.name for l in model.layers if l.name.startswith("pool")]
+    assert pools == [f"pool{k}" for k in range(1, depth + 1)]
+    with pytest.raises(ValueError, match=f"multiples of {stride}"):
+        fcn(3, variant, width=2, depth=depth, input_size=(stride + stride // 2 if stride > 1 else 3, stride))
+
+
+def test_depth_5_keeps_the_layer_names_of_the_paper():
+    names = {l.name for l in fcn(3, "fcn8s", width=2).layers}
+    assert {"score_fr", "upscore2", "fuse_pool4", "score_pool4", "upscore_pool4", "fuse_pool3", "upscore8"} <= names
+    names = {l.name for l in fcn(3, "fcn8s", width=2, depth=4).layers}
+    assert {"score_fr", "upscore2", "fuse_pool3", "score_pool3", "upscore8"} <= names and "fuse_pool4" not in names
+
+
+def test_masked_norms_use_the_roi_layers_and_unmasked_the_keras_ones():
+    from fcndata import normalization as N
+
+    kinds = {
+        ("batch", True): N.RoiBatchNormalization, ("group", True): N.RoiGroupNormalization,
+        ("instance", True): N.RoiInstanceNormalization, ("batch", False): keras.layers.BatchNormalization,
+        ("group", False): keras.layers.GroupNormalization, ("instance", False): keras.layers.GroupNormalization,
+    }
+    for (norm, masked), cls in kinds.items():
+        model = fcn(2, "unet", norm=norm, masked=masked, width=2, depth=2)
+        found = [l for l in model.layers if "norm" in l.name or l.name.endswith("_bn")]
+        assert found and all(type(l) is cls for l in found), (norm, masked, {type(l).__name__ for l in found})
+        if norm == "instance" and not masked:
+            assert all(l.groups == l.input.shape[-1] for l in found)
+
+
+def test_model_from_config_reads_intensity_clip_and_depth():
+    from fcndata.normalization import Intensity
+
+    model = models.model_from_config(
+        ModelConfig(variant="unet", width=2, depth=2, masked=True, intensity="zscore", clip=(0, 1000)),
+        DataConfig(source="phantom", num_classes=2, channels=1),
+    )
+    layer = model.get_layer("intensity")
+    assert isinstance(layer, Intensity) and layer.mode == "zscore" and layer.pixel_max == 65535.0
+    assert layer.clip == (0.0, 1000.0) and len([l for l in model.layers if l.name.startswith("pool")]) == 2
+    data = DataConfig(source="folder", images="x/*.png", masks="y/*.png", image_dtype="uint16", num_classes=2)
+    assert models.pixel_max(data) == 65535.0 and models.pixel_max(DataConfig()) == 255.0
+    assert "intensity" not in {l.name for l in models.model_from_config(ModelConfig(width=2), DataConfig()).layers}
+    assert models.model_stride(ModelConfig(depth=3)) == 8 and models.model_stride(ModelConfig()) == 32
+
+
+def test_intensity_and_clip_errors_name_the_config_keys():
+    with pytest.raises(ValueError, match="model.intensity: zscore .*needs the roi.*set model.masked: true.*"
+                                         "Received: model.intensity=zscore, model.masked=false"):
+        models.model_from_config(ModelConfig(intensity="zscore", width=2), DataConfig())
+    with pytest.raises(ValueError, match="intensity='zscore'.*set masked=True.*Received: intensity='zscore', masked=False"):
+        fcn(2, width=2, intensity="zscore")
+    folder = DataConfig(source="folder", images="x/*.png", masks="y/*.png", num_classes=2)
+    with pytest.raises(ValueError, match="model.clip is in raw pixel values.*set data.image_dtype to uint8 or uint16"
+                                         ".*Received: data.image_dtype='auto'"):
+        models.model_from_config(ModelConfig(clip=(0, 100), width=2), folder)
+    with pytest.raises(ValueError, match="depth is for the tiny backbone.*Received: depth=3, backbone='vgg16'"):
+        fcn(2, backbone="vgg16", depth=3)
+    with pytest.raises(ValueError, match="fcn32s predicts at stride 32.*variant='fcn16s'.*Received: variant='fcn32s', depth=4"):
+        fcn(2, "fcn32s", depth=4, width=2)
