@@ -44,13 +44,13 @@ def planned(f: Fingerprint, budget=CPU, **data) -> P.Plan:
 # ---------------------------------------------------------------------------- one test per rule
 
 
-def test_network_is_a_masked_unet_without_norm():
+def test_network_is_a_masked_unet_with_roi_instance_norm():
     cfg = planned(fp()).config
-    assert (cfg.model.variant, cfg.model.backbone, cfg.model.masked, cfg.model.norm) == ("unet", "tiny", True, "none")
+    assert (cfg.model.variant, cfg.model.backbone, cfg.model.masked, cfg.model.norm) == ("unet", "tiny", True, "instance")
 
 
-def test_8_bit_inputs_are_scaled_16_bit_ones_z_scored():
-    assert planned(fp()).config.model.intensity == "scale"
+def test_inputs_are_z_scored_whatever_the_bit_depth():
+    assert planned(fp()).config.model.intensity == "zscore"
     assert planned(fp(dtype="uint16")).config.model.intensity == "zscore"
     assert planned(fp(dtype="float32")).config.model.intensity == "zscore"
 
