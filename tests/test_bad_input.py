@@ -402,7 +402,7 @@ def test_a_pad_multiple_the_model_cannot_take_is_refused_before_anything_runs(tm
     assert train_main(args) == 2
     line = _one_error_line(capsys.readouterr().err)
     assert line.startswith(f"error: {recipe}: batching.pad_to_multiple must be a multiple of 32 "), line
-    assert "for the bundled model: model.variant=unet downsamples 32x" in line
+    assert "for the bundled model: model.variant=unet (model.depth=5) downsamples 32x" in line
     assert line.endswith("Received: batching.pad_to_multiple=16")
     assert not any(tmp_path.iterdir())  # nothing written
 
