@@ -60,11 +60,12 @@ CPU_BUDGET = 128 * MiB
 GPU_SHARE = 0.5
 DEFAULT_MINUTES = 10.0
 RARE = 0.01  # a class under this share of the labelled pixels is rare
-FEW_IMAGES = 80  # augmentation below this many training images
-TINY_SIDE = 96  # images no larger than this get width 8
+FEW_IMAGES = 80  # augmentation below this many training images...
+AUGMENT_SECONDS = 180.0  # ...when the budget is at least this long (a short one is spent better on the data)
+SMALL_SIDE = 96  # images no larger than this: no norm layer and the higher learning rate
 WIDE_16BIT = 1024  # uint16 images whose labelled pixels span more levels than this get clipped
 LEARNING_RATE = 2e-3  # width 16: brain_fullimage.yaml, digits_fullimage.yaml
-LEARNING_RATE_NARROW = 3e-3  # width 8: shapes.yaml (2e-3 there: 0.611 vs 0.746 after 25 epochs)
+LEARNING_RATE_SMALL = 3e-3  # small images: shapes.yaml (2e-3 there: 0.611 vs 0.746 after 25 epochs)
 
 
 def bytes_per_pixel(width: int, depth: int, channels: int = 1, num_classes: int = 2) -> float:
@@ -153,8 +154,11 @@ def _network(fp, budget, so_far):
 
 
 def _norm(fp, budget, so_far):
-    fact = "per image over its roi pixels: the same in training and inference, at any batch size or padding"
-    return {"model.norm": ("instance", fact)}
+    side = max(fp.max_shape)
+    if side <= SMALL_SIDE:
+        return {"model.norm": ("none", f"largest image side {side} px <= {SMALL_SIDE}: small images")}
+    return {"model.norm": ("instance", f"largest image side {side} px > {SMALL_SIDE}; per image over its roi pixels: "
+                                       "the same in training and inference, at any batch size or padding")}
 
 
 def _intensity(fp, budget, so_far):
@@ -194,9 +198,7 @@ def _depth(fp, budget, so_far):
 def _width(fp, budget, so_far):
     if budget.device == "gpu":
         return {"model.width": (32, f"GPU, {_gib(budget.memory)} budget")}
-    side = max(fp.max_shape)
-    width = 8 if side <= TINY_SIDE else 16
-    return {"model.width": (width, f"CPU, largest image side {side} px {'<=' if width == 8 else '>'} {TINY_SIDE}")}
+    return {"model.width": (16, "CPU")}
 
 
 def _padded(shape, multiple):
@@ -277,16 +279,21 @@ def _balance(fp, budget, so_far):
 def _augment(fp, budget, so_far):
     if fp.num_train >= FEW_IMAGES:
         return {"augment": (None, f"{fp.num_train} train images >= {FEW_IMAGES}")}
-    fact = f"{fp.num_train} train images < {FEW_IMAGES}"
+    if budget.seconds < AUGMENT_SECONDS:
+        return {"augment": (None, f"{fp.num_train} train images < {FEW_IMAGES}, but a budget of "
+                                  f"{budget.seconds:g} s < {AUGMENT_SECONDS:g} s")}
+    fact = f"{fp.num_train} train images < {FEW_IMAGES}, a budget of {budget.seconds:g} s"
     return {"augment.scale": ([0.9, 1.1], fact), "augment.rotate": (10.0, fact)}
 
 
 def _optimizer(fp, budget, so_far):
-    width = so_far["model.width"]
+    side = max(fp.max_shape)
     fact = "the bundled recipes' measured setting"
-    lr = LEARNING_RATE_NARROW if width <= 8 else LEARNING_RATE
+    small = side <= SMALL_SIDE
+    lr = LEARNING_RATE_SMALL if small else LEARNING_RATE
     return {"train.optimizer": ("adam", fact),
-            "train.learning_rate": (lr, f"unet width {width}: {'shapes' if width <= 8 else 'brain, digits'} measured"),
+            "train.learning_rate": (lr, f"largest image side {side} px {'<=' if small else '>'} {SMALL_SIDE}: "
+                                        f"{'shapes' if small else 'brain, digits'} measured"),
             "train.schedule": ("cosine", fact), "train.warmup_steps": (0, fact)}
 
 
@@ -314,7 +321,8 @@ RULES = (
          "instance normalisation over the roi (masked): per-image statistics, so padding, size buckets and batch "
          "size never change them and inference mode equals training mode; at equal 60 s it beat no norm and the "
          "roi batch norm on phantom (0.558 vs 0.288-0.544 and 0.346) and matched no norm on digits (0.216 vs "
-         "0.210; batch 0.245, whose moving statistics lag: 0.01-0.04 train/inference gap) for ~1.7x the CPU step",
+         "0.210; batch 0.245, whose moving statistics lag: 0.01-0.04 train/inference gap) for ~1.7x the CPU step; "
+         "images <= 96 px train without one (shapes, equal 30 s, width 16: 0.876-0.887 without, 0.798 instance)",
          _norm),
     Rule("intensity", ("model.intensity",),
          "per-image z-score over the roi: any bit depth, offset, gain or exposure reaches the network at mean 0, "
@@ -326,8 +334,8 @@ RULES = (
     Rule("depth", ("model.depth", "batching.pad_to_multiple"),
          "the deepest feature map of the smallest image stays >= 4 px; padding to the stride", _depth),
     Rule("width", ("model.width",),
-         "16 on CPU (about the hand-written U-Net's compute per pixel); 8 for small images (shapes: width 8 beat "
-         "12); 32 on a GPU", _width),
+         "16 on CPU (about the hand-written U-Net's compute per pixel; shapes, equal 30 s: 0.779 vs 0.764 at "
+         "width 8); 32 on a GPU", _width),
     Rule("batch", ("batching.batch_size", "patches.*", "predict.patch_size"),
          "whole images when 2 padded largest images fit the budget, else the largest patches 4 of which fit; "
          "batch <= 4 on CPU (brain and shapes: batch 4 beat 8 at equal time)", _batch),
@@ -340,13 +348,13 @@ RULES = (
          "a class under 1 % of labelled pixels gets median-frequency weights clipped at 10 (balanced patches "
          "instead when training on patches); none otherwise: weighting lowered csf at 71 % background", _balance),
     Rule("augment", ("augment.scale", "augment.rotate"),
-         "few images: small scale and rotation (shapes, 64 images, 90 epochs: 0.886 with, 0.860 without, at 1.24x "
-         "the seconds; brain's 92 slices of one template trained best without); no flips (a mirrored digit or a "
+         "few images and a budget of >= 3 minutes: small scale and rotation (shapes, 64 images, 90 epochs: 0.886 "
+         "with, 0.860 without, at 1.24x the seconds; at 30 s augmentation cost 0.044 and 0.014; brain's 92 slices of one template trained best without); no flips (a mirrored digit or a "
          "left/right label changes what is learnable), no photometric ones (a z-score undoes them; each transform "
          "costs CPU beside the step on 2 cores)", _augment),
     Rule("optimizer", ("train.optimizer", "train.learning_rate", "train.schedule", "train.warmup_steps"),
-         "Adam, cosine from 2e-3 at width 16 (brain, digits: 0.882 and 0.385 vs the U-Net's 0.843 and 0.239), "
-         "3e-3 at width 8 (shapes)", _optimizer),
+         "Adam, cosine from 2e-3 (brain, digits: 0.882 and 0.385 vs the U-Net's 0.843 and 0.239), 3e-3 for "
+         "images <= 96 px (shapes)", _optimizer),
     Rule("time", ("train.seconds", "train.epochs"),
          "--minutes decides; the schedule runs over the seconds", _time),
 )

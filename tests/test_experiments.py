@@ -78,6 +78,14 @@ def test_panel_plans_and_trains_two_datasets_and_writes_a_row_each(tmp_path, mon
     assert "| `model.clip` | `[" in text  # phantom: 16-bit, so the plan clips
     assert "python -m fcndata.experiments.panel --datasets shapes,phantom" in text
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # --update reruns one dataset and keeps the other's row from the earlier run
+    phantom_before = results["datasets"]["phantom"]
+    update = [a if a != "shapes,phantom" else "shapes" for a in argv] + ["--update"]
+    assert panel.main(update) == 0
+    again = json.loads((out / "results.json").read_text())
+    assert list(again["datasets"]) == ["shapes", "phantom"] and again["datasets"]["phantom"] == phantom_before
+    assert again["updates"][0][1] == ["shapes"]
+    assert "reran shapes (`--update`" in (out / "RESULTS.md").read_text()
 
 
 def test_panel_budgets_epochs_and_flags(capsys):

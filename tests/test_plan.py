@@ -107,7 +107,9 @@ def test_wide_16_bit_range_is_clipped_to_the_foreground_percentiles():
     assert planned(narrow).config.model.clip is None  # an offset, not a wide range: the z-score removes it
 
 
-def test_few_images_get_augmentation_without_flips():
+def test_few_images_get_augmentation_without_flips_when_the_budget_is_long():
+    short = P.Budget(P.CPU_BUDGET, "CPU default", 60.0, "cpu")
+    assert planned(fp(num_train=12), short).config.augment is None  # a minute is spent better on the data
     few = planned(fp(num_train=12)).config.augment
     assert few.scale == (0.9, 1.1) and few.rotate == 10.0 and not few.flip_horizontal
     assert planned(fp()).config.augment is None
@@ -119,8 +121,10 @@ def test_depth_keeps_the_deepest_map_at_least_4_px_and_pads_to_the_stride(side, 
     assert cfg.model.depth == depth and cfg.batching.pad_to_multiple == 2**depth
 
 
-def test_small_images_get_width_8_large_16_gpu_32():
-    assert planned(fp(height=(40.0, 50.0, 60.0), width=(40.0, 50.0, 61.0))).config.model.width == 8
+def test_width_16_on_cpu_32_on_gpu_and_small_images_train_without_a_norm():
+    small = planned(fp(height=(40.0, 50.0, 60.0), width=(40.0, 50.0, 61.0))).config.model
+    assert (small.width, small.norm) == (16, "none")
+    assert planned(fp()).config.model.norm == "instance"
     assert planned(fp()).config.model.width == 16
     assert planned(fp(), P.Budget(8 * P.GiB, "GPU", 600.0, "gpu")).config.model.width == 32
 
@@ -141,7 +145,7 @@ def test_minutes_become_train_seconds_with_the_cosine_schedule():
     assert (t.seconds, t.epochs, t.optimizer, t.schedule, t.learning_rate) == (150.0, None, "adam", "cosine", 2e-3)
     assert p.reasons["train.seconds"] == "2.5 minutes"
     small = P.plan(folder_config(), fingerprint=fp(height=(40.0, 50.0, 60.0), width=(40.0, 50.0, 61.0)), budget=CPU)
-    assert small.config.model.width == 8 and small.config.train.learning_rate == 3e-3  # shapes measured
+    assert small.config.train.learning_rate == 3e-3  # shapes measured
 
 
 def test_every_rule_sets_the_keys_it_declares_and_gives_a_reason():
@@ -261,7 +265,8 @@ def test_plan_then_train_a_folder_end_to_end(tmp_path, capsys):
     assert "min side 129 px" in text and "137x161" in text and "0.5 minutes" in text
     cfg = C.load_config(written)
     assert cfg.train.seconds == 30.0 and cfg.sampling.class_weights == "median_frequency"
-    assert cfg.model.depth == 5 and cfg.batching.pad_to_multiple == 32 and cfg.augment is not None
+    assert cfg.model.depth == 5 and cfg.batching.pad_to_multiple == 32
+    assert cfg.augment is None and "< 180 s" in text  # few images, but half a minute: no augmentation
 
     sets = ["train.epochs=1", "train.steps_per_epoch=2", "train.validation_steps=1", "train.verbose=0",
             f"train.run_dir={tmp_path / 'runs'}", "train.name=run"]

@@ -276,6 +276,8 @@ def markdown(panel: dict) -> str:
         "",
         (f"Written by `{panel.get('command', '(command not recorded)')}`; every number below is computed from "
          "`results.json` next to this file (each dataset's own comparison is in `<dataset>/RESULTS.md`)."),
+        *[f"Then `{c}` reran {', '.join(ds)} (`--update`: the other datasets' rows are the earlier run's)."
+          for c, ds in panel.get("updates", [])],
         "",
         *machine_lines(panel["machine_start"], panel.get("machine_end")),
         (f"- per run, training seconds (training steps, input pipeline included; graph tracing and evaluations "
@@ -380,8 +382,13 @@ def write(panel: dict, out: str | Path) -> list[Path]:
 
 def run_panel(datasets: Sequence[str], *, seconds: float | None = None, seeds: Sequence[int] = (0, 1, 2),
               out: str | Path = "experiments/panel", overrides: Sequence[str] = (), eval_points: int = EVAL_POINTS,
-              max_steps: int | None = None, command: str | None = None, log: Callable[[str], None] = print) -> dict:
-    """Runs the panel on ``datasets`` and writes its outputs into ``out``; returns results.json's content."""
+              max_steps: int | None = None, command: str | None = None, log: Callable[[str], None] = print,
+              update: bool = False) -> dict:
+    """Runs the panel on ``datasets`` and writes its outputs into ``out``; returns results.json's content.
+
+    ``update``: ``out/results.json`` of an earlier panel keeps its other datasets; the ones given
+    are rerun and replace theirs (RESULTS.md names the rerun and its command).
+    """
     from fcndata.experiments.report import machine_facts
 
     unknown = [d for d in datasets if d not in RECIPES]
@@ -391,6 +398,12 @@ def run_panel(datasets: Sequence[str], *, seconds: float | None = None, seeds: S
     panel = {"command": command, "datasets": {}, "seconds": budgets(datasets, seconds), "seeds": list(seeds),
              "eval_points": eval_points, "max_steps": max_steps, "overrides": list(overrides),
              "machine_start": machine_facts()}
+    previous = out / "results.json"
+    if update and previous.is_file():
+        earlier = json.loads(previous.read_text())
+        earlier["seconds"] = {**earlier["seconds"], **panel["seconds"]}
+        earlier["updates"] = [*earlier.get("updates", []), [command, list(datasets)]]
+        panel = earlier
     for d in datasets:
         panel["datasets"][d] = run_dataset(d, panel["seconds"][d], seeds, out, overrides=overrides,
                                            eval_points=eval_points, max_steps=max_steps, log=log)
@@ -417,6 +430,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"evaluations per run, evenly spaced (default {EVAL_POINTS})")
     parser.add_argument("--max-steps", type=int, help="stop a run after this many steps too (smoke runs)")
     parser.add_argument("--out", default="experiments/panel", help="output folder (default experiments/panel)")
+    parser.add_argument("--update", action="store_true",
+                        help="keep the other datasets of OUT/results.json; rerun only --datasets")
     cli.add_debug_argument(parser)
     args = parser.parse_args(argv)
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
@@ -428,7 +443,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.seconds is not None and args.seconds <= 0:
             raise ValueError(f"--seconds must be > 0. Received: --seconds {args.seconds}")
         run_panel(datasets, seconds=args.seconds, seeds=list(range(args.seeds)), out=args.out,
-                  overrides=args.overrides, eval_points=args.eval_points, max_steps=args.max_steps, command=command)
+                  overrides=args.overrides, eval_points=args.eval_points, max_steps=args.max_steps, command=command,
+                  update=args.update)
         print(f"python -m fcndata.experiments.panel: results in {Path(args.out) / 'RESULTS.md'}, curves.png, "
               "results.json")
         return 0
