@@ -81,3 +81,41 @@ def arrays(data, split: str = "train"):
 def load(data, split: str = "train") -> tf.data.Dataset:
     """Dispatches on ``data.source`` to its module in :data:`MODULES`."""
     return _module(data).load(data, split)
+
+
+def procedural(name: str, class_names, draw, salt: int):
+    """``(generate, arrays, load)`` of a procedural built-in dataset (``scenes``, ``phantom``).
+
+    ``draw(rng, h, w) -> (image, label)`` makes one image ([h, w] or [h, w, c]) and its label;
+    sizes are drawn in ``data.min_size..max_size``, and each split has its own seeded stream
+    (``[seed, split, salt]``). ``generate`` is cached, so loading again is cheap.
+    """
+    import functools
+
+    @functools.lru_cache(maxsize=16)
+    def generate(seed: int, split: str, num_images: int, min_size: int, max_size: int, channels: int):
+        rng = np.random.default_rng([seed, 0 if split == "train" else 1, salt])
+        images, labels = [], []
+        for _ in range(num_images):
+            h, w = (int(v) for v in rng.integers(min_size, max_size + 1, 2))
+            image, label = draw(rng, h, w)
+            images.append(to_channels(image if image.ndim == 3 else image[..., None], channels))
+            labels.append(label)
+        return images, labels
+
+    def arrays(data, split: str = "train"):
+        check_split(split, name)
+        check_classes(data, name, len(class_names))
+        n = data.num_images if split == "train" else data.val_num_images
+        images, labels = generate(data.seed, split, n, data.min_size, data.max_size, data.channels)
+        return images, labels, [f"{name}/{split}/{i:04d}" for i in range(n)]
+
+    def load(data, split: str = "train") -> tf.data.Dataset:
+        from fcndata import sources
+
+        images, labels, paths = arrays(data, split)
+        return sources.from_arrays(images, labels, len(class_names), data.ignore_label, paths=paths)
+
+    arrays.__doc__ = f"{name} images for ``split`` (num_images / val_num_images, min_size..max_size, seed, channels)."
+    load.__doc__ = f"The {name} dataset of ``data`` (a DataConfig) for ``split``, as contract elements."
+    return generate, arrays, load

@@ -41,13 +41,9 @@ Example:
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
-import tensorflow as tf
 
-from fcndata import sources
-from fcndata.datasets import check_classes, check_split, to_channels
+from fcndata.datasets import procedural
 from fcndata.datasets.scenes import blob_polygon, smooth_field
 
 CLASS_NAMES = ("background", "lung", "liver", "spleen", "kidney", "stomach", "aorta", "spine", "rib",
@@ -179,30 +175,4 @@ def phantom(rng, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(np.round(hu + OFFSET), 0, 4095).astype(np.uint16), label
 
 
-@functools.lru_cache(maxsize=16)
-def generate(seed: int, split: str, num_images: int, min_size: int, max_size: int, channels: int):
-    """(images, labels) of one split; cached."""
-    rng = np.random.default_rng([seed, 0 if split == "train" else 1, 12_24])
-    images, labels = [], []
-    for _ in range(num_images):
-        h, w = (int(v) for v in rng.integers(min_size, max_size + 1, 2))
-        image, label = phantom(rng, h, w)
-        images.append(to_channels(image[..., None], channels))
-        labels.append(label)
-    return images, labels
-
-
-def arrays(data, split: str = "train"):
-    """Phantom slices for ``split`` (num_images / val_num_images, min_size..max_size, seed, channels)."""
-    check_split(split, "phantom")
-    check_classes(data, "phantom", len(CLASS_NAMES))
-    n = data.num_images if split == "train" else data.val_num_images
-    images, labels = generate(data.seed, split, n, data.min_size, data.max_size, data.channels)
-    paths = [f"phantom/{split}/{i:04d}" for i in range(n)]
-    return images, labels, paths
-
-
-def load(data, split: str = "train") -> tf.data.Dataset:
-    """The phantom dataset of ``data`` (a DataConfig) for ``split``, as contract elements."""
-    images, labels, paths = arrays(data, split)
-    return sources.from_arrays(images, labels, len(CLASS_NAMES), data.ignore_label, paths=paths)
+generate, arrays, load = procedural("phantom", CLASS_NAMES, phantom, 12_24)

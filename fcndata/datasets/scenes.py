@@ -30,13 +30,9 @@ Example:
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
-import tensorflow as tf
 
-from fcndata import sources
-from fcndata.datasets import check_classes, check_split, to_channels
+from fcndata.datasets import procedural
 
 CLASS_NAMES = ("background", "cell", "vessel", "rock", "moss")
 #: objects per class on a 512 x 512 image (scaled by area, at least one)
@@ -162,30 +158,4 @@ def scene(rng, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(np.round(image), 0, 255).astype(np.uint8), label
 
 
-@functools.lru_cache(maxsize=16)
-def generate(seed: int, split: str, num_images: int, min_size: int, max_size: int, channels: int):
-    """(images, labels) of one split; cached."""
-    rng = np.random.default_rng([seed, 0 if split == "train" else 1, 5_24])
-    images, labels = [], []
-    for _ in range(num_images):
-        h, w = (int(v) for v in rng.integers(min_size, max_size + 1, 2))
-        image, label = scene(rng, h, w)
-        images.append(to_channels(image, channels))
-        labels.append(label)
-    return images, labels
-
-
-def arrays(data, split: str = "train"):
-    """Scenes for ``split`` (num_images / val_num_images, min_size..max_size, seed, channels)."""
-    check_split(split, "scenes")
-    check_classes(data, "scenes", len(CLASS_NAMES))
-    n = data.num_images if split == "train" else data.val_num_images
-    images, labels = generate(data.seed, split, n, data.min_size, data.max_size, data.channels)
-    paths = [f"scenes/{split}/{i:04d}" for i in range(n)]
-    return images, labels, paths
-
-
-def load(data, split: str = "train") -> tf.data.Dataset:
-    """The scenes dataset of ``data`` (a DataConfig) for ``split``, as contract elements."""
-    images, labels, paths = arrays(data, split)
-    return sources.from_arrays(images, labels, len(CLASS_NAMES), data.ignore_label, paths=paths)
+generate, arrays, load = procedural("scenes", CLASS_NAMES, scene, 5_24)
