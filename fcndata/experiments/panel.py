@@ -122,15 +122,16 @@ def one_class(per_class_iou: dict) -> bool:
 
 
 def verdict(plan: list[float], unet: list[float]) -> str:
-    """``plan ≥ U-Net`` when the plan's seeds are above or level with the U-Net's, else ``plan < U-Net``.
+    """``plan ≥ U-Net`` or ``plan < U-Net`` by the means over seeds (the issue's criterion), with
+    :func:`~fcndata.experiments.report.versus`'s word for how far apart the seeds are.
 
     >>> verdict([0.8, 0.82], [0.7, 0.72]), verdict([0.7, 0.9], [0.8, 0.81]), verdict([0.5, 0.52], [0.7, 0.72])
-    ('plan ≥ U-Net (above)', 'plan ≥ U-Net (level with)', 'plan < U-Net (below)')
+    ('plan ≥ U-Net (above)', 'plan < U-Net (level with)', 'plan < U-Net (below)')
     """
     from fcndata.experiments.report import versus
 
-    word = versus(plan, unet)
-    return f"plan {'<' if word == 'below' else '≥'} U-Net ({word})"
+    sign = "≥" if float(np.mean(plan)) >= float(np.mean(unet)) else "<"
+    return f"plan {sign} U-Net ({versus(plan, unet)})"
 
 
 def _flow(value) -> str:
