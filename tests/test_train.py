@@ -107,6 +107,19 @@ def _weights(path):
     return keras.models.load_model(path, compile=False).get_weights()
 
 
+def _kill_after_epoch_1(command, run_dir):
+    """Starts a training command and SIGKILLs it once epoch 1 is checkpointed; returns the checkpoint folder."""
+    proc = subprocess.Popen(command, env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = run_dir / "checkpoints"
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(ckpt.glob("ckpt-1.index")):
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return ckpt
+
+
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
     extra = ["train.epochs=3", "train.steps_per_epoch=6"]
     cmd = [sys.executable, "-m", "fcndata.train"]
@@ -114,15 +127,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
     subprocess.run(cmd + _run_args(tmp_path, "straight", *extra), check=True, env=ENV, cwd=ROOT,
                    capture_output=True, timeout=600)
     # the same run, killed with SIGKILL once epoch 1 is checkpointed (so inside epoch 2)
-    proc = subprocess.Popen(cmd + _run_args(tmp_path, "killed", *extra), env=ENV, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpt = tmp_path / "killed" / "checkpoints"
-    deadline = time.time() + 300
-    while time.time() < deadline and not list(ckpt.glob("ckpt-1.index")):
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    _kill_after_epoch_1(cmd + _run_args(tmp_path, "killed", *extra), tmp_path / "killed")
     assert not (tmp_path / "killed" / "model.keras").exists()
     done = subprocess.run(cmd + ["--resume", str(tmp_path / "killed")], env=ENV, cwd=ROOT, capture_output=True,
                           text=True, timeout=600)
@@ -412,15 +417,7 @@ def test_sigkill_of_a_time_budget_run_then_resume_continues_its_seconds(tmp_path
 
     extra = ["train.epochs=null", "train.seconds=15", "train.steps_per_epoch=6", "train.schedule=cosine"]
     cmd = [sys.executable, "-m", "fcndata.train"]
-    proc = subprocess.Popen(cmd + _run_args(tmp_path, "killed", *extra), env=ENV, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpt = tmp_path / "killed" / "checkpoints"
-    deadline = time.time() + 300
-    while time.time() < deadline and not list(ckpt.glob("ckpt-1.index")):
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    ckpt = _kill_after_epoch_1(cmd + _run_args(tmp_path, "killed", *extra), tmp_path / "killed")
     saved = float(tf.train.load_variable(str(ckpt / "ckpt-1"), "elapsed/.ATTRIBUTES/VARIABLE_VALUE"))
     assert saved > 0.0  # epoch 1's training seconds, checkpointed with the model
     done = subprocess.run(cmd + ["--resume", str(tmp_path / "killed")], env=ENV, cwd=ROOT, capture_output=True,
