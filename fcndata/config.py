@@ -179,12 +179,10 @@ class DataConfig:
 
     @property
     def has_validation(self) -> bool:
-        """Whether the recipe names validation data (a folder or TFRecord source may have none)."""
-        if self.source == "folder":
-            return self.val_images is not None
-        if self.source == "tfrecord":
-            return self.val_tfrecords is not None
-        return True
+        """Whether the recipe names validation data: :func:`fcndata.sources.has_split`, the one answer."""
+        from fcndata.sources import has_split  # imports TensorFlow, which this module does not
+
+        return has_split(self, "validation")
 
     @property
     def names(self) -> tuple[str, ...]:

@@ -130,7 +130,7 @@ def main(argv=None) -> int:
 
         cfg = C.load_config(args.config, args.overrides)
         data = cfg.data
-        if args.split == "validation" and not data.has_validation:
+        if args.split == "validation" and not sources.has_split(data, "validation"):
             raise ValueError(
                 f"{cfg.source}: the recipe has no validation data (data.val_images / data.val_tfrecords is not set). "
                 "Received: --split validation"

@@ -14,6 +14,8 @@ import fcndata.testing as t
 from fcndata import elements as E
 from fcndata import sources as S
 from fcndata.config import DataConfig
+from fcndata.decode import convert_channels
+from fcndata.sources import arrays
 
 VOC = [(0, 0, 0), (128, 0, 0), (0, 128, 0)]
 
@@ -111,10 +113,10 @@ def test_channel_conversions(tmp_path):
 
 def test_convert_channels_in_graph_and_eager():
     img = tf.constant(t.random_image(3, 4, 3))
-    eager, _ = S.convert_channels(img, 4)
-    graph = next(iter(tf.data.Dataset.from_tensors(img).map(lambda x: S.convert_channels(x, 4)[0])))
+    eager, _ = convert_channels(img, 4)
+    graph = next(iter(tf.data.Dataset.from_tensors(img).map(lambda x: convert_channels(x, 4)[0])))
     np.testing.assert_array_equal(eager, graph)
-    _, ok = S.convert_channels(tf.zeros([2, 2, 5], tf.uint8), 3)
+    _, ok = convert_channels(tf.zeros([2, 2, 5], tf.uint8), 3)
     assert not bool(ok)
 
 
@@ -296,7 +298,7 @@ def test_from_arrays_one_copy_roi_and_large_sources(monkeypatch):
         assert e["roi"].dtype == tf.uint8
     assert ds.options().experimental_optimization.apply_default_optimizations is None
     # Large sources turn tf.data's default rewrites off (they would copy the arrays per iterator).
-    monkeypatch.setattr(S, "LARGE_ARRAYS", 100)
+    monkeypatch.setattr(arrays, "LARGE_ARRAYS", 100)
     big = S.from_arrays(imgs, labs, num_classes=3)
     assert big.options().experimental_optimization.apply_default_optimizations is False
     assert [int(e["source_index"]) for e in big] == [0, 1]
@@ -368,6 +370,25 @@ def test_tfds_prepared_locally(tmp_path):
     assert [tuple(e["image"].shape) for e in out] == [(9, 7, 3), (10, 9, 3), (11, 11, 3)]
     assert out[1]["path"].numpy() == b"tfds/tiny_seg/train/1"
     np.testing.assert_array_equal(out[2]["label"], stripes(11, 11))
+
+
+def test_a_tfds_source_with_an_empty_validation_split_has_no_validation_for_every_command(tmp_path, capsys):
+    # One answer (has_split) for train, inspect and preview; nothing is read from TFDS to give it.
+    from fcndata.config import load_config
+    from fcndata.inspect import main as inspect_main
+    from fcndata.preview import main as preview_main
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("data: {source: tfds, tfds_name: tiny_seg, tfds_data_dir: tfds, tfds_val_split: '', num_classes: 3}\n")
+    data = load_config(recipe).data
+    assert S.has_split(data, "train")
+    assert not S.has_split(data, "validation") and not data.has_validation
+    assert inspect_main(["--config", str(recipe), "--split", "validation"]) == 2
+    assert f"error: {recipe}: the recipe has no validation data" in capsys.readouterr().err
+    assert preview_main(["--config", str(recipe), "--mode", "eval", "--out", str(tmp_path / "p.png")]) == 2
+    assert f"error: {recipe}: the recipe has no validation data" in capsys.readouterr().err
+    named = DataConfig(source="tfds", tfds_name="tiny_seg")  # the default split name, "validation"
+    assert S.has_split(named, "validation") and named.has_validation
 
 
 def test_inspect_command_names_an_empty_glob_without_a_traceback(tmp_path, capsys):

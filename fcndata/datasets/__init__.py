@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from fcndata.config import BUILTIN_SOURCES as BUILTIN
+from fcndata.sources.arrays import from_arrays
 
 
 def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
@@ -111,10 +112,8 @@ def procedural(name: str, class_names, draw, salt: int):
         return images, labels, [f"{name}/{split}/{i:04d}" for i in range(n)]
 
     def load(data, split: str = "train") -> tf.data.Dataset:
-        from fcndata import sources
-
         images, labels, paths = arrays(data, split)
-        return sources.from_arrays(images, labels, len(class_names), data.ignore_label, paths=paths)
+        return from_arrays(images, labels, len(class_names), data.ignore_label, paths=paths)
 
     arrays.__doc__ = f"{name} images for ``split`` (num_images / val_num_images, min_size..max_size, seed, channels)."
     load.__doc__ = f"The {name} dataset of ``data`` (a DataConfig) for ``split``, as contract elements."

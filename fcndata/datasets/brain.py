@@ -36,8 +36,8 @@ import functools
 import numpy as np
 import tensorflow as tf
 
-from fcndata import sources
 from fcndata.datasets import check_classes, check_split, to_channels
+from fcndata.sources.arrays import from_arrays
 
 CLASS_NAMES = ("background", "csf", "grey_matter", "white_matter")
 MIN_BRAIN_FRACTION = 0.03
@@ -108,4 +108,4 @@ def arrays(data, split: str = "train"):
 def load(data, split: str = "train") -> tf.data.Dataset:
     """The brain dataset of ``data`` (a DataConfig) for ``split``, as contract elements."""
     images, labels, paths = arrays(data, split)
-    return sources.from_arrays(images, labels, 4, data.ignore_label, paths=paths)
+    return from_arrays(images, labels, 4, data.ignore_label, paths=paths)

@@ -20,8 +20,8 @@ import functools
 import numpy as np
 import tensorflow as tf
 
-from fcndata import sources
 from fcndata.datasets import check_classes, check_split, to_channels
+from fcndata.sources.arrays import from_arrays
 
 CLASS_NAMES = ("background",) + tuple(f"digit{d}" for d in range(10))
 THRESHOLD = 128
@@ -94,4 +94,4 @@ def arrays(data, split: str = "train"):
 def load(data, split: str = "train") -> tf.data.Dataset:
     """The digits dataset of ``data`` (a DataConfig) for ``split``, as contract elements."""
     images, labels, paths = arrays(data, split)
-    return sources.from_arrays(images, labels, 11, data.ignore_label, paths=paths)
+    return from_arrays(images, labels, 11, data.ignore_label, paths=paths)

@@ -22,8 +22,8 @@ import functools
 import numpy as np
 import tensorflow as tf
 
-from fcndata import sources
 from fcndata.datasets import check_split, to_channels
+from fcndata.sources.arrays import from_arrays
 
 KINDS = ("circle", "rectangle", "triangle")
 
@@ -130,4 +130,4 @@ def arrays(data, split: str = "train"):
 def load(data, split: str = "train") -> tf.data.Dataset:
     """The shapes dataset of ``data`` (a DataConfig) for ``split``, as contract elements."""
     images, labels, paths = arrays(data, split)
-    return sources.from_arrays(images, labels, data.num_classes, data.ignore_label, paths=paths)
+    return from_arrays(images, labels, data.num_classes, data.ignore_label, paths=paths)
