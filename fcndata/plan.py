@@ -62,7 +62,7 @@ DEFAULT_MINUTES = 10.0
 RARE = 0.01  # a class under this share of the labelled pixels is rare
 FEW_IMAGES = 80  # augmentation below this many training images...
 AUGMENT_SECONDS = 180.0  # ...when the budget is at least this long (a short one is spent better on the data)
-SMALL_SIDE = 96  # images no larger than this: no norm layer and the higher learning rate
+SMALL_SIDE = 96  # images no larger than this: the higher learning rate
 WIDE_16BIT = 1024  # uint16 images whose labelled pixels span more levels than this get clipped
 LEARNING_RATE = 2e-3  # width 16: brain_fullimage.yaml, digits_fullimage.yaml
 LEARNING_RATE_SMALL = 3e-3  # small images: shapes.yaml (2e-3 there: 0.611 vs 0.746 after 25 epochs)
@@ -154,11 +154,11 @@ def _network(fp, budget, so_far):
 
 
 def _norm(fp, budget, so_far):
-    side = max(fp.max_shape)
-    if side <= SMALL_SIDE:
-        return {"model.norm": ("none", f"largest image side {side} px <= {SMALL_SIDE}: small images")}
-    return {"model.norm": ("instance", f"largest image side {side} px > {SMALL_SIDE}; per image over its roi pixels: "
-                                       "the same in training and inference, at any batch size or padding")}
+    if budget.device == "gpu":
+        return {"model.norm": ("instance", "GPU: a norm layer costs little there; per image over its roi pixels: the "
+                                           "same in training and inference, at any batch size or padding")}
+    return {"model.norm": ("none", "CPU: a norm layer costs 1.4-1.7x the step, and a short budget is spent better "
+                                   "on steps")}
 
 
 def _intensity(fp, budget, so_far):
@@ -318,11 +318,11 @@ RULES = (
          "a conv decoder draws thin structures FCN score fusion cannot (brain csf, shapes); masked: padding never "
          "enters a statistic", _network),
     Rule("norm", ("model.norm",),
-         "instance normalisation over the roi (masked): per-image statistics, so padding, size buckets and batch "
-         "size never change them and inference mode equals training mode; at equal 60 s it beat no norm and the "
-         "roi batch norm on phantom (0.558 vs 0.288-0.544 and 0.346) and matched no norm on digits (0.216 vs "
-         "0.210; batch 0.245, whose moving statistics lag: 0.01-0.04 train/inference gap) for ~1.7x the CPU step; "
-         "images <= 96 px train without one (shapes, equal 30 s, width 16: 0.876-0.887 without, 0.798 instance)",
+         "on a CPU none: every norm layer costs 1.4-1.7x the step (benchmarks/norm_step.py), and at minutes of "
+         "training steps count more (digits, equal 60 s, 3 seeds, each against the U-Net in the same run: "
+         "none 0.251 vs 0.174, roi instance 0.192 vs 0.206, roi batch 0.161 vs 0.158, experiments/panel-norm; shapes, equal 30 s: none 0.876-0.887, instance 0.798; z-scored inputs keep the first layers "
+         "in range); on a GPU instance normalisation over the roi (nnU-Net's choice): per-image statistics, so "
+         "padding, size buckets and batch size never change them and inference mode equals training mode",
          _norm),
     Rule("intensity", ("model.intensity",),
          "per-image z-score over the roi: any bit depth, offset, gain or exposure reaches the network at mean 0, "
