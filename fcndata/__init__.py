@@ -1,30 +1,56 @@
 """fcndata: tf.data pipelines for training fully convolutional segmentation networks.
 
-The entry points a user types are attributes of the package, imported lazily (``import
-fcndata`` stays cheap: TensorFlow loads when the first of them is used)::
+The entry points a user types are attributes of the package, and so is every module::
 
-    import fcndata
-    cfg = fcndata.load_config("pipelines/shapes.yaml")
-    ds = fcndata.build_pipeline(cfg, "train")
-    patches = fcndata.from_arrays(images, labels, num_classes=3).apply(fcndata.ExtractPatches(32))
+    import fcndata as fd
+    cfg = fd.load_config("pipelines/shapes.yaml")
+    ds = fd.build_pipeline(cfg, "train")
+    model = fd.models.model_from_config(cfg)
+    patches = fd.from_arrays(images, labels, num_classes=3).apply(fd.ExtractPatches(32))
+
+``import fcndata`` imports Keras (and so TensorFlow, a few seconds) and the modules whose
+layers, losses, metrics and schedules are registered with
+``keras.saving.register_keras_serializable(package="fcndata")``: a saved ``model.keras``
+then loads with plain ``keras.models.load_model``, in any process that imported fcndata.
+The other names and modules load on first use (``fd.preview`` imports matplotlib then).
+A ``python -m fcndata.<command>`` (or ``fcndata-<command>``) process sets its quiet logging
+defaults before that import (:func:`fcndata.cli.quiet_defaults`); a library user's
+``import fcndata`` changes no environment variable.
 
 Example:
-  >>> import fcndata
-  >>> fcndata.ExtractPatches.__module__, "build_pipeline" in dir(fcndata)
-  ('fcndata.patches', True)
+  >>> import fcndata as fd
+  >>> fd.ExtractPatches.__module__, fd.models.__name__, "build_pipeline" in dir(fd)
+  ('fcndata.patches', 'fcndata.models', True)
 """
 
 from __future__ import annotations
 
 import importlib
-
-from fcndata import saving as _saving  # imports neither Keras nor TensorFlow
+import importlib.util
+import os
+import sys
 
 __version__ = "0.1.0"
 
-# A saved model.keras loads with plain keras.models.load_model after `import fcndata`:
-# fcndata's custom layers, losses and metrics are made known to Keras without loading them here.
-_saving.install()
+
+def _is_fcndata_command() -> bool:
+    """True in ``python -m fcndata.X`` and in the ``fcndata-X`` console scripts."""
+    argv = getattr(sys, "orig_argv", [])
+    if "-m" in argv[:-1]:
+        module = argv[argv.index("-m") + 1]
+        if module == "fcndata" or module.startswith("fcndata."):
+            return True
+    return bool(sys.argv) and os.path.basename(sys.argv[0] or "").startswith("fcndata-")
+
+
+if _is_fcndata_command():
+    from fcndata import cli as _cli  # no TensorFlow import
+
+    _cli.quiet_defaults()  # before Keras imports TensorFlow: its C++ loggers read the environment once
+
+from fcndata import saving as _saving  # noqa: E402
+
+_saving.register_custom_objects()
 
 #: Public name -> module that defines it.
 _EXPORTS = {
@@ -59,9 +85,12 @@ __all__ = list(sorted(_EXPORTS))
 
 def __getattr__(name: str):
     module = _EXPORTS.get(name)
-    if module is None:
+    if module is not None:
+        value = getattr(importlib.import_module(module), name)
+    elif not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        value = importlib.import_module(f"{__name__}.{name}")  # fd.models, fd.losses, fd.preview, ...
+    else:
         raise AttributeError(f"module 'fcndata' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
     globals()[name] = value  # next access skips __getattr__
     return value
 

@@ -230,15 +230,21 @@ def test_folder_source_is_cached_once(folder):
     assert _cache_ops(ds) == 1
 
 
-def test_import_fcndata_is_cheap_and_offers_the_entry_points():
+def test_import_fcndata_as_fd_offers_the_entry_points_and_the_modules():
     import subprocess
     import sys
 
-    code = ("import sys, fcndata; assert 'tensorflow' not in sys.modules, 'import fcndata loaded TF'; "
-            "names = fcndata.__all__; assert {'load_config', 'build_pipeline', 'ExtractPatches', 'Epochs'} <= set(names); "
-            "[getattr(fcndata, n) for n in names]; print('ok')")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert out.stdout.strip() == "ok", out.stderr[-2000:]
+    code = ("import fcndata as fd; "
+            "names = fd.__all__; assert {'load_config', 'build_pipeline', 'steps_per_epoch', 'ExtractPatches', "
+            "'SlidingWindowPredictor'} <= set(names); [getattr(fd, n) for n in names]; "
+            "cfg = fd.load_config('pipelines/shapes.yaml', ['data.num_images=4', 'batching.batch_size=2']); "
+            "print(fd.steps_per_epoch(cfg), fd.models.__name__, fd.losses.__name__, fd.preview.__name__, "
+            "type(fd.build_pipeline(cfg, 'train', epochs=1)).__name__ != '')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.stdout.split() == ["2", "fcndata.models", "fcndata.losses", "fcndata.preview", "True"], out.stderr[-2000:]
+    missing = subprocess.run([sys.executable, "-c", "import fcndata as fd; fd.nope"], capture_output=True, text=True,
+                             timeout=300)
+    assert "module 'fcndata' has no attribute 'nope'" in missing.stderr
 
 
 def test_resumed_patchwise_stream_continues_where_it_was():

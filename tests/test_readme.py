@@ -67,7 +67,7 @@ def _run(code: str, page: str) -> None:
 
 #: start of a python block -> extra substitutions (old, new) besides tiny recipes
 TINY = {
-    "from fcndata.config import load_config\nfrom fcndata.pipeline import build_pipeline, steps_per_epoch": [
+    "import fcndata as fd\n\ncfg = fd.load_config(": [
         ("validation_data=val)", "validation_data=val, verbose=0)")],
     "import cv2\nfrom fcndata.infer import SlidingWindowPredictor": [],
     "import albumentations as A": [],
