@@ -3,7 +3,7 @@
 The same chain -- horizontal flip, random scale + crop, rotation, brightness / contrast
 (and, second, a flip + crop chain without resampling) -- runs (a) as
 fcndata.augment.Augment (graph ops, GIL-free) and (b) as an albumentations 2.0 pipeline
-through fcndata.augment.Albumentations (tf.numpy_function), both on 512x512 RGB uint8
+through fcndata.albumentations_bridge.Albumentations (tf.numpy_function), both on 512x512 RGB uint8
 images with uint8 label and roi, mapped with num_parallel_calls=2. Reported as images/s
 and their ratio, measured in the same run (never an absolute target). Also measures
 what the bridge pays per call for thread-safe seeding: re-seeding a per-thread copy of
@@ -25,7 +25,8 @@ import tensorflow as tf
 
 import fcndata.testing as t
 from fcndata import elements as E
-from fcndata.augment import Albumentations, Augment
+from fcndata.albumentations_bridge import Albumentations
+from fcndata.augment import Augment
 
 SIZE = 512
 CROP = 384

@@ -67,7 +67,7 @@ _EXPORTS = {
     "Epochs": "fcndata.elements",
     "with_epoch": "fcndata.elements",
     "Augment": "fcndata.augment",
-    "Albumentations": "fcndata.augment",
+    "Albumentations": "fcndata.albumentations_bridge",
     "ExtractPatches": "fcndata.patches",
     "RandomPatches": "fcndata.patches",
     "BalancedPatches": "fcndata.patches",

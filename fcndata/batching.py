@@ -455,18 +455,6 @@ class Shuffle:
 
 
 @dataclass(frozen=True)
-class Chain:
-    """Applies several stages in order; its repr lists them (one log line)."""
-
-    stages: tuple
-
-    def __call__(self, ds: tf.data.Dataset) -> tf.data.Dataset:
-        for stage in self.stages:
-            ds = ds.apply(stage)
-        return ds
-
-
-@dataclass(frozen=True)
 class ToKeras:
     """Ends a pipeline: batched element dicts -> Keras ``(inputs, label, sample_weight)``.
 
@@ -633,5 +621,5 @@ def batching_from_config(
     else:
         batcher = PadAndBatch(cfg.batch_size, cfg.pad_to_multiple, drop, data.ignore_label)
     if training and shuffle and cfg.shuffle_buffer > 1:
-        return Chain((Shuffle(cfg.shuffle_buffer, data.seed), batcher))
+        return E.Chain((Shuffle(cfg.shuffle_buffer, data.seed), batcher))
     return batcher

@@ -88,6 +88,18 @@ def positive_int(value, name: str, where: str) -> None:
         raise ValueError(f"{where}: {name} must be >= 1. Received: {name}={value!r}")
 
 
+def non_negative_ints(where: str, **values) -> None:
+    """Raises TypeError for a non-int (bools excluded), ValueError for an int < 0, naming the key.
+
+    >>> non_negative_ints("Augment", seed=1, ignore_label=255)
+    """
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"{where}: {name} must be an integer. Received: {name}={value!r}")
+        if value < 0:
+            raise ValueError(f"{where}: {name} must be >= 0. Received: {name}={value!r}")
+
+
 #: Byte alignment TensorFlow's CPU kernels require of a buffer they adopt (Eigen's largest).
 ALIGN = 64
 

@@ -342,3 +342,21 @@ class Epochs:
         check_spec(dataset, where="Epochs")
         epochs = tf.data.Dataset.range(self.initial_epoch, self.initial_epoch + self.count)
         return epochs.flat_map(lambda epoch: self.one_epoch(dataset, epoch))
+
+
+@dataclass(frozen=True)
+class Chain:
+    """Applies stages in order (one stage made of several); its repr lists them (one log line).
+
+    Example:
+      >>> ds = tf.data.Dataset.range(3).apply(Chain((lambda d: d.map(lambda x: x + 1), lambda d: d.take(2))))
+      >>> [int(x) for x in ds]
+      [1, 2]
+    """
+
+    stages: tuple
+
+    def __call__(self, ds: tf.data.Dataset) -> tf.data.Dataset:
+        for stage in self.stages:
+            ds = ds.apply(stage)
+        return ds

@@ -44,7 +44,6 @@ import numpy as np
 import tensorflow as tf
 
 from fcndata import elements as E
-from fcndata.batching import Chain
 from fcndata.config import DataConfig, SamplingConfig
 
 METHODS = ("inverse_frequency", "median_frequency", "effective_number")
@@ -501,4 +500,4 @@ def sampling_from_config(cfg: SamplingConfig, data: DataConfig, counts=None):
         stages.append(LossSampling(cfg.loss_keep_probability, seed, rescale=cfg.loss_rescale))
     if not stages:
         return None
-    return stages[0] if len(stages) == 1 else Chain(tuple(stages))
+    return stages[0] if len(stages) == 1 else E.Chain(tuple(stages))

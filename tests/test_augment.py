@@ -14,10 +14,9 @@ from hypothesis import strategies as st
 
 import fcndata.testing as t
 from fcndata import elements as E
+from fcndata.albumentations_bridge import Albumentations
 from fcndata.augment import (
-    Albumentations,
     Augment,
-    Chain,
     affine_matrix,
     affine_transform,
     augment_from_config,
@@ -635,7 +634,7 @@ def test_augment_from_config_defaults_and_chain():
         albumentations={"transform": {"__class_fullname__": "VerticalFlip", "p": 1.0}},
     )
     chain = augment_from_config(cfg, data)
-    assert isinstance(chain, Chain) and [type(s).__name__ for s in chain.stages] == [
+    assert isinstance(chain, E.Chain) and [type(s).__name__ for s in chain.stages] == [
         "Augment",
         "Albumentations",
     ]

@@ -11,7 +11,6 @@ import fcndata.testing as t
 from fcndata import elements as E
 from fcndata.batching import (
     BucketBySize,
-    Chain,
     PadAndBatch,
     Shuffle,
     batching_from_config,
@@ -313,7 +312,7 @@ def test_batching_from_config_modes():
     data = DataConfig(seed=5)
     cfg = BatchingConfig(batch_size=2, shuffle_buffer=8, drop_remainder=True)
     train = batching_from_config(cfg, data, "train")
-    assert train == Chain((Shuffle(8, 5), PadAndBatch(2, 32, True, 255)))
+    assert train == E.Chain((Shuffle(8, 5), PadAndBatch(2, 32, True, 255)))
     assert batching_from_config(cfg, data, "train", shuffle=False) == PadAndBatch(2, 32, True, 255)
     assert batching_from_config(cfg, data, "eval") == PadAndBatch(2, 32, False, 255)
     bucket = BatchingConfig(batch_size=2, bucket_by="area", bucket_boundaries=(1000.0,), shuffle_buffer=0)

@@ -9,7 +9,8 @@ import tensorflow as tf
 
 import fcndata.testing as t
 from fcndata import elements as E
-from fcndata.batching import Chain, PadAndBatch, to_keras
+from fcndata.batching import PadAndBatch, to_keras
+from fcndata.elements import Chain
 from fcndata.config import DataConfig, SamplingConfig
 from fcndata.sampling import (
     ClassWeights,
