@@ -56,13 +56,22 @@ Example:
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 
 import keras
 import numpy as np
-from keras import layers, ops
+from keras import layers
 
-from fcndata.normalization import Intensity, RoiBatchNormalization, RoiGroupNormalization, RoiInstanceNormalization
+from fcndata.backbones import (
+    TINY_MULTS,
+    UNET_INIT,
+    application_backbone,
+    conv_block,
+    conv_decoder,
+    tiny_backbone,
+)
+from fcndata.common import choice
+from fcndata.layers import BilinearInitializer, ImagePreprocess, RoiMask, all_layers
+from fcndata.normalization import Intensity
 
 VARIANTS = ("fcn8s", "fcn16s", "fcn32s", "fcn4s", "fcn2s", "unet")
 #: Variants that fuse the stride-4 / stride-2 maps: only the tiny backbone exposes them.
@@ -78,43 +87,12 @@ VARIANT_STRIDE = {"fcn32s": 32, "fcn16s": 16, "fcn8s": 8, "fcn4s": 4, "fcn2s": 2
 BUILTIN_IMAGE_DTYPES = {"shapes": "uint8", "brain": "uint8", "digits": "uint8", "scenes": "uint8", "phantom": "uint16"}
 _DTYPE_MAX = {"uint8": 255.0, "uint16": 65535.0, "float32": 1.0}
 
-# Last layer at stride 8, 16 and 32 of each keras.applications backbone (checked by
-# building them at 64x64: the next layer halves the resolution).
-_FEATURES = {
-    "vgg16": ("block3_pool", "block4_pool", "block5_pool"),
-    "resnet50": ("conv3_block4_out", "conv4_block6_out", "conv5_block3_out"),
-    "mobilenetv2": ("block_5_add", "block_12_add", "out_relu"),
-}
 # How each application expects its pixels: "caffe" = BGR 0..255 minus the ImageNet
 # mean (vgg16, resnet50 preprocess_input), "tf" = [-1, 1] (mobilenetv2).
 _PREPROCESS = {"vgg16": "caffe", "resnet50": "caffe", "mobilenetv2": "tf"}
-_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
-#: Kernel initialiser of the unet convs (relu everywhere, often without a norm).
-_UNET_INIT = "he_normal"
 
 
 # ---------------------------------------------------------------------------- pure functions
-
-
-def bilinear_kernel(size: int, channels: int) -> np.ndarray:
-    """A ``Conv2DTranspose`` kernel ``[size, size, channels, channels]`` doing bilinear upsampling.
-
-    Channel c maps to channel c only (diagonal). With kernel 2s, stride s and
-    ``padding="same"`` the output is bilinear interpolation with half-pixel centres.
-
-    Example:
-      >>> bilinear_kernel(4, 1)[:, 1, 0, 0]  # 1-D profile 0.25, 0.75, 0.75, 0.25 (x 0.75)
-      array([0.1875, 0.5625, 0.5625, 0.1875], dtype=float32)
-    """
-    factor = (size + 1) // 2
-    center = factor - 1 if size % 2 == 1 else factor - 0.5
-    og = np.arange(size, dtype=np.float64)
-    filt1d = 1.0 - np.abs(og - center) / factor
-    filt = np.outer(filt1d, filt1d)
-    kernel = np.zeros((size, size, channels, channels), np.float32)
-    for c in range(channels):
-        kernel[:, :, c, c] = filt
-    return kernel
 
 
 def stride(backbone: str = "tiny", depth: int = 5) -> int:
@@ -126,217 +104,7 @@ def stride(backbone: str = "tiny", depth: int = 5) -> int:
     return 2**depth if backbone == "tiny" else STRIDE
 
 
-def group_count(channels: int, max_groups: int = 32) -> int:
-    """The largest divisor of ``channels`` that is at most ``max_groups`` (GroupNorm groups).
-
-    >>> group_count(64), group_count(24), group_count(96), group_count(3)
-    (32, 24, 32, 3)
-    """
-    return max(g for g in range(1, min(max_groups, channels) + 1) if channels % g == 0)
-
-
-# ---------------------------------------------------------------------------- layers
-
-
-@keras.saving.register_keras_serializable(package="fcndata")
-class BilinearInitializer(keras.initializers.Initializer):
-    """Initialises a square ``Conv2DTranspose`` kernel (in == out channels) to bilinear upsampling."""
-
-    def __call__(self, shape, dtype=None):
-        if len(shape) != 4 or shape[0] != shape[1] or shape[2] != shape[3]:
-            raise ValueError(
-                "BilinearInitializer needs a square Conv2DTranspose kernel with as many input "
-                f"as output channels, [k, k, c, c]. Received: shape={tuple(shape)}"
-            )
-        return ops.convert_to_tensor(bilinear_kernel(shape[0], shape[2]), dtype=dtype or "float32")
-
-    def get_config(self):
-        return {}
-
-
-@keras.saving.register_keras_serializable(package="fcndata")
-class FrozenBatchNormalization(layers.BatchNormalization):
-    """BatchNormalization that always normalises with its moving statistics.
-
-    ``call`` forces ``training=False``, so the statistics never update and a batch of
-    one image normalises exactly like a batch of sixteen. ``gamma`` / ``beta`` stay
-    trainable (the affine part keeps learning); set ``layer.trainable = False`` to
-    freeze them too (Detectron2's FrozenBatchNorm). Use it when fine-tuning a
-    pretrained backbone with tiny batches: batch statistics of 1-2 images are noise.
-    """
-
-    def call(self, inputs, training=None, mask=None):
-        return super().call(inputs, training=False, mask=mask)
-
-
-@keras.saving.register_keras_serializable(package="fcndata")
-class RoiMask(layers.Layer):
-    """Multiplies features ``[B, h, w, C]`` by a roi ``[B, h, w, 1]`` (0 = padding)."""
-
-    def call(self, x, roi):
-        return x * ops.cast(roi, x.dtype)
-
-    def compute_output_shape(self, x_shape, roi_shape):
-        return x_shape
-
-
-@keras.saving.register_keras_serializable(package="fcndata")
-class ImagePreprocess(layers.Layer):
-    """Maps ``[0, 1]`` pixels to what a ``keras.applications`` backbone expects.
-
-    ``mode="caffe"``: RGB → BGR, ×255, minus the ImageNet mean (VGG16, ResNet50).
-    ``mode="tf"``: ×2 − 1 (MobileNetV2).
-    """
-
-    def __init__(self, mode: str = "caffe", **kwargs):
-        super().__init__(**kwargs)
-        if mode not in ("caffe", "tf"):
-            raise ValueError(f"ImagePreprocess mode must be 'caffe' or 'tf'. Received: mode={mode!r}")
-        self.mode = mode
-
-    def call(self, x):
-        if self.mode == "tf":
-            return x * 2.0 - 1.0
-        mean = ops.convert_to_tensor(_CAFFE_MEAN_BGR, dtype=x.dtype)
-        return ops.flip(x, axis=-1) * 255.0 - mean
-
-    def get_config(self):
-        return {**super().get_config(), "mode": self.mode}
-
-
 # ---------------------------------------------------------------------------- building blocks
-
-
-def _check_choice(value, name: str, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise ValueError(f"fcn: {name} must be one of {list(choices)}. Received: {name}={value!r}")
-
-
-def _norm_layer(norm: str, channels: int, name: str, masked: bool = False):
-    """The norm layer; ``masked``: the roi layers of fcndata.normalization (called as ``layer(x, roi)``)."""
-    if norm == "batch":
-        return RoiBatchNormalization(name=name) if masked else layers.BatchNormalization(name=name)
-    if norm == "frozen_batch":
-        return FrozenBatchNormalization(name=name)
-    if norm == "group":
-        groups = group_count(channels)
-        return RoiGroupNormalization(groups, name=name) if masked else layers.GroupNormalization(groups, name=name)
-    if norm == "instance":
-        return RoiInstanceNormalization(name=name) if masked else layers.GroupNormalization(channels, name=name)
-    return None
-
-
-def _conv_block(x, channels, kernel, norm, name, roi=None, init="glorot_uniform"):
-    """conv → norm → relu (→ × roi). Conv has no bias when a norm follows.
-
-    With a roi, batch / group / instance statistics are taken over the roi pixels only.
-    """
-    x = layers.Conv2D(
-        channels, kernel, padding="same", use_bias=norm == "none", kernel_initializer=init, name=f"{name}_conv"
-    )(x)
-    masked = roi is not None and norm in ("batch", "group", "instance")
-    norm_layer = _norm_layer(norm, channels, f"{name}_{norm}norm" if norm != "batch" else f"{name}_bn", masked)
-    if masked:
-        x = norm_layer(x, roi)
-    elif norm_layer is not None:
-        x = norm_layer(x)
-    x = layers.ReLU(name=f"{name}_relu")(x)
-    if roi is not None:
-        x = RoiMask(name=f"{name}_roi")(x, roi)
-    return x
-
-
-#: Channel multiplier of each tiny stage (of ``width``).
-_TINY_MULTS = (1, 2, 4, 8, 8)
-
-
-def _tiny_backbone(x, width, norm, rois, init="glorot_uniform", depth=5):
-    """``depth`` (1-5) stages of 2 × conv-norm-relu + 2×2 max-pool.
-
-    Returns the pooled stride 2, 4, …, 2**depth maps (the FCN skips) and the stride 1, 2,
-    …, 2**(depth-1) maps before each pool (the U-Net skips: they keep the stage's full resolution).
-    """
-    features, before_pool = [], []
-    for stage, mult in enumerate(_TINY_MULTS[:depth], start=1):
-        roi = rois.get(2 ** (stage - 1)) if rois else None
-        for i in (1, 2):
-            x = _conv_block(x, width * mult, 3, norm, f"block{stage}_{i}", roi, init)
-        before_pool.append(x)
-        x = layers.MaxPooling2D(2, name=f"pool{stage}")(x)
-        features.append(x)
-    return features, before_pool
-
-
-def _conv_decoder(x, skips, norm, rois, name="up"):
-    """U-Net decoder: per skip, ×2 up-convolution, concat the skip, then 2 × conv-norm-relu (3×3).
-
-    ``skips`` runs coarse to fine as ``(feature, stride, channels)``; each step doubles
-    the resolution of ``x``, so every skip's stride is half the previous one. Unlike the
-    FCN fusion (1×1 class scores added), the decoder keeps ``channels`` features per
-    pixel all the way to the finest skip, which is what thin, multi-class boundaries need.
-    """
-    for feature, stride, channels in skips:
-        roi = rois[stride] if rois else None
-        # U-Net's up-convolution: a learned 2×2 transposed conv, stride 2 (cheap, and shape-agnostic)
-        x = layers.Conv2DTranspose(channels, 2, strides=2, name=f"{name}{stride}_upconv")(x)
-        x = layers.Concatenate(name=f"{name}{stride}_concat")([x, feature])
-        for i in (1, 2):
-            x = _conv_block(x, channels, 3, norm, f"{name}{stride}_{i}", roi, _UNET_INIT)
-    return x
-
-
-def _call_without_bn_kwargs(layer, *args, **kwargs):
-    # A BatchNormalization node records `mask=`; its replacement may not accept it.
-    if not isinstance(layer, layers.BatchNormalization):
-        kwargs.pop("mask", None)
-    return layer(*args, **kwargs)
-
-
-def _replace_batch_norm(model: keras.Model, norm: str) -> keras.Model:
-    """Clones a backbone with its BatchNormalization layers swapped for ``norm``.
-
-    Conv and frozen-BN weights are copied; GroupNorm gets BN's gamma/beta (its
-    statistics differ, so a pretrained net needs some fine-tuning); ``none`` drops BN.
-    """
-    pairs = []
-
-    def clone(layer):
-        if isinstance(layer, layers.BatchNormalization):
-            if norm == "frozen_batch":
-                new = FrozenBatchNormalization.from_config(layer.get_config())
-            elif norm in ("group", "instance"):
-                channels = layer.input.shape[-1]
-                groups = group_count(channels) if norm == "group" else channels
-                new = layers.GroupNormalization(groups=groups, epsilon=layer.epsilon, name=layer.name)
-            else:
-                new = layers.Identity(name=layer.name)
-        else:
-            new = layer.__class__.from_config(layer.get_config())
-        pairs.append((layer, new))
-        return new
-
-    cloned = keras.models.clone_model(model, clone_function=clone, call_function=_call_without_bn_kwargs)
-    for old, new in pairs:
-        if not old.weights or not new.weights:
-            continue
-        if isinstance(old, layers.BatchNormalization) and isinstance(new, layers.GroupNormalization):
-            new.set_weights([old.gamma.numpy(), old.beta.numpy()])
-        else:
-            new.set_weights(old.get_weights())
-    return cloned
-
-
-def _application_backbone(name, norm, weights_file):
-    ctor = {
-        "vgg16": keras.applications.VGG16,
-        "resnet50": keras.applications.ResNet50,
-        "mobilenetv2": keras.applications.MobileNetV2,
-    }[name]
-    app = ctor(include_top=False, weights=weights_file, input_shape=(None, None, 3))
-    backbone = keras.Model(app.input, [app.get_layer(n).output for n in _FEATURES[name]], name="backbone")
-    if norm != "batch" and any(isinstance(l, layers.BatchNormalization) for l in backbone.layers):
-        backbone = _replace_batch_norm(backbone, norm)
-    return backbone
 
 
 def _upsample(x, factor, channels, name, trainable):
@@ -467,15 +235,15 @@ def fcn(
     Raises:
       ValueError: a choice, size, depth or weights file is invalid, or ``zscore`` without ``masked``.
     """
-    _check_choice(variant, "variant", VARIANTS)
+    choice(variant, "variant", "fcn", VARIANTS)
     if variant in FINE_VARIANTS and backbone != "tiny":
         raise ValueError(
             f"fcn: variant {variant!r} fuses the stride-4/2 maps, which only the tiny backbone exposes; "
             f"use fcn8s with {backbone!r}, or backbone='tiny'. Received: variant={variant!r}, backbone={backbone!r}"
         )
-    _check_choice(backbone, "backbone", BACKBONES)
-    _check_choice(norm, "norm", NORMS)
-    _check_choice(intensity, "intensity", ("scale", "zscore"))
+    choice(backbone, "backbone", "fcn", BACKBONES)
+    choice(norm, "norm", "fcn", NORMS)
+    choice(intensity, "intensity", "fcn", ("scale", "zscore"))
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"fcn: num_classes must be a positive int. Received: num_classes={num_classes!r}")
     if not isinstance(input_channels, int) or input_channels < 1:
@@ -535,9 +303,9 @@ def fcn(
             x = RoiMask(name="image_roi")(x, rois[1])
         # unet: He init. Its ~22 relu convs without a norm shrink a Glorot-initialised signal
         # until the relus die (measured: loss stuck after one Adam step at width 4).
-        init = _UNET_INIT if variant == "unet" else "glorot_uniform"
-        pools, before_pool = _tiny_backbone(x, width, norm, rois, init, depth)
-        head = _TINY_MULTS[depth - 1] * width
+        init = UNET_INIT if variant == "unet" else "glorot_uniform"
+        pools, before_pool = tiny_backbone(x, width, norm, rois, init, depth)
+        head = TINY_MULTS[depth - 1] * width
     else:
         if input_channels != 3:
             x = layers.Conv2D(
@@ -551,7 +319,7 @@ def fcn(
         if masked:
             # after preprocessing, so padding is 0 in the backbone's input space
             x = RoiMask(name="image_roi")(x, rois[1])
-        net = _application_backbone(backbone, norm, weights if weights_kind == "backbone" else None)
+        net = application_backbone(backbone, norm, weights if weights_kind == "backbone" else None)
         pool3, pool4, pool5 = net(x)
         if masked:
             pool3 = RoiMask(name="pool3_roi")(pool3, rois[8])
@@ -572,10 +340,10 @@ def fcn(
 
     top = strides[-1]
     roi_top = rois[top] if masked else None
-    x = _conv_block(deepest, head, 3, norm, "fc6", roi_top)
+    x = conv_block(deepest, head, 3, norm, "fc6", roi_top)
     if dropout:
         x = layers.Dropout(dropout, name="fc6_dropout")(x)
-    x = _conv_block(x, head, 1, norm, "fc7", roi_top)
+    x = conv_block(x, head, 1, norm, "fc7", roi_top)
     if dropout:
         x = layers.Dropout(dropout, name="fc7_dropout")(x)
 
@@ -612,22 +380,22 @@ def _unet_head(deepest, before_pool, app_features, num_classes, norm, rois, widt
     """
     if backbone == "tiny":
         depth = len(before_pool)
-        channels, top = _TINY_MULTS[depth - 1] * width, 2**depth
+        channels, top = TINY_MULTS[depth - 1] * width, 2**depth
     else:
         channels, top = 8 * width, 32
     roi_top = rois[top] if rois else None
-    x = _conv_block(deepest, channels, 3, norm, "bottleneck_1", roi_top, _UNET_INIT)
+    x = conv_block(deepest, channels, 3, norm, "bottleneck_1", roi_top, UNET_INIT)
     if dropout:
         x = layers.Dropout(dropout, name="bottleneck_dropout")(x)
-    x = _conv_block(x, channels, 3, norm, "bottleneck_2", roi_top, _UNET_INIT)
+    x = conv_block(x, channels, 3, norm, "bottleneck_2", roi_top, UNET_INIT)
     if backbone == "tiny":
         # decoder channels at stride 2**k: w at 1 and 2, 2w at 4, 4w at 8, 8w at 16
         decoder = (1, 1, 2, 4, 8)
         skips = [(before_pool[k], 2**k, decoder[k] * width) for k in range(depth - 1, -1, -1)]
-        x = _conv_decoder(x, skips, norm, rois)
+        x = conv_decoder(x, skips, norm, rois)
         return _score(x, num_classes, "score")
     pool3, pool4 = app_features
-    x = _conv_decoder(x, [(pool4, 16, 8 * width), (pool3, 8, 4 * width)], norm, rois)
+    x = conv_decoder(x, [(pool4, 16, 8 * width), (pool3, 8, 4 * width)], norm, rois)
     score = _score(x, num_classes, "score")
     if rois:
         # scores at padding would otherwise carry the bias into real pixels when upsampled
@@ -654,17 +422,9 @@ def _finish(score, inputs, num_classes, variant, backbone, name, input_channels,
     return model
 
 
-def _all_layers(model):
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            yield from _all_layers(layer)
-        else:
-            yield layer
-
-
 def _copy_matching_weights(source: keras.Model, target: keras.Model) -> None:
-    by_name = {l.name: l for l in _all_layers(source)}
-    for layer in _all_layers(target):
+    by_name = {l.name: l for l in all_layers(source)}
+    for layer in all_layers(target):
         src = by_name.get(layer.name)
         if src is None or not layer.weights:
             continue
@@ -746,132 +506,3 @@ def model_from_config(cfg, data) -> keras.Model:
     )
 
 
-def _foldable_pairs(model: keras.Model) -> dict:
-    """Maps id(BN layer) -> the Conv2D / DepthwiseConv2D whose only consumer it is.
-
-    Read from each functional model's own config (``get_config()``: every layer's
-    ``inbound_nodes`` name the producing layer, node and tensor), a public and
-    serialised description of the graph, so no private Keras attribute is touched.
-    Nested functional models (keras.applications backbones) are read the same way.
-    """
-    pairs = {}
-    for graph in _all_models(model):
-        config = graph.get_config()
-        if not isinstance(config, dict) or "layers" not in config:
-            continue  # a subclassed or Sequential model: nothing is folded inside it
-        producers, consumers, calls = {}, {}, {}
-        for entry in config["layers"]:
-            nodes = entry.get("inbound_nodes", [])
-            calls[entry["name"]] = len(nodes)
-            for node in nodes:
-                sources = _keras_histories(node)
-                if len(nodes) == 1:
-                    producers[entry["name"]] = sources
-                for source in sources:
-                    consumers[source] = consumers.get(source, 0) + 1
-        outputs = config.get("output_layers", [])
-        if outputs and isinstance(outputs[0], str):
-            outputs = [outputs]  # one output: a single [name, node, tensor] triple
-        for name, node, index in outputs:
-            consumers[(name, node, index)] = consumers.get((name, node, index), 0) + 1
-        for entry in config["layers"]:
-            layer = graph.get_layer(entry["name"])
-            if not isinstance(layer, layers.BatchNormalization) or layer.axis not in (-1, 3):
-                continue
-            sources = producers.get(entry["name"])
-            if not sources or len(sources) != 1:
-                continue
-            name, node, index = sources[0]
-            producer = graph.get_layer(name)
-            if (
-                type(producer) in (layers.Conv2D, layers.DepthwiseConv2D)
-                and calls.get(name) == 1
-                and consumers.get((name, node, index)) == 1
-                and producer.activation is keras.activations.linear
-            ):
-                pairs[id(layer)] = producer
-    return pairs
-
-
-def _all_models(model):
-    """``model`` and every functional model nested in it."""
-    yield model
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            yield from _all_models(layer)
-
-
-def _keras_histories(node) -> list[tuple[str, int, int]]:
-    """The (layer, node, tensor) triples a serialised inbound node reads."""
-    found = []
-
-    def walk(value):
-        if isinstance(value, dict):
-            if value.get("class_name") == "__keras_tensor__":
-                name, node_index, tensor_index = value["config"]["keras_history"]
-                found.append((name, node_index, tensor_index))
-                return
-            for v in value.values():
-                walk(v)
-        elif isinstance(value, (list, tuple)):
-            for v in value:
-                walk(v)
-
-    walk(node.get("args", []))
-    walk(node.get("kwargs", {}))
-    return found
-
-
-def fold_batch_norm(model: keras.Model) -> keras.Model:
-    """A copy of ``model`` with each BatchNormalization folded into the conv before it.
-
-    For export: in inference mode ``BN(conv(x)) = conv'(x)`` with
-    ``W' = W · γ/√(σ² + ε)`` and ``b' = (b − μ) · γ/√(σ² + ε) + β`` per output channel.
-    Folded BN layers become ``Identity`` layers of the same name; a BN that does not
-    directly follow a Conv2D / DepthwiseConv2D used only by it is kept. Nested models
-    (keras.applications backbones) are folded too. The result is meant for inference:
-    it matches ``model(x, training=False)`` to float precision.
-
-    Example:
-      >>> m = fcn(2, "fcn32s", width=2)
-      >>> folded = fold_batch_norm(m)
-      >>> sum(isinstance(l, keras.layers.BatchNormalization) for l in folded.layers)
-      0
-    """
-    pairs = _foldable_pairs(model)
-    convs = {id(conv) for conv in pairs.values()}
-    bn_of_conv = {id(conv): bn_id for bn_id, conv in pairs.items()}
-    bn_layers = {id(l): l for l in _all_layers(model) if id(l) in pairs}
-    clones = []
-
-    def clone(layer):
-        if id(layer) in pairs:
-            new = layers.Identity(name=layer.name)
-        elif id(layer) in convs:
-            new = layer.__class__.from_config({**layer.get_config(), "use_bias": True})
-        else:
-            new = layer.__class__.from_config(layer.get_config())
-        clones.append((layer, new))
-        return new
-
-    folded = keras.models.clone_model(model, clone_function=clone, call_function=_call_without_bn_kwargs, recursive=True)
-    for old, new in clones:
-        if id(old) in convs:
-            bn = bn_layers[bn_of_conv[id(old)]]
-            mean = np.asarray(bn.moving_mean.numpy(), np.float64)
-            var = np.asarray(bn.moving_variance.numpy(), np.float64)
-            gamma = bn.gamma.numpy().astype(np.float64) if bn.scale else np.ones_like(mean)
-            beta = bn.beta.numpy().astype(np.float64) if bn.center else np.zeros_like(mean)
-            scale = gamma / np.sqrt(var + bn.epsilon)
-            kernel = old.kernel.numpy().astype(np.float64)
-            bias = old.bias.numpy().astype(np.float64) if old.use_bias else np.zeros_like(mean)
-            if isinstance(old, layers.DepthwiseConv2D):
-                *_, cin, mult = kernel.shape
-                kernel = kernel * scale.reshape(cin, mult)
-            else:
-                kernel = kernel * scale
-            bias = (bias - mean) * scale + beta
-            new.set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
-        elif old.weights and new.weights and not isinstance(old, keras.Model):
-            new.set_weights(old.get_weights())
-    return folded

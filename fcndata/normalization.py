@@ -267,7 +267,7 @@ class RoiGroupNormalization(layers.Layer):
         if channels is None or channels % groups:
             raise ValueError(
                 f"{self.__class__.__name__} {self.name!r}: groups must divide the channels; use "
-                f"fcndata.models.group_count(channels). Received: groups={self.groups}, channels={channels}"
+                f"fcndata.layers.group_count(channels). Received: groups={self.groups}, channels={channels}"
             )
         self._groups = groups
         self.gamma = self.add_weight(shape=(channels,), initializer="ones", name="gamma") if self.scale else None

@@ -17,7 +17,7 @@ import importlib
 REGISTERED = {
     "fcndata.losses": ("MaskedSparseCrossEntropy", "SparseFocalLoss", "SigmoidFocalLoss", "DiceLoss", "SumOfLosses"),
     "fcndata.metrics": ("ConfusionMatrix", "MeanIoU", "PixelAccuracy"),
-    "fcndata.models": ("BilinearInitializer", "FrozenBatchNormalization", "RoiMask", "ImagePreprocess"),
+    "fcndata.layers": ("BilinearInitializer", "FrozenBatchNormalization", "RoiMask", "ImagePreprocess"),
     "fcndata.normalization": ("RoiBatchNormalization", "RoiGroupNormalization", "RoiInstanceNormalization", "Intensity"),
     "fcndata.schedules": ("LinearWarmup",),
 }

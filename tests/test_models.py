@@ -7,9 +7,11 @@ import tensorflow as tf
 
 from fcndata import models
 from fcndata.config import DataConfig, ModelConfig
+from fcndata.export import fold_batch_norm
+from fcndata.layers import BilinearInitializer, FrozenBatchNormalization, RoiMask, all_layers
 from fcndata.losses import MaskedSparseCrossEntropy
 from fcndata.metrics import MeanIoU
-from fcndata.models import fcn, fold_batch_norm
+from fcndata.models import fcn
 
 RNG = np.random.default_rng(0)
 
@@ -85,7 +87,7 @@ def test_model_from_config():
 
 def test_bilinear_2x_transposed_conv_keeps_a_constant_and_a_ramp():
     layer = keras.layers.Conv2DTranspose(
-        2, 4, strides=2, padding="same", use_bias=False, kernel_initializer=models.BilinearInitializer()
+        2, 4, strides=2, padding="same", use_bias=False, kernel_initializer=BilinearInitializer()
     )
     const = np.full((1, 6, 7, 2), 3.5, np.float32)
     up = layer(const).numpy()
@@ -114,7 +116,7 @@ def test_upsampling_trainability_and_zero_init_skips():
 
 
 def _randomise_bn(model):
-    for layer in models._all_layers(model):
+    for layer in all_layers(model):
         if isinstance(layer, keras.layers.BatchNormalization):
             n = layer.moving_mean.shape[0]
             layer.set_weights(
@@ -150,21 +152,21 @@ def test_fold_batch_norm_matches_inference():
     model = fcn(3, "fcn8s", backbone="tiny", norm="batch", width=4)
     _randomise_bn(model)
     folded = fold_batch_norm(model)
-    assert not [l for l in models._all_layers(folded) if isinstance(l, keras.layers.BatchNormalization)]
+    assert not [l for l in all_layers(folded) if isinstance(l, keras.layers.BatchNormalization)]
     x = _image(2)
     np.testing.assert_allclose(folded(x).numpy(), model(x, training=False).numpy(), atol=1e-4, rtol=1e-4)
 
 
 def test_frozen_application_backbone_and_depthwise_folding():
     model = fcn(2, "fcn8s", backbone="mobilenetv2", norm="frozen_batch")
-    bns = [l for l in models._all_layers(model) if isinstance(l, keras.layers.BatchNormalization)]
-    assert bns and all(isinstance(l, models.FrozenBatchNormalization) for l in bns)
+    bns = [l for l in all_layers(model) if isinstance(l, keras.layers.BatchNormalization)]
+    assert bns and all(isinstance(l, FrozenBatchNormalization) for l in bns)
     _randomise_bn(model)
     x = _image(1)
     expected = model(x, training=False).numpy()
     np.testing.assert_array_equal(model(x, training=True).numpy(), expected)
     folded = fold_batch_norm(model)  # DepthwiseConv2D + BN pairs too
-    assert not [l for l in models._all_layers(folded) if isinstance(l, keras.layers.BatchNormalization)]
+    assert not [l for l in all_layers(folded) if isinstance(l, keras.layers.BatchNormalization)]
     np.testing.assert_allclose(folded(x).numpy(), expected, atol=1e-4, rtol=1e-4)
 
 
@@ -172,7 +174,7 @@ def test_frozen_application_backbone_and_depthwise_folding():
 
 
 def _roi_probe(model):
-    names = [l.name for l in model.layers if isinstance(l, models.RoiMask)]
+    names = [l.name for l in model.layers if isinstance(l, RoiMask)]
     return keras.Model(model.inputs, [model.get_layer(n).output for n in names]), names
 
 
