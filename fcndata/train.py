@@ -15,13 +15,13 @@ not counted). ``train.epochs`` is then a cap, whichever comes first; the learnin
 schedule (after ``train.warmup_steps``, still steps) runs over the budget's seconds, so
 cosine and poly reach 0 when it ends; a resumed run continues the seconds already spent.
 ``summary.json`` says ``seconds_budget``, ``training_seconds``, ``steps`` and
-``epochs_reached``.
+``epochs_reached``. (The clock, checkpoints and image logs are :mod:`fcndata.callbacks`.)
 
 Checks: after ``model.save``, one validation batch is predicted in inference and in
 training mode; a warning line says when their mean IoU differs by more than 0.05
 (normalisation statistics that do not transfer to inference) and another when the model
 predicts a single class on the validation split; the results are ``summary.json``'s
-``checks``. The model is left unchanged by them.
+``checks``. The model is left unchanged by them (:func:`fcndata.evaluation.check_trained_model`).
 
 Every run writes ``config.yaml`` (resolved), ``metrics.csv``, ``logs/`` (TensorBoard, with
 prediction images), ``checkpoints/``, ``history.png``, ``preview.png``, ``predictions.png``,
