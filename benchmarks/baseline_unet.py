@@ -43,16 +43,6 @@ from fcndata.experiments.baseline import IGNORE, compiled_unet, load_arrays, une
 # ---------------------------------------------------------------------------- the baseline
 
 
-def confusion_iou(confusion: np.ndarray, names) -> dict:
-    inter = np.diag(confusion).astype(np.float64)
-    union = confusion.sum(0) + confusion.sum(1) - inter
-    iou = np.where(union > 0, inter / np.maximum(union, 1), np.nan)
-    return {
-        "mean_iou": float(np.nanmean(iou)),
-        "per_class_iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(names, iou)},
-    }
-
-
 class StepTimer:
     """A Keras callback: wall-clock per training batch, and an optional time budget."""
 
@@ -96,7 +86,8 @@ class StepTimer:
 
 def train_unet(config, seconds: float, seed: int) -> dict:
     import keras
-    import tensorflow as tf
+
+    from fcndata.metrics import confusion_matrix, iou_by_name
 
     keras.utils.set_random_seed(seed)
     x, y, size = load_arrays(config, "train")
@@ -106,8 +97,7 @@ def train_unet(config, seconds: float, seed: int) -> dict:
     model.fit(x, y, batch_size=config.batching.batch_size, epochs=100_000, callbacks=[timer], verbose=0)
     k = config.data.num_classes
     pred = np.concatenate([np.argmax(model.predict_on_batch(xv[i : i + 8]), -1) for i in range(0, len(xv), 8)])
-    valid = yv != IGNORE
-    confusion = tf.math.confusion_matrix(yv[valid], pred[valid], num_classes=k).numpy()
+    confusion = confusion_matrix(yv, pred, k, ignore_label=IGNORE)
     return {
         "model": "unet",
         "seed": seed,
@@ -116,7 +106,7 @@ def train_unet(config, seconds: float, seed: int) -> dict:
         "steps": len(timer.steps),
         "s_per_step": round(timer.seconds_per_step(), 3),
         "padded_size": list(size),
-        **confusion_iou(confusion, config.data.names),
+        **iou_by_name(confusion, config.data.names),
     }
 
 
@@ -171,6 +161,7 @@ def profile(config) -> dict:
     import tempfile as _tempfile
 
     from fcndata import train as fcn_train
+    from fcndata.callbacks import EpochCheckpoint, image_logger
     from fcndata.pipeline import build_pipeline, steps_per_epoch
 
     out = {}
@@ -193,7 +184,7 @@ def profile(config) -> dict:
     model.evaluate(val, verbose=0)
     out["validation_s_per_epoch"] = time.perf_counter() - t
     with _tempfile.TemporaryDirectory() as d:
-        images = fcn_train._image_logger(model, config, Path(d))
+        images = image_logger(model, config, Path(d))
         images.on_epoch_end(config.train.epochs - 1)  # first call reads the batch once
         t = time.perf_counter()
         images.on_epoch_end(config.train.epochs - 1)
@@ -201,7 +192,7 @@ def profile(config) -> dict:
         t = time.perf_counter()
         images.on_epoch_end(0 if config.train.epochs >= 10 else config.train.epochs - 1)
         out["image_logging_s_other_epochs"] = time.perf_counter() - t
-        checkpoint = fcn_train._EpochCheckpoint(model, Path(d) / "ck")
+        checkpoint = EpochCheckpoint(model, Path(d) / "ck")
         checkpoint.manager.save()
         t = time.perf_counter()
         checkpoint.manager.save()

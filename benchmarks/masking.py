@@ -19,16 +19,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _iou(confusion):
-    inter = np.diag(confusion).astype(float)
-    union = confusion.sum(0) + confusion.sum(1) - inter
-    return float(np.nanmean(np.where(union > 0, inter / np.maximum(union, 1), np.nan)))
-
-
 def compare(model, config, extra: int = 96) -> dict:
     """Predictions of each validation image alone vs padded by `extra` more pixels."""
     import tensorflow as tf
 
+    from fcndata.metrics import confusion_matrix, mean_iou
     from fcndata.pipeline import build_pipeline
 
     cfg = config.replace(batching=config.batching.__class__(batch_size=1, pad_to_multiple=32, bucket_by="none"))
@@ -49,18 +44,17 @@ def compare(model, config, extra: int = 96) -> dict:
         p_alone = tf.nn.softmax(model(alone_in, training=False))[0, :h, :w].numpy()
         p_big = tf.nn.softmax(model(big_in, training=False))[0, :h, :w].numpy()
         label = batch["label"][0, :h, :w].numpy()
-        valid = label != config.data.ignore_label
         diffs.append(np.abs(p_alone - p_big).mean())
         a, b = p_alone.argmax(-1), p_big.argmax(-1)
         changed += int((a != b).sum())
         total += a.size
-        conf_alone += tf.math.confusion_matrix(label[valid], a[valid], k).numpy()
-        conf_batch += tf.math.confusion_matrix(label[valid], b[valid], k).numpy()
+        conf_alone += confusion_matrix(label, a, k, ignore_label=config.data.ignore_label)
+        conf_batch += confusion_matrix(label, b, k, ignore_label=config.data.ignore_label)
     return {
         "mean_abs_prob_diff": float(np.mean(diffs)),
         "changed_pixels_pct": 100.0 * changed / max(total, 1),
-        "mean_iou_alone": _iou(conf_alone),
-        "mean_iou_padded": _iou(conf_batch),
+        "mean_iou_alone": mean_iou(conf_alone),
+        "mean_iou_padded": mean_iou(conf_batch),
     }
 
 

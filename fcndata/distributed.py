@@ -6,8 +6,8 @@ Three ways past one machine's limits, all TensorFlow's own engines:
   when more than one GPU is visible);
 * several training hosts: ``MultiWorkerMirroredStrategy`` from ``TF_CONFIG``
   (``train.strategy: multi_worker``). Keras 3 ``fit`` fails under it (see
-  :func:`run_steps`), so fcndata runs the same model, loss and optimizer in its own
-  ``strategy.run`` step loop;
+  :func:`fit_multi_worker`), so fcndata runs the same model, loss, optimizer and callbacks
+  in its own ``strategy.run`` step loop;
 * preprocessing that outgrows the trainer's CPUs: the tf.data service. Start a dispatcher
   and workers (each line on its own host or shell)::
 
@@ -205,30 +205,6 @@ def start_worker(
 # --- Training on several hosts ---------------------------------------------------------------
 
 
-def run_steps(strategy: tf.distribute.Strategy, model, dataset: tf.data.Dataset, steps: int) -> list[float]:
-    """Trains ``model`` for ``steps`` batches of ``dataset`` under ``strategy``; returns the losses.
-
-    Why not ``model.fit``: Keras 3 (3.15 here) ``fit`` under ``MultiWorkerMirroredStrategy``
-    fails before the first step (``Trainer._maybe_symbolic_build`` reduces the first
-    distributed batch with ``strategy.reduce``, which raises ``ValueError: Attempt to
-    convert a value (PerReplica...) to a Tensor``; upstream tensorflow/tensorflow#72388,
-    keras-team/keras#20585). This loop does what ``fit``'s step does with public APIs: the
-    model's compiled loss (``model.compute_loss``, which divides by the replica count),
-    ``GradientTape``, and the optimizer (which all-reduces gradients across replicas).
-
-    ``dataset`` yields global batches ``(inputs, label, sample_weight)``; each worker
-    takes its share of every batch (``AutoShardPolicy.DATA``), so N workers see the same
-    global batch one process would. Non-trainable state that each replica updates on its
-    own (batch-norm moving statistics) is averaged across replicas at the end, so every
-    worker ends with identical weights.
-    """
-    step = train_step(strategy, model)
-    iterator = iter(distribute_batches(strategy, dataset))
-    losses = [float(step(next(iterator))) for _ in range(steps)]
-    sync_replica_state(strategy, model)
-    return losses
-
-
 def distribute_batches(strategy: tf.distribute.Strategy, dataset: tf.data.Dataset):
     """``dataset`` of global batches as a distributed dataset: each replica takes its share of
     every batch (``AutoShardPolicy.DATA``), so N workers see the global batch one process would."""
@@ -239,7 +215,7 @@ def distribute_batches(strategy: tf.distribute.Strategy, dataset: tf.data.Datase
 
 def train_step(strategy: tf.distribute.Strategy, model):
     """One training step of ``model`` under ``strategy`` as a ``tf.function`` of a distributed
-    batch ``(inputs, label, sample_weight)``; returns the global mean loss (see :func:`run_steps`)."""
+    batch ``(inputs, label, sample_weight)``; returns the global mean loss (see :func:`fit_multi_worker`)."""
     with strategy.scope():
         if not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
@@ -277,6 +253,82 @@ def sync_replica_state(strategy: tf.distribute.Strategy, model) -> None:
 
     for variable, value in zip(variables, average()):
         variable.assign(strategy.experimental_local_results(value)[0])
+
+
+def agree_on_mean(strategy):
+    """``x -> mean of x over every worker`` (one small all-reduce; ReduceOp has no MAX), so
+    that the workers of a multi-worker run set the same learning rate and stop at the same step
+    of a budget."""
+    device = strategy.extended.worker_devices[0]
+
+    @tf.function
+    def reduce(x):
+        def replica():
+            # placed: the collective refuses a tensor without a device ("destinations can not be empty")
+            with tf.device(device):
+                value = tf.identity(x)
+            return tf.distribute.get_replica_context().all_reduce("MEAN", value)
+
+        return strategy.experimental_local_results(strategy.run(replica))[0]
+
+    return lambda x: float(reduce(tf.constant(x, tf.float64)))
+
+
+def fit_multi_worker(strategy: tf.distribute.Strategy, model, config, train_ds, val_ds, initial_epoch: int,
+                     epochs: int, steps: int, callbacks) -> None:
+    """What ``model.fit`` does, as a step loop that runs under ``MultiWorkerMirroredStrategy``.
+
+    Why not ``model.fit``: Keras 3 (3.15 here) ``fit`` under ``MultiWorkerMirroredStrategy``
+    fails before the first step (``Trainer._maybe_symbolic_build`` reduces the first
+    distributed batch with ``strategy.reduce``, which raises ``ValueError: Attempt to
+    convert a value (PerReplica...) to a Tensor``; upstream tensorflow/tensorflow#72388,
+    keras-team/keras#20585). This loop does what ``fit``'s step does with public APIs
+    (:func:`train_step`): the model's compiled loss (``model.compute_loss``, which divides by
+    the replica count), ``GradientTape``, and the optimizer (which all-reduces gradients
+    across replicas). ``train_ds`` yields global batches ``(inputs, label, sample_weight)``;
+    each worker takes its share of every batch (:func:`distribute_batches`), so N workers see
+    the same global batch one process would.
+
+    The same stream, steps (epochs ``initial_epoch`` up to ``epochs``), callbacks (CSV,
+    TensorBoard, images, checkpoints) and epoch logs (``loss`` and, on the chief,
+    ``val_mean_iou`` and ``val_pixel_accuracy`` from :func:`fcndata.evaluation.evaluate`;
+    no ``val_loss``), ``model.stop_training`` (a ``train.seconds`` budget) checked after
+    every step; batch-norm moving statistics are averaged across workers at the end of every
+    epoch (:func:`sync_replica_state`), so every worker ends with identical weights.
+    """
+    import keras
+
+    from fcndata.evaluation import evaluate
+
+    t = config.train
+    step = train_step(strategy, model)
+    iterator = iter(distribute_batches(strategy, train_ds))
+    hooks = keras.callbacks.CallbackList(callbacks, add_history=False, add_progbar=False, model=model)
+    model.stop_training = False
+    hooks.on_train_begin()
+    for epoch in range(initial_epoch, epochs):
+        hooks.on_epoch_begin(epoch)
+        total, done = 0.0, 0
+        for i in range(steps):
+            hooks.on_train_batch_begin(i)
+            total += float(step(next(iterator)))
+            done += 1
+            hooks.on_train_batch_end(i)
+            if model.stop_training:  # the same step on every worker: the budget's clock agrees on the mean
+                break
+        sync_replica_state(strategy, model)
+        logs = {"loss": total / done}
+        if val_ds is not None:
+            # In this process only (Keras evaluate would wait for the other workers' collectives).
+            result = evaluate(model, config, max_batches=t.validation_steps, dataset=val_ds)
+            logs.update(val_mean_iou=result["mean_iou"], val_pixel_accuracy=result["pixel_accuracy"])
+        if t.verbose:
+            of = f"/{t.epochs}" if t.epochs is not None else ""
+            print(f"Epoch {epoch + 1}{of}: " + ", ".join(f"{k} {v:.4f}" for k, v in logs.items()), flush=True)
+        hooks.on_epoch_end(epoch, logs)
+        if model.stop_training:
+            break
+    hooks.on_train_end()
 
 
 # --- Command line ----------------------------------------------------------------------------

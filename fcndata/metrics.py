@@ -1,5 +1,10 @@
 """Masked segmentation metrics: confusion matrix, mean IoU, pixel accuracy.
 
+The one place IoU is computed: :func:`confusion_matrix` (numpy, the masked pixels of a
+label and a prediction), :func:`per_class_iou`, :func:`mean_iou` and :func:`iou_by_name`
+of a confusion matrix, used by the trainer's evaluation, the benchmarks and the
+experiments; and the same counts in graph as Keras metrics for ``fit`` logs.
+
 ``update_state(y_true, y_pred, sample_weight)`` takes integer labels ``[B, H, W]`` and
 logits ``[B, H, W, K]`` (or class ids ``[B, H, W]``) and counts a pixel only when its
 label is a class id (``0 <= label < num_classes``, so ``ignore_label`` 255 is skipped)
@@ -32,6 +37,43 @@ from keras import ops
 from fcndata.common import IGNORE_LABEL
 
 
+def confusion_matrix(label, prediction, num_classes: int, roi=None, ignore_label: int | None = None) -> np.ndarray:
+    """The ``[K, K]`` int64 confusion matrix (rows = label, columns = prediction) of the masked pixels.
+
+    A pixel counts when its label and its prediction are class ids (``0 <= id < K``),
+    its label is not ``ignore_label`` (when given) and its ``roi`` is positive (when
+    given; a sample weight works the same: counts are pixels, not weights).
+
+    Args:
+      label, prediction: class ids of the same shape (numpy arrays or tensors).
+      num_classes: K.
+      roi: mask or weights broadcastable to ``label``; None counts every pixel.
+      ignore_label: a label value never counted.
+
+    >>> confusion_matrix([[0, 0, 1], [2, 255, 1]], [[0, 1, 1], [2, 0, 0]], 3, ignore_label=255)
+    array([[1, 1, 0],
+           [1, 1, 0],
+           [0, 0, 1]])
+    >>> confusion_matrix([[0, 0, 1], [2, 255, 1]], [[0, 1, 1], [2, 0, 0]], 3, roi=[[1, 0, 1], [1, 1, 0]])
+    array([[1, 0, 0],
+           [0, 1, 0],
+           [0, 0, 1]])
+    """
+    k = int(num_classes)
+    label = np.asarray(label).astype(np.int64)
+    pred = np.asarray(prediction).astype(np.int64)
+    if label.shape != pred.shape:
+        raise ValueError(f"confusion_matrix: label and prediction must have one shape. "
+                         f"Received: label {label.shape}, prediction {pred.shape}")
+    valid = (label >= 0) & (label < k) & (pred >= 0) & (pred < k)
+    if ignore_label is not None:
+        valid &= label != ignore_label
+    if roi is not None:
+        valid &= np.broadcast_to(np.asarray(roi) > 0, label.shape)
+    counts = np.bincount(label[valid] * k + pred[valid], minlength=k * k)
+    return counts.reshape(k, k).astype(np.int64)
+
+
 def per_class_iou(confusion) -> np.ndarray:
     """IoU of each class from a confusion matrix (rows = true, columns = predicted).
 
@@ -50,6 +92,32 @@ def per_class_iou(confusion) -> np.ndarray:
     union = c.sum(0) + c.sum(1) - tp
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(union > 0, tp / np.where(union > 0, union, 1), np.nan)
+
+
+def mean_iou(confusion) -> float:
+    """Mean of :func:`per_class_iou` over the classes in the labels or the predictions.
+
+    A class absent from both is left out of the mean; NaN when no class is (no pixel counted).
+
+    >>> mean_iou([[3, 1, 0], [0, 2, 0], [0, 0, 0]])  # (0.75 + 2/3) / 2
+    0.7083333333333333
+    """
+    iou = per_class_iou(confusion)
+    return float("nan") if np.all(np.isnan(iou)) else float(np.nanmean(iou))
+
+
+def iou_by_name(confusion, names) -> dict:
+    """``{"mean_iou": float, "per_class_iou": {name: float or None}}`` of a confusion matrix
+    (None for a class absent from labels and predictions), as ``summary.json`` gives them.
+
+    >>> iou_by_name([[3, 1, 0], [0, 2, 0], [0, 0, 0]], ["a", "b", "c"])["per_class_iou"]
+    {'a': 0.75, 'b': 0.6666666666666666, 'c': None}
+    """
+    iou = per_class_iou(confusion)
+    return {
+        "mean_iou": mean_iou(confusion),
+        "per_class_iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(names, iou)},
+    }
 
 
 @keras.saving.register_keras_serializable(package="fcndata")

@@ -15,13 +15,13 @@ not counted). ``train.epochs`` is then a cap, whichever comes first; the learnin
 schedule (after ``train.warmup_steps``, still steps) runs over the budget's seconds, so
 cosine and poly reach 0 when it ends; a resumed run continues the seconds already spent.
 ``summary.json`` says ``seconds_budget``, ``training_seconds``, ``steps`` and
-``epochs_reached``.
+``epochs_reached``. (The clock, checkpoints and image logs are :mod:`fcndata.callbacks`.)
 
 Checks: after ``model.save``, one validation batch is predicted in inference and in
 training mode; a warning line says when their mean IoU differs by more than 0.05
 (normalisation statistics that do not transfer to inference) and another when the model
 predicts a single class on the validation split; the results are ``summary.json``'s
-``checks``. The model is left unchanged by them.
+``checks``. The model is left unchanged by them (:func:`fcndata.evaluation.check_trained_model`).
 
 Every run writes ``config.yaml`` (resolved), ``metrics.csv``, ``logs/`` (TensorBoard, with
 prediction images), ``checkpoints/``, ``history.png``, ``preview.png``, ``predictions.png``,
@@ -32,7 +32,7 @@ where they are.
 Strategies (``train.strategy``): ``one_device``, ``mirrored`` (several GPUs of one host)
 and ``multi_worker`` (several hosts, from ``TF_CONFIG``) — ``auto`` picks one. The log and
 ``summary.json`` give the global batch (``batching.batch_size``) and its share per replica.
-Under ``multi_worker`` Keras ``fit`` fails (see :func:`fcndata.distributed.run_steps`), so
+Under ``multi_worker`` Keras ``fit`` fails (see :func:`fcndata.distributed.fit_multi_worker`), so
 the trainer runs its own step loop with the same model, loss, optimizer, callbacks and
 artifacts; the chief (worker 0) writes the run folder, every other worker writes its
 checkpoints and copy of the model to ``RUN_DIR/worker<i>/`` (each worker must save).
@@ -52,19 +52,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 DEFAULT_RECIPE = "pipelines/brain_fullimage.yaml"
-
-#: The clock the training budget is measured with; tests replace it with a fake one.
-_clock = time.monotonic
 
 #: ``fit``'s number of epochs when ``train.epochs`` is null (no cap): the budget stops it.
 _NO_CAP = 1_000_000
-
-#: The largest difference of mean IoU between training and inference mode on one validation
-#: batch that :func:`check_trained_model` accepts without a warning.
-MODE_GAP = 0.05
 
 
 def fit_verbosity(verbose: int, stream=None) -> int:
@@ -194,141 +185,6 @@ def build_model(config, steps_per_epoch: int = 1):
     return model
 
 
-def evaluate(model, config, max_batches: int | None = None, dataset=None) -> dict:
-    """Confusion matrix over the validation split's valid pixels → mean/per-class IoU, accuracy.
-
-    ``dataset``: the run's eval pipeline (``build_pipeline(config, "eval")``), built once
-    per run; None builds it.
-    """
-    import tensorflow as tf
-
-    from fcndata.metrics import per_class_iou
-    from fcndata.pipeline import build_pipeline
-
-    k = config.data.num_classes
-    confusion = np.zeros((k, k), np.int64)
-    ds = build_pipeline(config, "eval") if dataset is None else dataset
-    if max_batches:
-        ds = ds.take(max_batches)
-    for inputs, label, weight in ds:
-        pred = tf.argmax(model(inputs, training=False), axis=-1, output_type=tf.int32)
-        valid = weight > 0
-        confusion += tf.math.confusion_matrix(
-            tf.boolean_mask(label, valid), tf.boolean_mask(pred, valid), num_classes=k, dtype=tf.int64
-        ).numpy()
-    iou = per_class_iou(confusion)
-    inter = np.diag(confusion).astype(np.float64)
-    names = config.data.names
-    return {
-        "mean_iou": float(np.nanmean(iou)),
-        "per_class_iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(names, iou)},
-        "pixel_accuracy": float(inter.sum() / max(confusion.sum(), 1)),
-        "valid_pixels": int(confusion.sum()),
-        "confusion": confusion.tolist(),
-    }
-
-
-def _mean_iou(label, pred, weight, num_classes: int) -> float:
-    """Mean IoU over the pixels of positive ``weight`` (classes absent from both left out)."""
-    import tensorflow as tf
-
-    from fcndata.metrics import per_class_iou
-
-    valid = weight > 0
-    confusion = tf.math.confusion_matrix(tf.boolean_mask(label, valid), tf.boolean_mask(pred, valid),
-                                         num_classes=num_classes, dtype=tf.int64).numpy()
-    iou = per_class_iou(confusion)
-    return float(np.nanmean(iou)) if not np.all(np.isnan(iou)) else float("nan")
-
-
-def check_trained_model(model, config, batch, confusion, stream=None) -> dict:
-    """Two checks of a trained model; each prints one warning line when it fails.
-
-    1. Inference mode against training mode on the same validation ``batch``: when their
-       mean IoU differs by more than :data:`MODE_GAP`, the normalisation statistics the model
-       learnt (batch-norm moving averages) do not describe the batches it was trained on, and
-       the saved model predicts worse than training said.
-    2. The validation prediction (``confusion``, of the whole validation split) holds a single
-       class: the model has learnt nothing yet, or the labels are wrong.
-
-    ``model`` is unchanged afterwards: a call in training mode updates batch-norm moving
-    statistics and advances the dropout seed generators, so every variable of the model is
-    snapshotted before and assigned back after (bit for bit).
-
-    Args:
-      model: the trained Keras model.
-      config: its recipe (classes, names, ``model.norm``, ``model.masked``).
-      batch: one validation batch ``(inputs, label, sample_weight)``.
-      confusion: the validation confusion matrix (rows: label, columns: prediction).
-      stream: where warnings go (default: ``sys.stderr``).
-
-    Returns:
-      ``{"mean_iou_inference_mode", "mean_iou_training_mode", "mode_gap", "predicted_classes",
-      "warnings"}``.
-
-    Example:
-      >>> import keras, numpy as np
-      >>> from fcndata.config import load_config_text
-      >>> cfg = load_config_text("data: {num_classes: 2}")
-      >>> model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Conv2D(2, 1)])
-      >>> batch = (np.ones((1, 4, 4, 1), "float32"), np.zeros((1, 4, 4), "int32"), np.ones((1, 4, 4), "float32"))
-      >>> checks = check_trained_model(model, cfg, batch, [[10, 0], [6, 0]], stream=sys.stdout)  # doctest: +ELLIPSIS
-      fcndata: warning: the model predicts only class class0 on the validation split...
-      >>> checks["mode_gap"], checks["predicted_classes"]
-      (0.0, ['class0'])
-    """
-    import tensorflow as tf
-
-    stream = sys.stderr if stream is None else stream
-    d = config.data
-    inputs, label, weight = batch
-    label = tf.convert_to_tensor(label)
-    weight = tf.convert_to_tensor(weight)
-    # Training mode changes the model (moving statistics, seed generators): restore it all.
-    snapshot = [v.numpy() for v in model.variables]
-    try:
-        modes = {}
-        for training in (False, True):
-            logits = model(inputs, training=training)
-            pred = tf.argmax(logits, axis=-1, output_type=tf.int32)
-            modes[training] = _mean_iou(tf.cast(label, tf.int32), pred, weight, d.num_classes)
-    finally:
-        for variable, value in zip(model.variables, snapshot):
-            variable.assign(value)
-    inference, training = modes[False], modes[True]
-    gap = abs(training - inference) if np.isfinite(training) and np.isfinite(inference) else 0.0
-    columns = np.asarray(confusion).sum(axis=0)
-    predicted = [d.names[i] for i in np.flatnonzero(columns)]
-    warnings = []
-    if gap > MODE_GAP:
-        warnings.append(
-            f"normalisation statistics do not transfer to inference: mean IoU {training:.2f} in training mode, "
-            f"{inference:.2f} in inference mode on the same validation batch (model.norm={config.model.norm}, "
-            f"model.masked={str(config.model.masked).lower()}): the moving averages the saved model predicts with "
-            f"do not describe the (padded, size-bucketed) batches it trained on. Use model.norm: group (or instance), "
-            f"or model.masked: true (statistics over real pixels only), or train longer so the moving averages settle"
-        )
-    if len(predicted) == 1:
-        name = predicted[0]
-        labeled = int(columns.sum())
-        share = np.asarray(confusion).sum(axis=1)[d.names.index(name)] / max(labeled, 1)
-        warnings.append(
-            f"the model predicts only class {name} on the validation split ({labeled} labeled pixels, {share:.0%} of "
-            f"them {name}): train longer (--minutes, or more train.epochs), check the labels with python -m "
-            f"fcndata.inspect --config {config.source or 'RECIPE'}, and weigh the classes "
-            f"(sampling.class_weights: inverse_frequency) or balance the patches (patches.mode: balanced)"
-        )
-    for line in warnings:
-        print(f"fcndata: warning: {line}", file=stream, flush=True)
-    return {
-        "mean_iou_inference_mode": None if np.isnan(inference) else round(inference, 4),
-        "mean_iou_training_mode": None if np.isnan(training) else round(training, 4),
-        "mode_gap": round(float(gap), 4),
-        "predicted_classes": predicted,
-        "warnings": warnings,
-    }
-
-
 def _read_history(path: Path) -> dict[str, list[float]]:
     history: dict[str, list[float]] = {}
     if not path.is_file():
@@ -342,273 +198,6 @@ def _read_history(path: Path) -> dict[str, list[float]]:
     return history
 
 
-def _validation_examples(model, config, max_items: int = 4, dataset=None):
-    """Validation images, labels and predictions, cropped back to each image's own size.
-
-    ``dataset``: the run's eval pipeline of element dicts (``keras=False``), built once.
-    """
-    import tensorflow as tf
-
-    from fcndata.batching import keras_inputs
-    from fcndata.pipeline import build_pipeline
-
-    images, labels, preds = [], [], []
-    masked = config.model.masked
-    for batch in build_pipeline(config, "eval", keras=False) if dataset is None else dataset:
-        inputs, _, _ = keras_inputs(batch, masked_input=masked, ignore_label=config.data.ignore_label)
-        pred = tf.argmax(model(inputs, training=False), -1).numpy()
-        for i in range(len(pred)):
-            # eval elements are whole images at origin (0, 0): source_shape is their extent
-            h, w = (int(v) for v in batch["source_shape"][i])
-            images.append(batch["image"][i].numpy()[:h, :w])
-            label = batch["label"][i].numpy()[:h, :w]
-            labels.append(label)
-            preds.append(pred[i][:h, :w])
-            if len(images) >= max_items:
-                return images, labels, preds
-    return images, labels, preds
-
-
-class _EpochCheckpoint:
-    """Saves model, optimizer, the number of finished epochs and the training seconds spent
-    (``elapsed``, what a ``train.seconds`` budget resumes from) at the end of every epoch."""
-
-    def __init__(self, model, directory: Path):
-        import tensorflow as tf
-
-        model.optimizer.build(model.trainable_variables)
-        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
-        self.elapsed = tf.Variable(0.0, dtype=tf.float64, trainable=False)
-        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, epoch=self.epoch,
-                                              elapsed=self.elapsed)
-        self.manager = tf.train.CheckpointManager(self.checkpoint, str(directory), max_to_keep=2)
-
-    def restore(self, directory: Path | None = None) -> int:
-        """Restores the latest checkpoint (of ``directory``: the chief's, on another worker)."""
-        import tensorflow as tf
-
-        latest = tf.train.latest_checkpoint(str(directory)) if directory is not None else self.manager.latest_checkpoint
-        if latest is None:
-            return 0
-        # expect_partial: a checkpoint written before the elapsed seconds were saved restores with 0
-        self.checkpoint.restore(latest).assert_existing_objects_matched().expect_partial()
-        return int(self.epoch.numpy())
-
-    def callback(self):
-        import keras
-
-        outer = self
-
-        class Save(keras.callbacks.Callback):
-            def on_epoch_end(self, epoch, logs=None):
-                outer.epoch.assign(epoch + 1)
-                outer.manager.save(checkpoint_number=epoch + 1)
-
-        return Save()
-
-
-def _training_clock(config, elapsed, agree=None):
-    """A callback that measures training seconds and, under ``train.seconds``, runs the budget.
-
-    Each step is timed from ``on_train_batch_begin`` to ``on_train_batch_end`` with
-    :data:`_clock`: the step and its input pipeline (``fit`` reads the next batch inside the
-    step), not validation, checkpoints or logging at the end of an epoch. The running total
-    lives in ``elapsed`` (a variable of the epoch checkpoint, so a resumed run continues it).
-    With ``train.seconds``, before every step the optimizer's rate is set to
-    :func:`fcndata.schedules.budget_rate` of the budget's share spent, and after the step
-    that spends the budget ``model.stop_training`` ends ``fit`` (or the multi-worker loop).
-
-    Args:
-      config: the run's recipe.
-      elapsed: a float64 ``tf.Variable`` holding the training seconds spent (restored on resume).
-      agree: maps this process's running total to the one every worker uses (multi-worker:
-        the mean over workers, so all set the same rate and stop at the same step).
-
-    The callback's ``steps`` counts the optimizer's steps (from its ``iterations`` at the start).
-    """
-    import keras
-
-    from fcndata.schedules import budget_rate
-
-    t = config.train
-
-    class TrainingClock(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.seconds = float(elapsed.numpy())
-            self.steps = 0
-            self.rate = None
-            self.started = None
-
-        def on_train_begin(self, logs=None):
-            self.seconds = float(elapsed.numpy())
-            self.steps = int(self.model.optimizer.iterations.numpy())
-
-        def on_train_batch_begin(self, batch, logs=None):
-            if t.seconds is not None:
-                rate = budget_rate(t.learning_rate, t.schedule, t.warmup_steps, self.seconds / t.seconds, self.steps)
-                if rate != self.rate:  # an assignment per change, not per step, for the constant schedule
-                    self.model.optimizer.learning_rate = rate
-                    self.rate = rate
-            self.started = _clock()
-
-        def on_train_batch_end(self, batch, logs=None):
-            seconds = self.seconds + (_clock() - self.started)
-            self.seconds = float(agree(seconds)) if agree is not None else seconds
-            self.steps += 1
-            elapsed.assign(self.seconds)
-            if t.seconds is not None and self.seconds >= t.seconds:
-                self.model.stop_training = True
-
-        def spent(self) -> float | None:
-            """The budget's share spent, or None without ``train.seconds``."""
-            return None if t.seconds is None else min(1.0, self.seconds / t.seconds)
-
-    return TrainingClock()
-
-
-def _epoch_logger(verbose: int):
-    """Keras' progress bar without the total epochs (``fit`` runs a huge number when
-    ``train.epochs`` is null and ``train.seconds`` stops it): ``Epoch 3``, not ``Epoch 3/1000000``."""
-    import keras
-
-    class EpochLogger(keras.callbacks.ProgbarLogger):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.epochs = 0  # Keras prints "Epoch i/N" only when N > 1
-            super().on_epoch_begin(epoch, logs)
-            if self.verbose:
-                print(f"Epoch {epoch + 1}", flush=True)
-
-    return EpochLogger()
-
-
-def _image_logger(model, config, log_dir: Path, dataset=None, times: int = 5, clock=None):
-    """A callback writing validation predictions to TensorBoard ``times`` times per run.
-
-    Measured on the brain recipe: rebuilding the validation pipeline and drawing the
-    figure took ~3.4 s, a quarter of a 14-step epoch, when done every epoch. So the
-    example images are read once (from ``dataset``, the run's eval pipeline of element
-    dicts, when given), and the figure is drawn on ``times`` evenly spaced epochs
-    (always the last), from the first validation batch kept in memory. Under
-    ``train.seconds`` the ``times`` points are spread over the budget instead (``clock``: the
-    run's :func:`_training_clock`).
-    """
-    import keras
-    import matplotlib.pyplot as plt
-    import tensorflow as tf
-
-    from fcndata.batching import keras_inputs
-    from fcndata.pipeline import build_pipeline
-    from fcndata.preview import plot_predictions
-
-    writer = tf.summary.create_file_writer(str(log_dir / "predictions"))
-    epochs = config.train.epochs
-    every = max(1, (epochs or 1) // times)
-    next_share = [1.0 / times]
-    cached = []
-
-    def due(epoch) -> bool:
-        if model.stop_training or epoch + 1 == epochs:  # the last epoch
-            return True
-        spent = clock.spent() if clock is not None else None
-        if spent is None:
-            return not (epoch + 1) % every
-        if spent < next_share[0]:
-            return False
-        while next_share[0] <= spent:
-            next_share[0] += 1.0 / times
-        return True
-
-    class Images(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            if not due(epoch):
-                return
-            if not cached:
-                batch = next(iter(build_pipeline(config, "eval", keras=False) if dataset is None else dataset))
-                inputs, _, _ = keras_inputs(batch, masked_input=config.model.masked, ignore_label=config.data.ignore_label)
-                extents = [tuple(int(v) for v in hw) for hw in batch["source_shape"][:3]]
-                images = [batch["image"][i].numpy()[:h, :w] for i, (h, w) in enumerate(extents)]
-                labels = [batch["label"][i].numpy()[:h, :w] for i, (h, w) in enumerate(extents)]
-                cached.extend([inputs, extents, images, labels])
-            inputs, extents, images, labels = cached
-            pred = tf.argmax(model(inputs, training=False), -1).numpy()
-            preds = [pred[i][:h, :w] for i, (h, w) in enumerate(extents)]
-            fig = plot_predictions(images, labels, preds, config.data.names)
-            fig.canvas.draw()
-            pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3]
-            with writer.as_default():
-                tf.summary.image("validation/image_truth_prediction", pixels[None], step=epoch)
-            writer.flush()
-            plt.close(fig)
-
-    return Images()
-
-
-def _agree_on_mean(strategy):
-    """``x -> mean of x over every worker`` (one small all-reduce; ReduceOp has no MAX), so
-    that the workers of a multi-worker run set the same learning rate and stop at the same step
-    of a budget."""
-    import tensorflow as tf
-
-    device = strategy.extended.worker_devices[0]
-
-    @tf.function
-    def reduce(x):
-        def replica():
-            # placed: the collective refuses a tensor without a device ("destinations can not be empty")
-            with tf.device(device):
-                value = tf.identity(x)
-            return tf.distribute.get_replica_context().all_reduce("MEAN", value)
-
-        return strategy.experimental_local_results(strategy.run(replica))[0]
-
-    return lambda x: float(reduce(tf.constant(x, tf.float64)))
-
-
-def _fit_multi_worker(strategy, model, config, train_ds, val_ds, initial_epoch: int, steps: int, callbacks) -> None:
-    """What ``model.fit`` does, as a step loop that runs under ``MultiWorkerMirroredStrategy``.
-
-    The same stream, steps, callbacks (CSV, TensorBoard, images, checkpoints) and epoch
-    logs (``loss`` and, on the chief, ``val_mean_iou`` and ``val_pixel_accuracy`` from
-    :func:`evaluate`; no ``val_loss``), ``model.stop_training`` (a ``train.seconds`` budget)
-    checked after every step; batch-norm
-    moving statistics are averaged across workers at the end of every epoch.
-    """
-    import keras
-
-    from fcndata.distributed import distribute_batches, sync_replica_state, train_step
-
-    t = config.train
-    step = train_step(strategy, model)
-    iterator = iter(distribute_batches(strategy, train_ds))
-    hooks = keras.callbacks.CallbackList(callbacks, add_history=False, add_progbar=False, model=model)
-    model.stop_training = False
-    hooks.on_train_begin()
-    for epoch in range(initial_epoch, t.epochs or _NO_CAP):
-        hooks.on_epoch_begin(epoch)
-        total, done = 0.0, 0
-        for i in range(steps):
-            hooks.on_train_batch_begin(i)
-            total += float(step(next(iterator)))
-            done += 1
-            hooks.on_train_batch_end(i)
-            if model.stop_training:  # the same step on every worker: the budget's clock agrees on the mean
-                break
-        sync_replica_state(strategy, model)
-        logs = {"loss": total / done}
-        if val_ds is not None:
-            # In this process only (Keras evaluate would wait for the other workers' collectives).
-            result = evaluate(model, config, max_batches=t.validation_steps, dataset=val_ds)
-            logs.update(val_mean_iou=result["mean_iou"], val_pixel_accuracy=result["pixel_accuracy"])
-        if t.verbose:
-            of = f"/{t.epochs}" if t.epochs is not None else ""
-            print(f"Epoch {epoch + 1}{of}: " + ", ".join(f"{k} {v:.4f}" for k, v in logs.items()), flush=True)
-        hooks.on_epoch_end(epoch, logs)
-        if model.stop_training:
-            break
-    hooks.on_train_end()
-
-
 def train(config, run_dir: Path | None = None, resume: bool = False, callbacks=()) -> dict:
     """Trains ``config`` into ``run_dir`` (resuming from its checkpoints if ``resume``).
 
@@ -616,8 +205,8 @@ def train(config, run_dir: Path | None = None, resume: bool = False, callbacks=(
     input pipeline; validation and checkpoints not counted), ``train.epochs`` then being a
     cap (null: none); the learning-rate schedule runs over those seconds, and a resumed run
     continues the seconds spent. After training (and after ``model.save``) the trained
-    model is checked (:func:`check_trained_model`): a warning line if its normalisation
-    statistics do not transfer to inference mode or if it predicts one class only.
+    model is checked (:func:`fcndata.evaluation.check_trained_model`): a warning line if its
+    normalisation statistics do not transfer to inference mode or if it predicts one class only.
 
     A recipe without validation data trains without it: no validation metrics, image
     logging, final evaluation or ``predictions.png``; ``summary.json`` says
@@ -724,7 +313,16 @@ def _train(config, run_dir: Path, resume: bool, has_validation: bool, extra_call
     import keras
 
     from fcndata.batching import to_keras
-    from fcndata.distributed import is_chief, select_strategy, strategy_name, task_name
+    from fcndata.callbacks import EpochCheckpoint, epoch_logger, image_logger, training_clock
+    from fcndata.distributed import (
+        agree_on_mean,
+        fit_multi_worker,
+        is_chief,
+        select_strategy,
+        strategy_name,
+        task_name,
+    )
+    from fcndata.evaluation import check_trained_model, evaluate, validation_examples
     from fcndata.pipeline import build_pipeline, steps_per_epoch
     from fcndata.preview import plot_batch, plot_history, plot_predictions
 
@@ -758,10 +356,10 @@ def _train(config, run_dir: Path, resume: bool, has_validation: bool, extra_call
         steps = steps_per_epoch(config)
         with strategy.scope():
             model = build_model(config, steps)
-            checkpoint = _EpochCheckpoint(model, out_dir / "checkpoints")
+            checkpoint = EpochCheckpoint(model, out_dir / "checkpoints")
         initial_epoch = checkpoint.restore(run_dir / "checkpoints") if resume else 0
-        clock = _training_clock(config, checkpoint.elapsed,
-                                agree=_agree_on_mean(strategy) if name == "multi_worker" else None)
+        clock = training_clock(config, checkpoint.elapsed,
+                               agree=agree_on_mean(strategy) if name == "multi_worker" else None)
         epochs = t.epochs if t.epochs is not None else _NO_CAP
         clock.steps = int(model.optimizer.iterations.numpy())  # what a resumed run has done
         budget_left = t.seconds is None or clock.seconds < t.seconds
@@ -798,16 +396,16 @@ def _train(config, run_dir: Path, resume: bool, has_validation: bool, extra_call
                 keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs"), write_graph=False),
             ]
             if has_validation:
-                logs.append(_image_logger(model, config, run_dir / "logs", val_elements, clock=clock))
+                logs.append(image_logger(model, config, run_dir / "logs", val_elements, clock=clock))
             callbacks = [*logs, *callbacks]
         callbacks += list(extra_callbacks)
         verbose = fit_verbosity(t.verbose)
         if t.epochs is None and verbose and name != "multi_worker":  # (that loop prints its own epoch lines)
-            callbacks.append(_epoch_logger(verbose))
+            callbacks.append(epoch_logger(verbose))
         fit_started = time.time()
         if to_fit and name == "multi_worker":
-            _fit_multi_worker(strategy, model, config, train_ds, val_ds if chief else None, initial_epoch, steps,
-                              callbacks)
+            fit_multi_worker(strategy, model, config, train_ds, val_ds if chief else None, initial_epoch, epochs,
+                             steps, callbacks)
         elif to_fit:
             model.fit(
                 train_ds,
@@ -840,7 +438,7 @@ def _train(config, run_dir: Path, resume: bool, has_validation: bool, extra_call
             run_dir / "preview.png", dpi=100
         )
         if has_validation:
-            images, labels, preds = _validation_examples(model, config, max_items=4, dataset=val_elements)
+            images, labels, preds = validation_examples(model, config, max_items=4, dataset=val_elements)
             plot_predictions(images, labels, preds, config.data.names).savefig(run_dir / "predictions.png", dpi=100)
     finally:
         keras.mixed_precision.set_global_policy("float32")

@@ -112,3 +112,25 @@ def test_weighted_metrics_in_compile_receive_sample_weight():
 def test_invalid_num_classes():
     with pytest.raises(ValueError, match="MeanIoU: num_classes must be a positive int. Received: num_classes=0"):
         MeanIoU(0)
+
+
+def test_numpy_confusion_matrix_and_iou_hand_checked_on_2x3():
+    from fcndata.metrics import confusion_matrix, iou_by_name, mean_iou
+
+    # the 2 x 3 example above: the 255 pixel is ignored, five pixels counted
+    confusion = confusion_matrix(LABELS, PRED, 3, ignore_label=255)
+    np.testing.assert_array_equal(confusion, CONFUSION)
+    assert confusion.dtype == np.int64
+    # a roi drops (0,1) and (1,0); the ignored pixel's roi is 1 but 255 is outside 0..2
+    roi = np.array([[[1, 0, 1], [1, 1, 0]]])
+    np.testing.assert_array_equal(confusion_matrix(LABELS, PRED, 3, roi=roi), [[1, 0, 0], [0, 1, 0], [0, 0, 1]])
+    # class 0: 1 / (2 + 2 - 1), class 1: 1 / 3, class 2: 1 / 1
+    assert mean_iou(confusion) == pytest.approx((1 / 3 + 1 / 3 + 1) / 3)
+    # a fourth class absent from labels and predictions: None, and left out of the mean
+    confusion4 = confusion_matrix(LABELS, PRED, 4, ignore_label=255)
+    result = iou_by_name(confusion4, ["a", "b", "c", "d"])
+    assert result["per_class_iou"]["d"] is None
+    assert [result["per_class_iou"][n] for n in "abc"] == pytest.approx([1 / 3, 1 / 3, 1.0])
+    assert result["mean_iou"] == pytest.approx(mean_iou(confusion))
+    # nothing counted: NaN, no class
+    assert np.isnan(mean_iou(confusion_matrix(LABELS, PRED, 3, roi=np.zeros_like(LABELS))))

@@ -218,7 +218,7 @@ def _cosine(fractions, lr=0.01):
 def test_seconds_stop_after_exactly_the_budgeted_steps_with_cosine_over_the_seconds(tmp_path, monkeypatch, capsys):
     from fcndata import train as T
 
-    monkeypatch.setattr(T, "_clock", _FakeClock(tick=0.5))
+    monkeypatch.setattr("fcndata.callbacks._clock", _FakeClock(tick=0.5))
     rates = _rates()
     # 3.5 s at 0.5 s a step: 7 steps, two epochs and a third of one; no epochs cap
     cfg = _budget_config(tmp_path, "budget", "train.epochs=null", "train.seconds=3.5", "train.schedule=cosine",
@@ -245,7 +245,7 @@ def _read_csv_epochs(path):
 def test_epochs_cap_a_time_budget_whichever_comes_first(tmp_path, monkeypatch):
     from fcndata import train as T
 
-    monkeypatch.setattr(T, "_clock", _FakeClock(tick=0.5))
+    monkeypatch.setattr("fcndata.callbacks._clock", _FakeClock(tick=0.5))
     rates = _rates()
     cfg = _budget_config(tmp_path, "cap", "train.epochs=1", "train.seconds=100", "train.schedule=poly")
     summary = T.train(cfg, callbacks=[rates])
@@ -259,13 +259,13 @@ def test_resumed_time_budget_continues_the_seconds_and_the_schedule(tmp_path, mo
     extra = ["train.epochs=null", "train.seconds=4", "train.schedule=cosine", "train.warmup_steps=2"]
     expected = [r * min(k / 2, 1.0) for k, r in enumerate(_cosine([k * 0.5 / 4 for k in range(8)]))]
     # crashed in epoch 2 (after 4 steps: 8 clock calls); epoch 1 (3 steps, 1.5 s) is checkpointed
-    monkeypatch.setattr(T, "_clock", _FakeClock(tick=0.5, stop_after=8))
+    monkeypatch.setattr("fcndata.callbacks._clock", _FakeClock(tick=0.5, stop_after=8))
     first = _rates()
     with pytest.raises(KeyboardInterrupt):
         T.train(_budget_config(tmp_path, "crashed", *extra), callbacks=[first])
     assert len(first.rates) == 4
     assert not (tmp_path / "crashed" / "model.keras").exists()
-    monkeypatch.setattr(T, "_clock", _FakeClock(tick=0.5))
+    monkeypatch.setattr("fcndata.callbacks._clock", _FakeClock(tick=0.5))
     resumed = _rates()
     cfg = load_config(tmp_path / "crashed" / "config.yaml")
     summary = T.train(cfg, tmp_path / "crashed", resume=True, callbacks=[resumed])
@@ -288,14 +288,14 @@ def test_minutes_sets_the_budget_and_lifts_the_epochs_cap(tmp_path, monkeypatch)
     recipe = tmp_path / "no_epochs.yaml"
     recipe.write_text(yaml.safe_dump(raw))
     no_epochs = [s for s in TINY if not s.startswith("train.epochs")]
-    monkeypatch.setattr(T, "_clock", _FakeClock(tick=3.0))  # 0.05 minutes = 3 s: one step
+    monkeypatch.setattr("fcndata.callbacks._clock", _FakeClock(tick=3.0))  # 0.05 minutes = 3 s: one step
     args = ["--config", str(recipe)] + sum((["--set", s] for s in no_epochs), [])
     assert T.main(args + ["--set", f"train.run_dir={tmp_path}", "--set", "train.name=m", "--minutes", "0.05"]) == 0
     summary = json.loads((tmp_path / "m" / "summary.json").read_text())
     assert (summary["seconds_budget"], summary["epochs"], summary["steps"]) == (3.0, None, 1)
     assert load_config(tmp_path / "m" / "config.yaml").train.seconds == 3.0
     # the recipe's own train.epochs (3) stays a cap
-    monkeypatch.setattr(T, "_clock", _FakeClock(tick=0.001))
+    monkeypatch.setattr("fcndata.callbacks._clock", _FakeClock(tick=0.001))
     args = ["--config", RECIPE] + sum((["--set", s] for s in no_epochs), [])
     assert T.main(args + ["--set", f"train.run_dir={tmp_path}", "--set", "train.name=c", "--minutes", "10"]) == 0
     summary = json.loads((tmp_path / "c" / "summary.json").read_text())
@@ -358,7 +358,7 @@ def test_check_warns_when_normalisation_does_not_transfer_and_leaves_the_model_u
 
     import keras
 
-    from fcndata.train import check_trained_model
+    from fcndata.evaluation import check_trained_model
 
     cfg = load_config(RECIPE, TINY)
     model, batch = _bn_model_and_batch(moving_right=False)
@@ -380,7 +380,7 @@ def test_check_warns_when_normalisation_does_not_transfer_and_leaves_the_model_u
 def test_check_is_quiet_for_a_model_that_transfers():
     import io
 
-    from fcndata.train import check_trained_model
+    from fcndata.evaluation import check_trained_model
 
     cfg = load_config(RECIPE, TINY)
     model, batch = _bn_model_and_batch(moving_right=True)
@@ -395,7 +395,7 @@ def test_check_warns_when_the_model_predicts_a_single_class():
 
     import keras
 
-    from fcndata.train import check_trained_model
+    from fcndata.evaluation import check_trained_model
 
     cfg = load_config(RECIPE, TINY)
     # an untrained model with a zero kernel: all logits tie, argmax says class 0 everywhere

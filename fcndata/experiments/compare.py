@@ -13,7 +13,7 @@ input pipeline included. Graph tracing is not training: the first step, and a st
 batch shape that took over :data:`RETRACE_FACTOR` times the median step (a retrace; whole
 images of several sizes cause one or two), are reported apart as ``compile_s``; they still
 count as iterations. It evaluates the validation split (whole images, mean and
-per-class IoU over the labeled pixels, :func:`fcndata.train.evaluate`) at ``eval_points``
+per-class IoU over the labeled pixels, :func:`fcndata.evaluation.evaluate`) at ``eval_points``
 evenly spaced points of that budget; evaluation time is excluded and reported as ``eval_s``.
 The recipe's ``train.schedule`` runs over the budget's seconds, not over epochs: cosine and
 poly decay reach 0 exactly when the budget ends, whatever each setting's speed (a schedule
@@ -177,7 +177,7 @@ def lr_at(config, fraction: float, step: int) -> float:
 def _fcndata_model(config):
     """The recipe's model, loss and optimizer at a constant rate (the driver sets it per step).
 
-    Compiled without metrics: the IoU comes from :func:`fcndata.train.evaluate`, and metrics
+    Compiled without metrics: the IoU comes from :func:`fcndata.evaluation.evaluate`, and metrics
     in the training step would cost every setting time the U-Net does not pay.
     """
     from fcndata import losses, models
@@ -225,8 +225,8 @@ def train_for(
     """
     import keras
 
+    from fcndata.evaluation import evaluate
     from fcndata.pipeline import build_pipeline
-    from fcndata.train import evaluate
 
     if trainer not in TRAINERS:
         raise ValueError(f"train_for: trainer must be one of {list(TRAINERS)}. Received: trainer={trainer!r}")
