@@ -66,9 +66,12 @@ def _tf():
 
 def _stitcher_class():
     try:
-        from fcndata.infer import Stitcher  # since patch engine v2
-    except ImportError:  # the engine before it (for "before" numbers)
-        from fcndata.patches import Stitcher
+        from fcndata.grid import Stitcher  # since the grid module
+    except ImportError:  # the engines before it (for "before" numbers)
+        try:
+            from fcndata.infer import Stitcher
+        except ImportError:
+            from fcndata.patches import Stitcher
     return Stitcher
 
 
@@ -117,7 +120,7 @@ def numpy_window_copy(images, labels, patch=PATCH, stride=STRIDE, batch=BATCH) -
 
 def numpy_overlap_add(image, patch, stride) -> tuple[np.ndarray, int]:
     """Reference B: float32 accumulator + count planes, ``+=`` per window, divide."""
-    from fcndata.patches import grid_origins
+    from fcndata.grid import grid_origins
 
     x = image.astype(np.float32) / 255.0
     h, w = x.shape[:2]
@@ -175,6 +178,7 @@ def _identity_model(channels=3):
 def _memory_child(what: str, size: int) -> None:
     """Runs in a subprocess: prints RSS added by cutting from from_arrays or by predicting."""
     tf = _tf()
+    from fcndata import grid as G
     from fcndata import patches as P
     from fcndata.infer import SlidingWindowPredictor
     from fcndata.sources import from_arrays
@@ -202,7 +206,7 @@ def _memory_child(what: str, size: int) -> None:
         predictor.predict(image[: patch + stride])
         with _PeakRss() as m:
             out = predictor.predict(image)
-        print(f"RESULT {m.added} {len(P.grid_origins_2d((size, size), patch, stride))} {out.nbytes} 0")
+        print(f"RESULT {m.added} {len(G.grid_origins_2d((size, size), patch, stride))} {out.nbytes} 0")
 
 
 def _memory(what: str, size: int):
@@ -220,13 +224,15 @@ def _where_time_goes(P, from_arrays, images, labels, repeats) -> dict:
     Returns printable rows, the per-element overhead, bytes moved per patch and the
     limits they imply for a stream that hands out patches one element at a time.
     """
+    from fcndata import grid as G
+
     tf = _tf()
     stage = P.ExtractPatches(PATCH, STRIDE)
     ds = from_arrays(images, labels, num_classes=5).cache()
     elements = list(ds)
     spec = ds.element_spec
     cutter = stage._cutter(spec)
-    per_image = len(P.grid_origins_2d((512, 512), PATCH, STRIDE))
+    per_image = len(G.grid_origins_2d((512, 512), PATCH, STRIDE))
     bytes_per_patch = PATCH * PATCH * (images[0].shape[2] + 2)
 
     @tf.function(input_signature=[spec])
@@ -278,6 +284,7 @@ def _where_time_goes(P, from_arrays, images, labels, repeats) -> dict:
 def main(quick: bool = False) -> dict:
     """Runs the benchmark, prints a table and returns the numbers."""
     _tf()
+    from fcndata import grid as G
     from fcndata import patches as P
     from fcndata.infer import SlidingWindowPredictor
     from fcndata.sources import from_arrays
@@ -318,7 +325,7 @@ def main(quick: bool = False) -> dict:
             t, n = _timed(lambda ds=ds: _count(ds), repeats)
             rows.append((group, f"ExtractPatches.chunks -> {name}", n, t, "A"))
     limits = _where_time_goes(P, from_arrays, images, labels, repeats)
-    per_image = len(P.grid_origins_2d((512, 512), PATCH, STRIDE))
+    per_image = len(G.grid_origins_2d((512, 512), PATCH, STRIDE))
     balanced = stream(images, labels, P.BalancedPatches(PATCH, num_per_image=per_image, num_classes=5, seed=0))
     t, n = _timed(lambda: _count(balanced), repeats)
     rows.append(("512", "BalancedPatches (49/image)", n, t, "A"))
@@ -327,7 +334,7 @@ def main(quick: bool = False) -> dict:
     # in alternating rounds: this machine's speed drifts by tens of percent within seconds.
     predictions = []
     for image in images:
-        origins = P.grid_origins_2d((512, 512), PATCH, STRIDE)
+        origins = G.grid_origins_2d((512, 512), PATCH, STRIDE)
         x = image.astype(np.float32) / 255.0
         predictions.append((origins, np.stack([x[y : y + PATCH, xx : xx + PATCH] for y, xx in origins])))
 

@@ -32,27 +32,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import tensorflow as tf
 
-from fcndata.common import ALIGN, aligned_empty, choice, pair, positive_int
-from fcndata.patches import (
-    BORDERS,
-    Pair,
-    _check_stride,
+from fcndata.common import ALIGN, aligned_empty
+from fcndata.grid import (
+    blend_window,
     block_cuttable,
     grid_origins,
     grid_table_index,
     grid_tables,
+    nearest_centre_intervals,
 )
-
-BLENDS = ("average", "gaussian", "hann", "crop")
-
-#: Smallest per-axis blend weight, so an edge pixel covered by one patch only keeps a
-#: positive weight (a Hann window is 0 at its ends) and identity stitching stays exact.
-WEIGHT_FLOOR = 1e-4
 
 
 def to_model_input(image: np.ndarray) -> np.ndarray:
@@ -172,7 +165,7 @@ class SlidingWindowPredictor:
         normalised so that every pixel's weights along this axis sum to 1."""
         origins = grid_origins(length, n, s, "shift")
         if self.blend == "crop":  # each pixel from the patch whose centre is nearest
-            cells = _nearest_centre_intervals(origins, length, n)
+            cells = nearest_centre_intervals(origins, length, n)
             windows = np.zeros((len(origins), n), np.float32)
             for i, o in enumerate(origins.tolist()):
                 windows[i, cells[o][0] : cells[o][1]] = 1.0
@@ -475,249 +468,6 @@ def _size_pair(value, name):
 
 
 # ---------------------------------------------------------------------------- stitching
-
-
-def blend_window(patch_size: int, blend: str = "gaussian") -> np.ndarray:
-    """The 1-D blend weights of one axis (the 2-D window is their outer product).
-
-    ``average`` and ``crop``: ones; ``gaussian``: σ = n/8 around the patch centre (as
-    MONAI and nnU-Net); ``hann``: a Hann window of n + 2 points without its zero ends
-    (as TorchIO). All are floored at :data:`WEIGHT_FLOOR`, never 0.
-
-    Example:
-      >>> blend_window(5, "hann").round(2).tolist()
-      [0.25, 0.75, 1.0, 0.75, 0.25]
-      >>> [round(float(v), 4) for v in blend_window(8, "gaussian")[[0, 3]]]
-      [0.0022, 0.8825]
-    """
-    choice(blend, "blend", "blend_window", BLENDS)
-    n = int(patch_size)
-    if blend == "gaussian":
-        i = np.arange(n) - (n - 1) / 2
-        w = np.exp(-0.5 * (i / (n / 8)) ** 2)
-    elif blend == "hann":
-        w = np.hanning(n + 2)[1:-1]
-    else:
-        w = np.ones(n)
-    return np.maximum(w, WEIGHT_FLOOR).astype(np.float32)
-
-
-def _nearest_centre_intervals(origins: np.ndarray, length: int, n: int) -> dict[int, tuple[int, int]]:
-    """Crop blend on one axis: the local interval [a, b) of each patch whose pixels have
-    this patch's centre as the nearest one (first patch on ties). In 1-D these cells are
-    intervals, so crop stitching on a grid is a copy of one rectangle per patch."""
-    centres = origins + (n - 1) / 2
-    nearest = np.argmin(np.abs(np.arange(length)[:, None] - centres[None, :]), axis=1)
-    out = {}
-    for i, o in enumerate(origins.tolist()):
-        pixels = np.flatnonzero(nearest == i)
-        pixels = pixels[(pixels >= o) & (pixels < o + n)]
-        out[o] = (int(pixels[0] - o), int(pixels[-1] + 1 - o)) if len(pixels) else (0, 0)
-    return out
-
-
-class Stitcher:
-    """Re-assembles per-patch outputs into one ``[H, W, C]`` float32 map, batch by batch.
-
-    Output = per-pixel weighted sum of the patch outputs divided by the summed weights
-    (``blend`` sets the window, see :func:`blend_window`); ``crop`` takes each pixel
-    from the patch whose centre is nearest, i.e. keeps the centre of every overlap.
-    Pixels no patch covers (only possible with ``border="drop"``) are 0.
-
-    Give ``stride`` (and ``border``) when the patches come from the grid: the summed
-    weights are then separable, two vectors of H and W, and memory is the output
-    alone. Without ``stride`` any origins are accepted and an [H, W] weight map is kept.
-
-    Args:
-      source_shape: (H, W) of the image.
-      patch_size: int or (height, width) of the patch outputs.
-      channels: channels C of the outputs.
-      blend: ``"average"`` | ``"gaussian"`` | ``"hann"`` | ``"crop"``.
-      stride: the grid stride, or None for arbitrary origins.
-      border: the grid border rule (with ``stride``).
-      dtype: accumulator dtype, ``"float32"`` or ``"float64"`` (bit-exact identity).
-
-    Example:
-      >>> import fcndata.testing as t
-      >>> image = t.coordinate_image(37, 53, dtype="float32")
-      >>> from fcndata.patches import grid_origins_2d
-      >>> origins = grid_origins_2d((37, 53), 16, 8)
-      >>> patches = np.stack([image[y:y + 16, x:x + 16] for y, x in origins])
-      >>> s = Stitcher((37, 53), 16, channels=3, blend="average", stride=8)
-      >>> s.add(patches[:10], origins[:10]); s.add(patches[10:], origins[10:])
-      >>> bool(np.array_equal(s.result(), image.numpy()))
-      True
-    """
-
-    def __init__(
-        self,
-        source_shape: Sequence[int],
-        patch_size: Pair,
-        channels: int,
-        blend: str = "gaussian",
-        stride: Pair | None = None,
-        border: str = "shift",
-        dtype: str = "float32",
-    ):
-        where = "Stitcher"
-        self.source_shape = pair(tuple(int(v) for v in source_shape[:2]), "source_shape", where)
-        self.patch_size = pair(patch_size, "patch_size", where)
-        positive_int(channels, "channels", where)
-        choice(blend, "blend", where, BLENDS)
-        choice(border, "border", where, BORDERS)
-        choice(str(np.dtype(dtype)), "dtype", where, ("float32", "float64"))
-        self.channels, self.blend, self.border = int(channels), blend, border
-        self.stride = None if stride is None else pair(stride, "stride", where)
-        (h, w), (nh, nw) = self.source_shape, self.patch_size
-        self._out = np.zeros((h, w, self.channels), dtype)
-        self._tmp = np.zeros((nh, nw, self.channels), dtype)
-        window = np.outer(blend_window(nh, blend), blend_window(nw, blend)).astype(dtype)
-        self._window = window
-        # Repeated over channels: a broadcast over a last axis of 3 runs numpy ~10x slower.
-        self._window_c = np.ascontiguousarray(np.repeat(window[:, :, None], self.channels, axis=2))
-        self._grid = None
-        if self.stride is not None:
-            _check_stride(self.patch_size, self.stride, border, where)
-            self._grid = []
-            for length, n, s in zip(self.source_shape, self.patch_size, self.stride):
-                origins = grid_origins(length, n, s, border)
-                if blend == "crop":
-                    self._grid.append((_nearest_centre_intervals(origins, length, n), None))
-                    continue
-                total = np.zeros(length + n + int(origins[-1] if len(origins) else 0), np.float64)
-                for o in origins.tolist():
-                    total[o : o + n] += blend_window(n, blend)
-                total = total[:length]
-                self._grid.append(({int(o): None for o in origins}, np.where(total > 0, total, 1.0).astype(dtype)))
-        elif blend == "crop":
-            i = (np.arange(nh) - (nh - 1) / 2) ** 2
-            j = (np.arange(nw) - (nw - 1) / 2) ** 2
-            self._distance = (i[:, None] + j[None, :]).astype(np.float32)
-            self._best = np.full((h, w), np.inf, np.float32)
-        else:
-            self._weight = np.zeros((h, w), dtype)
-
-    def _regions(self, origin, local_from=(0, 0), local_to=None):
-        """Source and patch slices of the part of a patch inside the image (and inside
-        the local box [local_from, local_to))."""
-        local_to = local_to or self.patch_size
-        out, local = [], []
-        for o, a0, b0, length in zip(origin, local_from, local_to, self.source_shape):
-            a, b = max(o + a0, 0), min(o + b0, length)
-            if b <= a:
-                return None
-            out.append(slice(a, b))
-            local.append(slice(a - o, b - o))
-        return tuple(out), tuple(local)
-
-    def _check_on_grid(self, y, x):
-        (ys, _), (xs, _) = self._grid
-        if y not in ys or x not in xs:
-            raise ValueError(
-                f"Stitcher.add: origin ({y}, {x}) is not on the grid of patch_size={self.patch_size}, "
-                f"stride={self.stride}, border={self.border!r} for source_shape={self.source_shape}; "
-                f"create the Stitcher without stride to accept arbitrary origins. Received: origin=({y}, {x})"
-            )
-
-    def add(self, predictions, origins) -> None:
-        """Adds a batch: ``predictions [B, nh, nw, C]`` (any real dtype), ``origins [B, 2]`` (y, x)."""
-        predictions = np.asarray(predictions)
-        origins = np.asarray(origins).astype(np.int64).reshape(-1, 2)
-        expected = (*self.patch_size, self.channels)
-        if predictions.ndim != 4 or predictions.shape[1:] != expected or len(predictions) != len(origins):
-            raise ValueError(
-                f"Stitcher.add: predictions must be [B, {expected[0]}, {expected[1]}, {expected[2]}] with one "
-                f"(y, x) origin per patch. Received: predictions.shape={predictions.shape}, "
-                f"origins.shape={origins.shape}"
-            )
-        if self.blend == "crop":
-            if self._grid is None:
-                self._add_nearest(predictions, origins)
-                return
-            (ys, _), (xs, _) = self._grid
-            for patch, (y, x) in zip(predictions, origins.tolist()):
-                self._check_on_grid(y, x)
-                (ay, by), (ax, bx) = ys[y], xs[x]
-                regions = self._regions((y, x), (ay, ax), (by, bx))
-                if regions is not None:
-                    self._out[regions[0]] = patch[regions[1]]
-            return
-        weighted = self._tmp  # one patch, reused: stays in cache between multiply and add
-        for patch, (y, x) in zip(predictions, origins.tolist()):
-            if self._grid is not None:
-                self._check_on_grid(y, x)
-            regions = self._regions((y, x))
-            if regions is None:
-                continue
-            out, local = regions
-            np.multiply(patch, self._window_c, out=weighted, casting="unsafe")
-            view = self._out[out]
-            np.add(view, weighted[local], out=view)
-            if self._grid is None:
-                self._weight[out] += self._window[local]
-
-    def _add_nearest(self, predictions, origins) -> None:
-        for patch, (y, x) in zip(predictions, origins.tolist()):
-            regions = self._regions((y, x))
-            if regions is None:
-                continue
-            out, local = regions
-            best = self._best[out]
-            closer = self._distance[local] < best
-            best[closer] = self._distance[local][closer]
-            self._out[out][closer] = patch[local][closer]
-
-    def result(self) -> np.ndarray:
-        """The stitched ``[H, W, C]`` float32 map (call once, after the last :meth:`add`).
-
-        With a float32 accumulator the normalisation is done in place and the
-        accumulator itself is returned (no second copy of the output).
-        """
-        out = self._out
-        if self.blend == "crop":
-            pass  # values were copied, not summed
-        elif self._grid is not None:
-            (_, total_y), (_, total_x) = self._grid
-            out /= total_y[:, None, None]
-            out /= total_x[None, :, None]
-        else:
-            out /= np.where(self._weight > 0, self._weight, 1)[:, :, None]
-        return out.astype(np.float32, copy=False)
-
-
-def stitch(predictions, origins, source_shape: Sequence[int], blend: str = "gaussian") -> np.ndarray:
-    """Stitches all patch outputs of one image at once: ``[N, nh, nw, C]`` -> ``[H, W, C]`` float32.
-
-    Any origins are accepted (grid, random, balanced; partly outside the image). The
-    sums run in float64, so stitching the patches of an image with an identity model
-    returns the image bit for bit with every blend. Use :class:`Stitcher` to stream
-    batches of a large image instead of holding all its patches.
-
-    Args:
-      predictions: per-patch outputs, any channel count.
-      origins: ``[N, 2]`` (y, x) of each patch in the source image.
-      source_shape: (H, W) of the source image.
-      blend: ``"average"`` | ``"gaussian"`` | ``"hann"`` | ``"crop"``.
-
-    Example:
-      >>> import fcndata.testing as t
-      >>> image = t.coordinate_image(37, 53, dtype="float32")
-      >>> from fcndata.patches import ExtractPatches
-      >>> ds = t.dataset([(37, 53)], dtype="float32").apply(ExtractPatches(16, stride=5))
-      >>> ps = next(iter(ds.batch(1000)))
-      >>> out = stitch(ps["image"], ps["origin"], (37, 53), blend="hann")
-      >>> out.shape, out.dtype, bool(np.array_equal(out, image.numpy()))
-      ((37, 53, 3), dtype('float32'), True)
-    """
-    predictions = np.asarray(predictions)
-    if predictions.ndim != 4:
-        raise ValueError(
-            "stitch: predictions must be [N, height, width, channels] (add a channel axis to "
-            f"single-channel outputs). Received: predictions.shape={predictions.shape}"
-        )
-    stitcher = Stitcher(source_shape, predictions.shape[1:3], predictions.shape[3], blend, dtype="float64")
-    stitcher.add(predictions, origins)
-    return stitcher.result()
 
 
 def predictor_from_config(model, cfg, masked: bool | None = None, pad_to_multiple: int = 32) -> SlidingWindowPredictor:

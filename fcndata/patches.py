@@ -2,19 +2,11 @@
 
 Patchwise training cuts every image into many N×N patches and mixes the patches of
 several images in one batch; sliding-window inference cuts the same grid, runs the
-model on each patch and stitches the outputs back (stitching lives next to the
-predictor, in :mod:`fcndata.infer`). Both use the same origins, so a patch trained on
+model on each patch and stitches the outputs back (:mod:`fcndata.grid`). Both use the same origins, so a patch trained on
 is a patch predicted on.
 
-Geometry along one axis (rows and columns alike) of length L, patch n, stride s::
-
-    L = 11, n = 4, s = 3        0 1 2 3 4 5 6 7 8 9 10 | 11 12
-    lattice 0, 3, 6             [0 0 0 0]
-                                      [3 3 3 3]
-                                            [6 6 6 6]    10 not covered yet
-    shift: + one at L - n = 7                 [7 7 7 7]  -> 0 3 6 7   (default)
-    pad:   + next lattice point 9                   [9 9 9|9 9]  -> 0 3 6 9   (padded)
-    drop:  only patches inside                      -> 0 3 6   (10 never seen)
+The grid's geometry (origins along an axis, the ``border`` rule, chunk tables) is
+:mod:`fcndata.grid`; random and balanced origins are :mod:`fcndata.samplers`.
 
 Every patch keeps ``origin`` (its top-left corner in source coordinates),
 ``source_shape``, ``source_index`` and ``path``, so it can be traced back and stitched.
@@ -25,8 +17,6 @@ its ~3,900 patches in memory at once, only its source and the chunks in flight.
 
 Example:
   >>> import fcndata.testing as t
-  >>> grid_origins(11, 4, 3, "shift").tolist(), grid_origins(11, 4, 3, "pad").tolist()
-  ([0, 3, 6, 7], [0, 3, 6, 9])
   >>> ds = t.dataset([(37, 53)]).apply(ExtractPatches(patch_size=16, stride=16))
   >>> [e["origin"].numpy().tolist() for e in ds][:4]
   [[0, 0], [0, 16], [0, 32], [0, 37]]
@@ -43,130 +33,25 @@ import tensorflow as tf
 
 from fcndata import elements as E
 from fcndata.common import choice, pair, positive_int
-
-BORDERS = ("shift", "pad", "drop")
-CLASS_PROBABILITIES = ("uniform", "inverse_frequency")
+from fcndata.grid import (
+    BORDERS,
+    Pair,
+    check_stride,
+    grid_origins_2d_tf,
+    grid_table_index,
+    grid_tables,
+)
+from fcndata.samplers import CLASS_PROBABILITIES, balanced_origins, foreground_mask, random_origins
 
 # Salts separating the stateless random streams of the random stages.
 _SALT_RANDOM = 0x7A7C
 _SALT_BALANCED = 0xBA1A
 
-Pair = Union[int, Sequence[int]]
-
 
 # ---------------------------------------------------------------------------- validation
 
 
-def _check_stride(patch_size, stride, border, where):
-    if border != "drop" and any(s > n for s, n in zip(stride, patch_size)):
-        raise ValueError(
-            f"{where}: stride larger than patch_size leaves pixels that no patch covers under "
-            f"border={border!r}; use stride <= patch_size, or border='drop' if gaps are wanted. "
-            f"Received: stride={tuple(stride)}, patch_size={tuple(patch_size)}"
-        )
-
-
 # ---------------------------------------------------------------------------- geometry
-
-
-def grid_origins(length: int, patch_size: int, stride: int, border: str = "shift") -> np.ndarray:
-    """Patch origins along one axis: the regular lattice plus the border rule.
-
-    Origins are ``0, s, 2s, …`` while ``origin + n <= L``; what happens to the last
-    ``L mod s`` pixels depends on ``border``::
-
-        L = 11, n = 4, s = 3      |0 1 2 3 4 5 6 7 8 9 10|
-        shift  0 3 6 7            one more patch at L - n: full coverage, no padding
-        pad    0 3 6 9            lattice continues until it covers L; 9..12 padded
-        drop   0 3 6              only whole patches (tf.image.extract_patches VALID)
-
-    An axis shorter than the patch gives ``[0]`` (the patch is padded) except under
-    ``drop``, which gives no origin at all.
-
-    Args:
-      length: L, pixels along the axis (>= 0).
-      patch_size: n, patch length (>= 1).
-      stride: s, distance between lattice origins (>= 1).
-      border: ``"shift"`` (default, as TorchIO / MONAI / nnU-Net), ``"pad"`` or ``"drop"``.
-
-    Returns:
-      Sorted, distinct int64 origins.
-
-    Raises:
-      ValueError: a size is out of range or ``border`` unknown.
-
-    Example:
-      >>> grid_origins(10, 4, 3).tolist(), grid_origins(10, 4, 4).tolist()
-      ([0, 3, 6], [0, 4, 6])
-      >>> grid_origins(10, 4, 4, "pad").tolist(), grid_origins(10, 4, 4, "drop").tolist()
-      ([0, 4, 8], [0, 4])
-      >>> grid_origins(3, 4, 2).tolist(), grid_origins(3, 4, 2, "drop").tolist()
-      ([0], [])
-    """
-    where = "grid_origins"
-    choice(border, "border", where, BORDERS)
-    for name, value, low in (("length", length, 0), ("patch_size", patch_size, 1), ("stride", stride, 1)):
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
-            raise ValueError(f"{where}: {name} must be an int >= {low}. Received: {name}={value!r}")
-    length, n, s = int(length), int(patch_size), int(stride)
-    if border == "drop":
-        return np.arange(0, max(length - n + 1, 0), s, dtype=np.int64)
-    if border == "pad":
-        last = max(0, -(-(length - n) // s))  # ceil((L - n) / s): first lattice point reaching L
-        return np.arange(last + 1, dtype=np.int64) * s
-    origins = np.arange(0, max(length - n, 0) + 1, s, dtype=np.int64)
-    if origins[-1] + n < length:
-        origins = np.append(origins, length - n)
-    return origins
-
-
-def grid_origins_tf(length, patch_size: int, stride: int, border: str = "shift") -> tf.Tensor:
-    """The graph twin of :func:`grid_origins`: ``length`` may be a dynamic int tensor.
-
-    Example:
-      >>> grid_origins_tf(tf.constant(11), 4, 3).numpy().tolist()
-      [0, 3, 6, 7]
-      >>> tf.function(lambda L: grid_origins_tf(L, 4, 3, "pad"))(tf.constant(11)).numpy().tolist()
-      [0, 3, 6, 9]
-    """
-    choice(border, "border", "grid_origins_tf", BORDERS)
-    length = tf.cast(length, tf.int32)
-    n, s = int(patch_size), int(stride)
-    if border == "drop":
-        return tf.range(0, tf.maximum(length - n + 1, 0), s)  # empty when L < n
-    if border == "pad":
-        last = tf.maximum(0, (length - n + s - 1) // s)
-        return tf.range(last + 1) * s
-    origins = tf.range(0, tf.maximum(length - n, 0) + 1, s)
-    needs_shift = origins[-1] + n < length
-    shifted = tf.reshape(length - n, [1])[: tf.cast(needs_shift, tf.int32)]
-    return tf.concat([origins, shifted], axis=0)
-
-
-def grid_origins_2d(shape: Sequence[int], patch_size: Pair, stride: Pair, border: str = "shift") -> np.ndarray:
-    """All (y, x) grid origins of an image, row-major: ``[N, 2]`` int64.
-
-    Example:
-      >>> grid_origins_2d((5, 7), 4, 3).tolist()
-      [[0, 0], [0, 3], [1, 0], [1, 3]]
-    """
-    n = pair(patch_size, "patch_size", "grid_origins_2d")
-    s = pair(stride, "stride", "grid_origins_2d")
-    ys = grid_origins(int(shape[0]), n[0], s[0], border)
-    xs = grid_origins(int(shape[1]), n[1], s[1], border)
-    yy, xx = np.meshgrid(ys, xs, indexing="ij")
-    return np.stack([yy.ravel(), xx.ravel()], axis=1)
-
-
-def grid_origins_2d_tf(shape, patch_size: Pair, stride: Pair, border: str = "shift") -> tf.Tensor:
-    """The graph twin of :func:`grid_origins_2d`: ``[N, 2]`` int32 from a dynamic (H, W)."""
-    n = pair(patch_size, "patch_size", "grid_origins_2d_tf")
-    s = pair(stride, "stride", "grid_origins_2d_tf")
-    shape = tf.cast(shape, tf.int32)
-    ys = grid_origins_tf(shape[0], n[0], s[0], border)
-    xs = grid_origins_tf(shape[1], n[1], s[1], border)
-    yy, xx = tf.meshgrid(ys, xs, indexing="ij")
-    return tf.stack([tf.reshape(yy, [-1]), tf.reshape(xx, [-1])], axis=1)
 
 
 def crop_patch(element, origin, patch_size: Pair, ignore_label: int = E.IGNORE_LABEL) -> dict:
@@ -318,219 +203,6 @@ def _ordered(chunk):
     return {k: chunk[k] for k in (*E.REQUIRED_KEYS, *E.OPTIONAL_KEYS) if k in chunk}
 
 
-def grid_tables(planes, origins, patch_size: Pair, stride: Pair) -> dict:
-    """Lays out pixel planes so grid patches are cut by one ``tf.gather`` per plane.
-
-    A plane ``[H, W, ...]`` becomes a table of rows of ``g`` pixels,
-    ``g = gcd(patch width, stride width)``. A patch at (y, x) is then ``nh × nw/g``
-    whole table rows, ``(y + r) * width_blocks + x/g + t``, so a chunk of patches is cut
-    straight into ``[K, nh, nw, ...]``: no per-patch op, each output byte written once::
-
-        W = 12, nw = 4, s = 2, g = 2     | 0 1 | 2 3 | 4 5 | 6 7 | 8 9 | 10 11 |
-        patch at x = 4 = table columns        2     3   of the rows it spans
-
-    Rows need no alignment (any y). The table is a free reshape when W and every x
-    origin are multiples of g; otherwise (``border="shift"``'s last column at W - nw, a
-    width not a multiple of g) it is the aligned columns plus that one last column band,
-    which costs one copy of the planes. Grid origins have at most one unaligned column.
-
-    Args:
-      planes: dict of ``[H, W, ...]`` tensors (image, label, roi, weight).
-      origins: ``[N, 2]`` int32 grid origins inside the planes.
-      patch_size, stride: the grid's.
-
-    Returns:
-      A dict of tensors: ``table/<key>`` ``[rows, g * channels]`` per plane,
-      ``block`` ``[N]`` the table column of each origin, ``blocks`` the table width.
-    """
-    nw = pair(patch_size, "patch_size", "grid_tables")[1]
-    g = math.gcd(nw, pair(stride, "stride", "grid_tables")[1])
-    origins = tf.cast(origins, tf.int32)
-    width = tf.shape(planes[E.IMAGE], out_type=tf.int32)[1]
-    xs = origins[:, 1]
-    wb = width // g
-    aligned = tf.equal(xs % g, 0) & (xs + nw <= wb * g)
-    extra = tf.reduce_any(~aligned)
-    extra_x = tf.reduce_max(tf.concat([tf.where(aligned, 0, xs), [0]], 0))
-    extra_w = tf.where(extra, nw, 0)
-    copy = extra | tf.not_equal(width % g, 0)
-    out = {"block": tf.where(aligned, xs // g, wb), "blocks": wb + extra_w // g}
-    for k, x in planes.items():
-        c = tf.reduce_prod(tf.shape(x, out_type=tf.int32)[2:])  # 1 for [H, W] planes
-        rest = x.shape.rank - 2
-
-        def view(x=x, c=c):
-            return tf.reshape(x, [-1, g * c])
-
-        def rebuilt(x=x, c=c, rest=rest):
-            last = tf.slice(x, tf.concat([[0, extra_x], tf.zeros([rest], tf.int32)], 0),
-                            tf.concat([[-1, extra_w], -tf.ones([rest], tf.int32)], 0))
-            return tf.reshape(tf.concat([x[:, : wb * g], last], axis=1), [-1, g * c])
-
-        out[f"table/{k}"] = tf.cond(copy, rebuilt, view)
-    return out
-
-
-def grid_table_index(y, block, blocks, patch_size: Pair, g: int) -> tf.Tensor:
-    """Table rows of the patches at rows ``y`` ``[K]`` and table columns ``block`` ``[K]``: ``[K, nh, nw/g]``."""
-    nh, nw = patch_size
-    rows = (y[:, None, None] + tf.range(nh)[None, :, None]) * blocks
-    return rows + block[:, None, None] + tf.range(nw // g)[None, None, :]
-
-
-#: Largest patch / stride ratio blended as k² shifted block adds (see
-#: :func:`block_cuttable`); above it the scatter-add path is fewer ops.
-MAX_BLOCKS = 8
-
-
-def block_cuttable(patch_size: Pair, stride: Pair) -> bool:
-    """True when each stride divides its patch side with at most :data:`MAX_BLOCKS`
-    blocks per side: a window is then k × k blocks of s × s pixels, k = n / s, and
-    overlapping windows share whole blocks.
-
-    Example:
-      >>> block_cuttable(128, 64), block_cuttable((128, 96), (64, 32)), block_cuttable(16, 6)
-      (True, True, False)
-    """
-    n = pair(patch_size, "patch_size", "block_cuttable")
-    s = pair(stride, "stride", "block_cuttable")
-    return all(a % b == 0 and a // b <= MAX_BLOCKS for a, b in zip(n, s))
-
-
-def random_origins(shape, patch_size: Pair, num: int, key) -> tf.Tensor:
-    """``num`` uniform (y, x) origins with the patch inside the image: ``[num, 2]`` int32.
-
-    On an axis shorter than the patch the patch covers the whole axis and the image
-    lands at a uniform offset inside it (origins in ``[L - n, 0]``, padded both sides).
-    ``key`` is a stateless seed (see :func:`fcndata.elements.element_seed`).
-
-    Example:
-      >>> o = random_origins([37, 53], 16, 1000, tf.constant([1, 2], tf.int64)).numpy()
-      >>> int(o.min()), int(o[:, 0].max()), int(o[:, 1].max())
-      (0, 21, 37)
-    """
-    n = tf.constant(pair(patch_size, "patch_size", "random_origins"), tf.int32)
-    shape = tf.cast(shape, tf.int32)[:2]
-    low = tf.minimum(0, shape - n)
-    high = tf.maximum(0, shape - n)
-    u = tf.random.stateless_uniform([num, 2], seed=key)
-    span = tf.cast(high - low + 1, tf.float32)
-    return tf.minimum(low + tf.cast(tf.floor(u * span), tf.int32), high)
-
-
-def foreground_mask(num: int, fraction: float) -> list[bool]:
-    """Which of ``num`` patches must be centred on foreground: ``ceil(num * fraction)``
-    of them, spread evenly so any run of patches keeps about that share.
-
-    >>> foreground_mask(6, 0.33), sum(foreground_mask(16, 0.33))
-    ([True, False, False, True, False, False], 6)
-    """
-    def up(x):
-        return math.ceil(round(x, 9))
-
-    return [up((i + 1) * fraction) > up(i * fraction) for i in range(num)]
-
-
-def balanced_origins(
-    label,
-    roi,
-    patch_size: Pair,
-    num: int,
-    num_classes: int,
-    key,
-    class_probabilities: Union[str, Sequence[float]] = "uniform",
-    foreground: Sequence[bool] | None = None,
-    ignore_label: int = E.IGNORE_LABEL,
-    return_classes: bool = False,
-):
-    """Class-balanced patch origins from one pass over the label.
-
-    For each of ``num`` patches: choose a class among those present (probabilities
-    renormalised over present classes), then a uniform pixel of that class as the
-    patch centre, and clamp the patch inside the image. Pixels with ``ignore_label``,
-    a class id >= ``num_classes`` or ``roi == 0`` are never centres. Patches flagged in
-    ``foreground`` choose among present classes other than 0 when there are any. An
-    image without any valid pixel gets uniform centres.
-
-    One ``tf.dynamic_partition`` of the pixel indices by class does the work for all
-    patches: the r-th pixel of class c is ``pixels[offset[c] + r]``.
-
-    Args:
-      label: ``[H, W]`` class ids.
-      roi: ``[H, W]`` uint8, 1 = real labeled pixel.
-      patch_size: patch (height, width).
-      num: patches to draw.
-      num_classes: number of real classes.
-      key: stateless seed, shape [2].
-      class_probabilities: ``"uniform"``, ``"inverse_frequency"`` (of this image's
-        class counts) or one probability per class.
-      foreground: ``num`` flags, True = centre on a non-background class.
-      ignore_label: label value that is never a centre.
-      return_classes: also return the chosen class per patch (-1 for none).
-
-    Returns:
-      ``[num, 2]`` int32 origins (and ``[num]`` int32 classes with ``return_classes``).
-
-    Example:
-      >>> import fcndata.testing as t
-      >>> label = t.stripe_label(9, 20, [18, 2])
-      >>> o, c = balanced_origins(label, tf.ones_like(label), 5, 4, 2, tf.constant([0, 1], tf.int64),
-      ...                         class_probabilities=[0.0, 1.0], return_classes=True)
-      >>> c.numpy().tolist(), bool(tf.reduce_all(o[:, 1] == 15))
-      ([1, 1, 1, 1], True)
-    """
-    k = int(num_classes)
-    n = tf.constant(pair(patch_size, "patch_size", "balanced_origins"), tf.int32)
-    label = tf.cast(label, tf.int32)
-    shape = tf.shape(label, out_type=tf.int32)
-    width = shape[1]
-    valid = (label >= 0) & (label < k) & (label != ignore_label) & (tf.cast(roi, tf.int32) > 0)
-    bucket = tf.reshape(tf.where(valid, label, k), [-1])  # bucket k collects the never-centres
-    parts = tf.dynamic_partition(tf.range(tf.size(bucket)), bucket, k + 1)
-    counts = tf.stack([tf.size(p) for p in parts[:k]])
-    pixels = tf.concat(parts[:k] + [tf.zeros([1], tf.int32)], axis=0)  # + 1 so gathers never hit empty
-    offsets = tf.cumsum(counts, exclusive=True)
-    present = counts > 0
-    any_valid = tf.reduce_any(present)
-    has_foreground = tf.reduce_any(present[1:])
-
-    if isinstance(class_probabilities, str) and class_probabilities == "inverse_frequency":
-        log_p = -tf.math.log(tf.maximum(tf.cast(counts, tf.float32), 1.0))
-    elif isinstance(class_probabilities, str):
-        log_p = tf.zeros([k], tf.float32)
-    else:
-        log_p = tf.math.log(tf.constant(class_probabilities, tf.float32))
-    minus_inf = tf.fill([k], -np.inf)
-    uniform_present = tf.where(present, 0.0, minus_inf)
-    logits = tf.where(present, log_p, minus_inf)
-    # Present classes all given probability 0: fall back to uniform over present ones.
-    logits = tf.where(tf.reduce_any(tf.math.is_finite(logits)), logits, uniform_present)
-    logits = tf.where(any_valid, logits, tf.zeros([k]))  # keeps categorical well-defined
-    is_fg = tf.range(k) > 0
-    fg_logits = tf.where(is_fg, logits, minus_inf)
-    fg_logits = tf.where(tf.reduce_any(tf.math.is_finite(fg_logits)), fg_logits, tf.where(is_fg, uniform_present, minus_inf))
-    fg_logits = tf.where(has_foreground, fg_logits, logits)
-
-    keys = tf.random.experimental.stateless_split(key, 3)
-    chosen = tf.random.stateless_categorical(logits[None], num, seed=keys[0], dtype=tf.int32)[0]
-    if foreground is not None and any(foreground):
-        fg_chosen = tf.random.stateless_categorical(fg_logits[None], num, seed=keys[1], dtype=tf.int32)[0]
-        chosen = tf.where(tf.constant(list(foreground)), fg_chosen, chosen)
-    u = tf.random.stateless_uniform([num], seed=keys[2])
-    count = tf.gather(counts, chosen)
-    rank = tf.minimum(tf.cast(tf.floor(u * tf.cast(count, tf.float32)), tf.int32), tf.maximum(count - 1, 0))
-    flat = tf.gather(pixels, tf.gather(offsets, chosen) + rank)
-    anywhere = tf.minimum(tf.cast(tf.floor(u * tf.cast(tf.size(label), tf.float32)), tf.int32), tf.size(label) - 1)
-    flat = tf.where(any_valid, flat, anywhere)
-    centre = tf.stack([flat // width, flat % width], axis=1)
-    low = tf.minimum(0, shape - n)
-    high = tf.maximum(0, shape - n)
-    origins = tf.clip_by_value(centre - n // 2, low, high)
-    if return_classes:
-        return origins, tf.where(any_valid, chosen, -1)
-    return origins
-
-
 # ---------------------------------------------------------------------------- stages
 
 
@@ -646,7 +318,7 @@ class ExtractPatches:
         n = pair(self.patch_size, "patch_size", where)
         s = pair(self.stride if self.stride is not None else tuple(max(1, v // 2) for v in n), "stride", where)
         choice(self.border, "border", where, BORDERS, hint=" ('shift' covers every pixel without padding)")
-        _check_stride(n, s, self.border, where)
+        check_stride(n, s, self.border, where)
         positive_int(self.images_per_batch, "images_per_batch", where)
         positive_int(self.chunk_size, "chunk_size", where)
         object.__setattr__(self, "patch_size", n)

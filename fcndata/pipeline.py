@@ -382,7 +382,7 @@ def steps_per_epoch(config: Config) -> int:
             "Received: train.steps_per_epoch=None"
         )
     else:
-        from fcndata.patches import grid_origins_2d
+        from fcndata.grid import grid_origins_2d
 
         elements = sum(len(grid_origins_2d(s, p.patch_size, p.stride, p.border)) for s in shapes)
     b = config.batching.batch_size

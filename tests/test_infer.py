@@ -6,13 +6,12 @@ import cv2
 import keras
 import numpy as np
 import pytest
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fcndata.config import dump_config, load_config
-from fcndata.infer import BLENDS, SlidingWindowPredictor, Stitcher
-from fcndata.patches import grid_origins_2d
+from fcndata.grid import BLENDS, Stitcher, grid_origins_2d
+from fcndata.infer import SlidingWindowPredictor
 from fcndata.testing import sum_rtol
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -174,8 +173,8 @@ def test_predict_section_chooses_the_path():
 
 
 def test_jobs_cover_the_grid_once_in_lattice_rectangles():
+    from fcndata.grid import grid_origins
     from fcndata.infer import _jobs
-    from fcndata.patches import grid_origins
 
     ys, xs = grid_origins(45, 16, 8), grid_origins(61, 24, 12)  # both end with a shifted origin
     jobs = _jobs(ys, xs, 8, 12, 16, max_windows=5, row_bytes=1, budget=10**6)

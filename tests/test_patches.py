@@ -10,9 +10,11 @@ from hypothesis import strategies as st
 
 import fcndata.testing as t
 from fcndata import elements as E
+from fcndata import grid as G
 from fcndata import patches as P
+from fcndata import samplers as S
 from fcndata.config import load_config_text
-from fcndata.infer import BLENDS, Stitcher, blend_window, stitch
+from fcndata.grid import BLENDS, Stitcher, blend_window, stitch
 
 FAST = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SLOW = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
@@ -54,16 +56,16 @@ def one_batch(ds):
     ],
 )
 def test_grid_origins_golden(length, n, s, border, expected):
-    assert P.grid_origins(length, n, s, border).tolist() == expected
-    graph = tf.function(lambda L: P.grid_origins_tf(L, n, s, border))
+    assert G.grid_origins(length, n, s, border).tolist() == expected
+    graph = tf.function(lambda L: G.grid_origins_tf(L, n, s, border))
     assert graph(tf.constant(length)).numpy().tolist() == expected
 
 
 def test_grid_origins_errors():
     with pytest.raises(ValueError, match=r"grid_origins: border must be one of .* Received: border='sheft'"):
-        P.grid_origins(10, 4, 2, "sheft")
+        G.grid_origins(10, 4, 2, "sheft")
     with pytest.raises(ValueError, match=r"stride must be an int >= 1\. Received: stride=0"):
-        P.grid_origins(10, 4, 0)
+        G.grid_origins(10, 4, 0)
 
 
 @FAST
@@ -71,12 +73,12 @@ def test_grid_origins_errors():
     length=st.integers(1, 300),
     n=st.integers(1, 64),
     data=st.data(),
-    border=st.sampled_from(P.BORDERS),
+    border=st.sampled_from(G.BORDERS),
 )
 def test_grid_origins_properties(length, n, data, border):
     s = data.draw(st.integers(1, n))
-    o = P.grid_origins(length, n, s, border)
-    assert np.array_equal(o, P.grid_origins_tf(tf.constant(length), n, s, border).numpy())
+    o = G.grid_origins(length, n, s, border)
+    assert np.array_equal(o, G.grid_origins_tf(tf.constant(length), n, s, border).numpy())
     assert np.all(np.diff(o) > 0)
     lattice = np.arange(0, max(length - n, 0) + 1, s)
     if border == "drop":
@@ -104,7 +106,7 @@ def test_extract_patches_trace_back_and_spec():
     E.check_spec(ds, where="test")
     assert ds.element_spec["image"].shape.as_list() == [16, 24, 3]
     patches = as_list(ds)
-    expected = sum(len(P.grid_origins_2d(hw, (16, 24), (8, 12))) for hw in [(37, 53), (29, 41)])
+    expected = sum(len(G.grid_origins_2d(hw, (16, 24), (8, 12))) for hw in [(37, 53), (29, 41)])
     assert len(patches) == expected
     for p in patches:
         y, x = p["origin"]
@@ -164,11 +166,11 @@ def test_origins_are_in_source_coordinates_for_cropped_elements():
     w=st.integers(1, 300),
     n=st.integers(1, 64),
     data=st.data(),
-    border=st.sampled_from(P.BORDERS),
+    border=st.sampled_from(G.BORDERS),
 )
 def test_extract_then_stitch_is_identity(h, w, n, data, border):
     s = data.draw(st.integers(1, n))
-    count = len(P.grid_origins_2d((h, w), n, s, border))
+    count = len(G.grid_origins_2d((h, w), n, s, border))
     assume(count <= 120)
     ds = t.dataset([(h, w)], dtype="float32").apply(P.ExtractPatches(n, s, border=border))
     image = t.coordinate_image(h, w, dtype="float32").numpy()
@@ -245,7 +247,7 @@ WIDTHS = [99, 1, 100]  # class 1 is one column of 200: 0.5 % of the pixels
 
 def _centre_classes(probabilities, num=10000, seed=0):
     label = t.stripe_label(40, 200, WIDTHS)
-    origins, chosen = P.balanced_origins(
+    origins, chosen = S.balanced_origins(
         label, tf.ones_like(label), 7, num, 3, tf.constant([seed, 7], tf.int64), probabilities, return_classes=True
     )
     origins = origins.numpy()
@@ -265,7 +267,7 @@ def test_balanced_inverse_frequency_and_renormalisation():
     assert _centre_classes("inverse_frequency", num=2000)[1] > 0.95
     # a class absent from the image is skipped and the rest renormalised
     label = t.stripe_label(20, 30, [10, 0, 20])
-    origins = P.balanced_origins(label, tf.ones_like(label), 5, 3000, 3, tf.constant([1, 1], tf.int64), [0.2, 0.6, 0.2])
+    origins = S.balanced_origins(label, tf.ones_like(label), 5, 3000, 3, tf.constant([1, 1], tf.int64), [0.2, 0.6, 0.2])
     centres = label.numpy()[origins[:, 0] + 2, origins[:, 1] + 2]
     assert abs(np.mean(centres == 0) - 0.5) < 0.04 and not np.any(centres == 1)
 
@@ -285,7 +287,7 @@ def test_foreground_fraction_holds_per_batch():
     for batch in ds.apply(stage).batch(18):
         fg = int(np.sum(batch["label"].numpy()[:, 2, 2] != 0))
         assert fg == 2 * math.ceil(0.33 * 9)
-    assert P.foreground_mask(9, 0.33).count(True) == 3
+    assert S.foreground_mask(9, 0.33).count(True) == 3
 
 
 def test_ignored_pixels_are_never_centres():
@@ -388,7 +390,7 @@ def test_stitch_hann_weights_by_hand():
 
 def test_stitcher_grid_and_generic_agree_any_channels():
     rng = np.random.default_rng(0)
-    origins = P.grid_origins_2d((37, 53), 16, 6)
+    origins = G.grid_origins_2d((37, 53), 16, 6)
     predictions = rng.random((len(origins), 16, 16, 5), dtype=np.float32)
     for blend in BLENDS:
         grid = Stitcher((37, 53), 16, 5, blend=blend, stride=6)
@@ -434,13 +436,13 @@ def _reference(element, origins, n):
     w=st.integers(1, 120),
     n=st.integers(1, 40),
     data=st.data(),
-    border=st.sampled_from(P.BORDERS),
+    border=st.sampled_from(G.BORDERS),
     chunk=st.sampled_from([1, 7, 64]),
     dtype=st.sampled_from(["uint8", "float32"]),
 )
 def test_grid_chunks_equal_per_patch_engine(h, w, n, data, border, chunk, dtype):
     s = data.draw(st.integers(1, n))
-    origins = P.grid_origins_2d((h, w), n, s, border)
+    origins = G.grid_origins_2d((h, w), n, s, border)
     assume(len(origins) <= 150)
     element = dict(t.element(h, w, dtype=dtype), weight=tf.fill([h, w], 0.5))
     ds = tf.data.Dataset.from_tensors(element)
@@ -490,4 +492,4 @@ def test_chunks_follow_the_batched_contract():
 def test_grid_stream_is_deterministic_under_parallel_map():
     stage = P.ExtractPatches(8, 5, chunk_size=3, images_per_batch=2)
     first = _stream(stage)
-    assert first == _stream(stage) and len(first) == sum(len(P.grid_origins_2d(hw, 8, 5)) for hw in [(37, 53), (29, 41), (64, 31)])
+    assert first == _stream(stage) and len(first) == sum(len(G.grid_origins_2d(hw, 8, 5)) for hw in [(37, 53), (29, 41), (64, 31)])

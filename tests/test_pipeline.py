@@ -120,7 +120,7 @@ def test_steps_per_epoch_reads_no_data(monkeypatch):
     monkeypatch.setattr(sources, "load_source", lambda *a, **k: pytest.fail("steps_per_epoch read the source"))
     cfg = _cfg("shapes_patchwise.yaml", "batching.batch_size=8")  # grid: counted from the image sizes
     _, shapes = sources.source_shapes(cfg.data, "train")
-    from fcndata.patches import grid_origins_2d
+    from fcndata.grid import grid_origins_2d
 
     patches = sum(len(grid_origins_2d(s, cfg.patches.patch_size, cfg.patches.stride, cfg.patches.border)) for s in shapes)
     assert steps_per_epoch(cfg) == -(-patches // 8)
