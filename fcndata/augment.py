@@ -34,8 +34,8 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
+from typing import Union
 
 import tensorflow as tf
 
@@ -305,8 +305,9 @@ def _check_range(name: str, value, low, high, why: str, *, low_open=False, high_
 class Augment:
     """Random joint augmentation of image, label and roi in pure TensorFlow (GIL-free).
 
-    Mirrors the ``augment:`` section (:class:`fcndata.config.AugmentConfig`). A field
-    at its neutral default (False / None / 0) disables that transform. Order: flips,
+    This class is the ``augment:`` section of a recipe: its fields are the section's keys
+    (``ignore_label`` and the default ``seed`` come from ``data:``). A field at its neutral
+    default (False / None / 0) disables that transform. Order: flips,
     rot90, one affine resampling (scale + rotate + shear + crop), then photometric
     transforms on the image only (brightness, contrast, gamma, hue, saturation, blur,
     noise), computed in float32 and cast back with saturation, so uint8 stays uint8.
@@ -336,8 +337,12 @@ class Augment:
       noise_std: standard deviation of additive Gaussian noise.
       blur_sigma: max sigma of a Gaussian blur in pixels (sigma uniform in (0, blur_sigma]).
       probability: chance of each flip / rot90 / photometric transform.
+      albumentations: an albumentations 2.0 pipeline run after the TF transforms by
+        :class:`fcndata.albumentations_bridge.Albumentations` (its ``transform``: an
+        ``A.to_dict`` serialisation inline, or a JSON/YAML file holding one).
       seed: stateless seed; the key per element is (seed, epoch, source_index, transform).
-      ignore_label: label given to pixels from outside the image.
+        In a recipe it defaults to ``data.seed``.
+      ignore_label: label given to pixels from outside the image (a recipe's ``data.ignore_label``).
 
     Input element:
       image [H, W, C] uint8/uint16/float32, label [H, W] uint8/int32, roi [H, W] uint8,
@@ -373,8 +378,10 @@ class Augment:
     noise_std: float = 0.0
     blur_sigma: float = 0.0
     probability: float = 0.5
-    seed: int = 0
-    ignore_label: int = E.IGNORE_LABEL
+    albumentations: Union[None, str, dict] = None
+    seed: int = field(default=0, metadata={"default_from_data": "seed"})  # a recipe's default: data.seed
+    # from the recipe's data section (data.ignore_label), not a key of augment:
+    ignore_label: int = field(default=E.IGNORE_LABEL, metadata={"from_data": "ignore_label"})
 
     def __post_init__(self):
         for name in ("flip_horizontal", "flip_vertical", "rot90"):
@@ -478,7 +485,7 @@ class Augment:
 
     @property
     def enabled(self) -> bool:
-        """False when every transform is off (the stage is then the identity)."""
+        """False when every TF transform is off (then only ``albumentations``, if set, runs)."""
         return (
             self.flip_horizontal
             or self.flip_vertical
@@ -501,12 +508,16 @@ class Augment:
                 "Augment: ignore_label does not fit uint8 labels; use a value <= 255 (usually 255). "
                 f"Received: ignore_label={self.ignore_label}"
             )
-        if not self.enabled:
-            return dataset
-        dataset = E.with_epoch(dataset, self.seed)  # fresh draws every epoch, even without build_pipeline
-        # explicit tf.cond already; AutoGraph conversion would only add seconds of tracing
-        fn = tf.autograph.experimental.do_not_convert(self.augment)
-        return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+        if self.enabled:
+            dataset = E.with_epoch(dataset, self.seed)  # fresh draws every epoch, even without build_pipeline
+            # explicit tf.cond already; AutoGraph conversion would only add seconds of tracing
+            fn = tf.autograph.experimental.do_not_convert(self.augment)
+            dataset = dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+        if self.albumentations is not None:
+            from fcndata.albumentations_bridge import Albumentations  # imports albumentations
+
+            dataset = dataset.apply(Albumentations(self.albumentations, seed=self.seed, ignore_label=self.ignore_label))
+        return dataset
 
     # -- per element
 
@@ -616,40 +627,3 @@ class Augment:
             )
             x = maybe(_NOISE, lambda: x + noise)
         return _from_float(x, dtype)
-
-
-# ---------------------------------------------------------------------------- config
-
-
-def augment_from_config(cfg, data):
-    """The augmentation stage of a recipe: :class:`Augment`, then :class:`Albumentations` if set.
-
-    Args:
-      cfg: the ``augment:`` section (:class:`fcndata.config.AugmentConfig`).
-      data: the ``data:`` section; gives ``ignore_label``, the default ``seed``
-        (``data.seed``) and ``root``, against which a relative albumentations path resolves.
-
-    Returns:
-      A stage. ``Augment`` alone when no albumentations pipeline is given, the bridge
-      alone when every TF transform is off, otherwise a :class:`fcndata.elements.Chain` of both.
-
-    Example:
-      >>> from fcndata.config import load_config_text
-      >>> cfg = load_config_text("augment: {flip_horizontal: true, scale: [0.8, 1.2], seed: 3}")
-      >>> augment_from_config(cfg.augment, cfg.data)
-      Augment(flip_horizontal=True, scale=(0.8, 1.2), seed=3)
-    """
-    seed = cfg.seed if cfg.seed is not None else data.seed
-    names = [f.name for f in dataclasses.fields(Augment) if f.name not in ("seed", "ignore_label")]
-    tf_stage = Augment(
-        **{n: getattr(cfg, n) for n in names}, seed=seed, ignore_label=data.ignore_label
-    )
-    if cfg.albumentations is None:
-        return tf_stage
-    transform = cfg.albumentations
-    if isinstance(transform, str) and data.root is not None and not Path(transform).is_absolute():
-        transform = str(Path(data.root) / transform)
-    from fcndata.albumentations_bridge import Albumentations  # imports albumentations when built
-
-    bridge = Albumentations(transform, seed=seed, ignore_label=data.ignore_label)
-    return E.Chain((tf_stage, bridge)) if tf_stage.enabled else bridge

@@ -31,6 +31,8 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from fcndata.augment import Augment
+
 
 class ConfigError(ValueError):
     """A recipe or override that cannot be turned into a valid configuration."""
@@ -226,60 +228,6 @@ class PatchesConfig:
                 "patches.num_per_image and patches.images_per_batch must be >= 1. Received: "
                 f"num_per_image={self.num_per_image}, images_per_batch={self.images_per_batch}"
             )
-
-
-#: augment key -> (low, high, why, high end open); Augment's own checks use the same ranges.
-AUGMENT_RANGES = {
-    "rotate": (0, 180, "it is the maximum absolute angle in degrees", False),
-    "shear": (0, 60, "it is the maximum absolute shear angle in degrees", False),
-    "brightness": (0, 1, "it is a fraction of the dynamic range", False),
-    "contrast": (0, 1, "factors are drawn from [1 - contrast, 1 + contrast]", False),
-    "gamma": (0, 1, "exponents are drawn from [1 - gamma, 1 + gamma]", True),
-    "hue": (0, 0.5, "it is a fraction of the colour circle", False),
-    "saturation": (0, 1, "factors are drawn from [1 - s, 1 + s]", False),
-    "noise_std": (0, 1, "it is a fraction of the dynamic range", False),
-    "blur_sigma": (0, 20, "it is the maximum sigma in pixels", False),
-    "probability": (0, 1, "it is the chance of each enabled transform", False),
-}
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """``augment:`` — joint image/label/roi augmentation, train mode only.
-
-    A field left at its neutral default (False / None / 0) disables that transform.
-    ``albumentations`` is an albumentations serialisation (``A.to_dict``) inline, or a
-    path to a JSON/YAML file holding one.
-    """
-
-    flip_horizontal: bool = False
-    flip_vertical: bool = False
-    rot90: bool = False
-    scale: Optional[tuple[float, float]] = None  # random scale range, e.g. [0.75, 1.25]
-    crop_size: Optional[tuple[int, int]] = None  # random crop after scaling
-    rotate: float = 0.0  # max degrees, uniform in [-rotate, rotate]
-    shear: float = 0.0  # max degrees
-    brightness: float = 0.0  # max delta, in [0, 1] units of the dynamic range
-    contrast: float = 0.0  # factor range [1 - c, 1 + c]
-    gamma: float = 0.0  # gamma range [1 - g, 1 + g]
-    hue: float = 0.0
-    saturation: float = 0.0
-    noise_std: float = 0.0  # in [0, 1] units of the dynamic range
-    blur_sigma: float = 0.0  # max sigma in pixels
-    probability: float = 0.5  # probability of each enabled flip / photometric transform
-    albumentations: Union[None, str, dict] = None
-    seed: Optional[int] = None  # default: data.seed
-
-    def __post_init__(self):
-        if self.crop_size is not None:
-            object.__setattr__(self, "crop_size", _pair(self.crop_size, "augment.crop_size"))
-        if self.scale is not None and not 0 < self.scale[0] <= self.scale[1]:
-            raise ConfigError(
-                f"augment.scale must be [min, max] with 0 < min <= max, e.g. [0.75, 1.25]. Received: augment.scale={list(self.scale)}"
-            )
-        # The same ranges as fcndata.augment.Augment checks (tests/test_config.py compares them).
-        for name, (low, high, why, high_open) in AUGMENT_RANGES.items():
-            _range(getattr(self, name), f"augment.{name}", low, high, why, high_open=high_open)
 
 
 @dataclass(frozen=True)
@@ -530,7 +478,7 @@ class Config:
 
     data: DataConfig = field(default_factory=DataConfig)
     patches: Optional[PatchesConfig] = None
-    augment: Optional[AugmentConfig] = None
+    augment: Optional[Augment] = None  # the stage is the section (fcndata.augment)
     sampling: Optional[SamplingConfig] = None
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -636,21 +584,31 @@ def _unknown_key(where: str, key: str, section: str, valid: list[str]) -> Config
     return ConfigError(f"{where}: unknown key '{key}' in section '{section}'{hint} Valid keys: {', '.join(valid)}")
 
 
-def _build_section(cls, raw, where: str, section: str):
+def _build_section(cls, raw, where: str, section: str, data=None):
+    """One section from its raw mapping. Fields marked ``metadata={"from_data": name}`` are not keys of
+    the section: they take ``data.<name>`` (a stage's ``ignore_label``); a stage whose ``seed`` the
+    section does not set takes ``data.<name>`` when marked ``metadata={"default_from_data": name}``. A stage's own ValueError / TypeError names the key."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: section '{section}' must be a mapping of keys to values. Received: {section}={raw!r}")
     hints = typing.get_type_hints(cls)
-    valid = [f.name for f in dataclasses.fields(cls)]
+    fields = dataclasses.fields(cls)
+    valid = [f.name for f in fields if "from_data" not in f.metadata]
     kwargs = {}
     for key, value in raw.items():
         if key not in valid:
             raise _unknown_key(where, str(key), section, valid)
         kwargs[key] = _coerce(value, hints[key], f"{where}: section '{section}'", key)
+    if data is not None:
+        kwargs.update({f.name: getattr(data, f.metadata["from_data"]) for f in fields if "from_data" in f.metadata})
+        kwargs.update({f.name: getattr(data, f.metadata["default_from_data"]) for f in fields
+                       if "default_from_data" in f.metadata and f.name not in raw})
     try:
         return cls(**kwargs)
     except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    except (ValueError, TypeError) as e:  # a stage's own check: its message names the key
         raise ConfigError(f"{where}: {e}") from None
 
 
@@ -667,7 +625,8 @@ def config_from_dict(raw: dict | None, name: str = "<config>", given=None) -> Co
     if not isinstance(raw, dict):
         raise ConfigError(f"{name}: a recipe must be a mapping of sections. Received: {type(raw).__name__}")
     kwargs = {}
-    for section, value in raw.items():
+    # data first: other sections take values from it (seed, ignore_label, root)
+    for section, value in sorted(raw.items(), key=lambda item: item[0] != "data"):
         if section not in SECTIONS:
             close = difflib.get_close_matches(str(section), list(SECTIONS), n=1)
             hint = f"; did you mean '{close[0]}'?" if close else "."
@@ -675,7 +634,11 @@ def config_from_dict(raw: dict | None, name: str = "<config>", given=None) -> Co
         cls = typing.get_type_hints(Config)[section]
         if _is_optional(cls):
             cls = next(a for a in typing.get_args(cls) if a is not type(None))
-        kwargs[section] = _build_section(cls, value, name, section)
+        kwargs[section] = _build_section(cls, value, name, section, kwargs.get("data") or DataConfig())
+    augment, root = kwargs.get("augment"), (kwargs.get("data") or DataConfig()).root
+    if augment is not None and isinstance(augment.albumentations, str) and root is not None:
+        if not Path(augment.albumentations).is_absolute():  # relative to the recipe's data.root
+            kwargs["augment"] = dataclasses.replace(augment, albumentations=str(Path(root) / augment.albumentations))
     try:
         return Config(**kwargs, source=name, given=frozenset(kwargs if given is None else given))
     except ConfigError as e:
@@ -761,7 +724,8 @@ def to_dict(cfg: Config) -> dict[str, Any]:
     for name in SECTIONS:
         section = getattr(cfg, name)
         if section is not None:
-            out[name] = {f.name: plain(getattr(section, f.name)) for f in dataclasses.fields(section)}
+            out[name] = {f.name: plain(getattr(section, f.name)) for f in dataclasses.fields(section)
+                         if "from_data" not in f.metadata}  # data's own values are written under data:
     return out
 
 

@@ -121,7 +121,7 @@ def build_pipeline(
 
       Then ``model.fit(ds, steps_per_epoch=steps_per_epoch(cfg), epochs=...)``.
     """
-    from fcndata import augment, batching, patches, sampling, sources
+    from fcndata import batching, patches, sampling, sources
 
     if mode not in MODES:
         raise ValueError(f"build_pipeline: mode must be one of {list(MODES)}. Received: mode={mode!r}")
@@ -173,7 +173,7 @@ def build_pipeline(
         stages = []
         # Augment whole images so patches see augmented context at their borders.
         if config.augment is not None:
-            stages.append(augment.augment_from_config(config.augment, data))
+            stages.append(config.augment)  # the section is the stage
         # Patches: patchwise training cuts, balances and mixes several images per batch.
         if config.patches is not None:
             stages.append(patches.patches_from_config(config.patches, data, seed))

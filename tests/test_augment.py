@@ -19,10 +19,9 @@ from fcndata.augment import (
     Augment,
     affine_matrix,
     affine_transform,
-    augment_from_config,
     crop_window,
 )
-from fcndata.config import AugmentConfig, DataConfig, load_config_text
+from fcndata.config import load_config_text
 
 IGNORE = 255
 
@@ -559,15 +558,14 @@ def _assert_same(xs, ys):
 def test_yaml_pipeline_equals_python_pipeline(tmp_path):
     ds = coded_dataset(6)
     python = collect(ds.apply(Albumentations(PYTHON_PIPELINE(), seed=9)))
-    cfg = load_config_text(YAML_RECIPE)
-    stage = augment_from_config(cfg.augment, cfg.data)
-    assert isinstance(stage, Albumentations)
+    stage = load_config_text(YAML_RECIPE).augment
+    assert not stage.enabled and stage.albumentations is not None  # the bridge alone
     _assert_same(collect(ds.apply(stage)), python)
     # the same pipeline as files: A.save YAML (relative to the recipe's folder) and our JSON
     A.save(PYTHON_PIPELINE(), str(tmp_path / "pipe.yaml"), data_format="yaml")
     (tmp_path / "pipe.json").write_text(json.dumps(A.to_dict(PYTHON_PIPELINE())))
-    data = DataConfig(root=str(tmp_path))
-    stage = augment_from_config(AugmentConfig(albumentations="pipe.yaml", seed=9), data)
+    stage = load_config_text(f"data: {{root: '{tmp_path}'}}\naugment: {{albumentations: pipe.yaml, seed: 9}}").augment
+    assert stage.albumentations == str(tmp_path / "pipe.yaml")  # relative to data.root
     _assert_same(collect(ds.apply(stage)), python)
     _assert_same(collect(ds.apply(Albumentations(str(tmp_path / "pipe.json"), seed=9))), python)
 
@@ -625,19 +623,13 @@ def test_bridge_errors(transform, error, match):
         Albumentations(transform)
 
 
-def test_augment_from_config_defaults_and_chain():
-    data = DataConfig(seed=13, ignore_label=99)
-    stage = augment_from_config(AugmentConfig(rotate=5.0), data)
-    assert stage.seed == 13 and stage.ignore_label == 99
-    cfg = AugmentConfig(
-        flip_horizontal=True,
-        albumentations={"transform": {"__class_fullname__": "VerticalFlip", "p": 1.0}},
-    )
-    chain = augment_from_config(cfg, data)
-    assert isinstance(chain, E.Chain) and [type(s).__name__ for s in chain.stages] == [
-        "Augment",
-        "Albumentations",
-    ]
-    assert chain.stages[1].seed == 13 and chain.stages[1].ignore_label == 99
-    out = next(iter(t.dataset([(5, 7)]).apply(chain)))
-    assert out["image"].shape == (5, 7, 3)
+def test_augment_with_albumentations_runs_both_in_order():
+    stage = load_config_text(
+        "data: {seed: 13, ignore_label: 99}\naugment: {flip_horizontal: true, probability: 1.0, albumentations: "
+        "{transform: {__class_fullname__: VerticalFlip, p: 1.0}}}").augment
+    assert stage.enabled and stage.seed == 13 and stage.ignore_label == 99
+    source = next(iter(t.dataset([(5, 7)])))
+    out = next(iter(t.dataset([(5, 7)]).apply(stage)))
+    # the TF flip left-right, then albumentations' up-down: the image turned by 180 degrees
+    np.testing.assert_array_equal(out["image"].numpy(), source["image"].numpy()[::-1, ::-1])
+    np.testing.assert_array_equal(out["label"].numpy(), source["label"].numpy()[::-1, ::-1])

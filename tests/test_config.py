@@ -57,10 +57,11 @@ def test_unknown_section():
 
 
 @pytest.mark.parametrize("text, message", [
-    ("augment: {rotate: 500}", r"x.yaml: augment.rotate must be in \[0, 180\]; it is the maximum absolute angle in "
-                               r"degrees. Received: augment.rotate=500.0"),
-    ("augment: {probability: 1.5}", r"x.yaml: augment.probability must be in \[0, 1\]"),
-    ("augment: {scale: [1.2, 0.8]}", r"x.yaml: augment.scale must be \[min, max\] with 0 < min <= max"),
+    ("augment: {rotate: 500}", r"x.yaml: Augment: rotate must be in \[0, 180\] \(config key augment.rotate\); it is the "
+                               r"maximum absolute angle in degrees. Received: rotate=500.0"),
+    ("augment: {probability: 1.5}", r"x.yaml: Augment: probability must be in \[0, 1\] \(config key augment.probability\)"),
+    ("augment: {scale: [1.2, 0.8]}", r"x.yaml: Augment: scale must satisfy 0 < min <= max, e.g. \[0.75, 1.25\] \(config "
+                                     r"key augment.scale\)"),
     ("loss: {name: sum, terms: [{name: dice, wieght: 0.5}]}",
      r"x.yaml: loss.terms\[0\]: unknown key 'wieght'; did you mean 'weight'\? Valid keys: name, weight, gamma"),
     ("loss: {name: sum, terms: [{name: dise}]}", r"x.yaml: loss.terms\[0\].name must be one of \['cross_entropy'"),
@@ -103,18 +104,17 @@ def test_a_recipe_without_validation_files_says_so():
     assert C.load_config_text("data: {source: shapes}").data.has_validation
 
 
-def test_config_augment_ranges_are_the_stages_ranges():
+def test_the_augment_section_is_the_augment_stage():
     from fcndata.augment import Augment
 
-    for name, (low, high, _, high_open) in C.AUGMENT_RANGES.items():
-        edge = high - 1e-6 if high_open else high
-        C.AugmentConfig(**{name: edge})
-        Augment(**{name: edge})
-        for outside in (low - 0.01, high + 0.01):
-            with pytest.raises(C.ConfigError):
-                C.AugmentConfig(**{name: outside})
-            with pytest.raises(ValueError):
-                Augment(**{name: outside})
+    cfg = C.load_config_text("data: {seed: 13, ignore_label: 99}\naugment: {rotate: 5.0}")
+    assert cfg.augment == Augment(rotate=5.0, seed=13, ignore_label=99)  # seed and ignore_label from data:
+    assert C.load_config_text("data: {seed: 13}\naugment: {seed: 2}").augment.seed == 2
+    with pytest.raises(C.ConfigError, match=r"x.yaml: unknown key 'ignore_label' in section 'augment'"):
+        C.load_config_text("augment: {ignore_label: 3}", name="x.yaml")
+    # written and read back: ignore_label stays under data:
+    assert "ignore_label" not in C.to_dict(cfg)["augment"]
+    assert C.config_from_dict(C.to_dict(cfg)) == cfg
 
 
 # ---------------------------------------------------------------------------- no silent substitutions
