@@ -15,7 +15,8 @@ import numpy as np
 import tensorflow as tf
 
 from fcndata import elements as E
-from fcndata.config import BUILTIN_SOURCES, Config
+from fcndata.config import Config
+from fcndata.sections import BUILTIN_SOURCES
 
 MODES = ("train", "eval", "predict")
 

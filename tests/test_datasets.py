@@ -190,7 +190,7 @@ def test_a_per_pixel_brightness_rule_does_not_segment_them(name, module, changes
 
 def test_datasets_dispatch_through_one_table():
     from fcndata import datasets
-    from fcndata.config import BUILTIN_SOURCES
+    from fcndata.sections import BUILTIN_SOURCES
 
     assert set(datasets.MODULES) == set(BUILTIN_SOURCES)
     images, _, _ = datasets.arrays(SCENES, "validation")

@@ -27,7 +27,7 @@ import importlib
 import numpy as np
 import tensorflow as tf
 
-from fcndata.config import BUILTIN_SOURCES as BUILTIN
+from fcndata.sections import BUILTIN_SOURCES as BUILTIN
 from fcndata.sources.arrays import from_arrays
 
 

@@ -42,8 +42,8 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from fcndata.config import BUILTIN_SOURCES
 from fcndata.decode import DEFAULT_MAX_PIXELS, image_size
+from fcndata.sections import BUILTIN_SOURCES
 from fcndata.sources.arrays import from_arrays
 from fcndata.sources.checks import SkipReport, Validate, collect_skips, skipped_files
 from fcndata.sources.folder import from_folder, mask_path, pair_files, resolve
