@@ -287,18 +287,14 @@ def gaussian_blur(x: tf.Tensor, sigma, radius: int) -> tf.Tensor:
 
 
 def _check_range(name: str, value, low, high, why: str, *, low_open=False, high_open=False) -> None:
+    """The recipe's vocabulary: the message names the key as ``augment.<name>`` (see fcndata.config)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(
-            f"Augment: {name} must be a number (config key augment.{name}). Received: {name}={value!r}"
-        )
+        raise TypeError(f"augment.{name} must be a number. Received: augment.{name}={value!r}")
     ok_low = value > low if low_open else value >= low
     ok_high = value < high if high_open else value <= high
     if not (ok_low and ok_high):
         lo, hi = "(" if low_open else "[", ")" if high_open else "]"
-        raise ValueError(
-            f"Augment: {name} must be in {lo}{low}, {high}{hi} (config key augment.{name}); {why}. "
-            f"Received: {name}={value!r}"
-        )
+        raise ValueError(f"augment.{name} must be in {lo}{low}, {high}{hi}; {why}. Received: augment.{name}={value!r}")
 
 
 @dataclass(frozen=True, repr=False)

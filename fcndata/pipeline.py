@@ -1,7 +1,8 @@
 """``build_pipeline(config, mode)``: the one function that turns a recipe into a tf.data pipeline.
 
-It reads top to bottom: source → validate → augment → patches → sampling → batching →
-to_keras → prefetch. An optional stage is skipped when its YAML section is absent.
+It reads top to bottom, one stage per recipe section: source (decoded, validated, cached)
+→ [augment] → [patches] → [sampling] → batching → [service] → to_keras → prefetch. A
+stage in brackets is skipped when its YAML section is absent.
 """
 
 from __future__ import annotations
@@ -122,109 +123,132 @@ def build_pipeline(
 
       Then ``model.fit(ds, steps_per_epoch=steps_per_epoch(cfg), epochs=...)``.
     """
-    from fcndata import batching, patches, sampling, sources
+    from fcndata import patches, sources
 
     if mode not in MODES:
         raise ValueError(f"build_pipeline: mode must be one of {list(MODES)}. Received: mode={mode!r}")
     data = config.data
-    training = mode == "train"
-    split = "train" if training else "validation"
-    seed = data.seed
+    if mode != "train":
+        return _finish(_one_pass(config, mode), config, keras)
+    count = config.train.epochs - initial_epoch if epochs is None else epochs
+    if count < 1:
+        raise ValueError(
+            f"build_pipeline: no training epochs left (train.epochs={config.train.epochs}, "
+            f"initial_epoch={initial_epoch}). Raise train.epochs. Received: epochs={epochs}"
+        )
+    # Every epoch is exactly `steps` batches (cycling its own batches if it runs short, cut if
+    # bucketing or augmentation gives more), so Keras epochs and data epochs stay aligned.
+    steps = steps_per_epoch(config) if fixed_length else None
+    service = config.service
+    dynamic = service is not None and service.sharding == "dynamic"
 
-    # Source → validate: load_source decodes, checks, (on_error) skips and caches (once).
-    source = sources.load_source(data, split)
+    # source: decoded, checked images; load_source caches them (once) and skips bad files if asked.
+    images = sources.load_source(data, "train")
+    # Under the service's dynamic sharding the stream is one image of one epoch per split instead,
+    # so each image of each epoch goes to one worker.
+    source = _images_by_split(data, data.seed, initial_epoch, None if steps is not None else count) if dynamic else images
+    # One stage per recipe section, in order; an absent section is skipped.
+    stages = [
+        # augment: whole images, so patches see augmented context at their borders
+        ("augment", config.augment),
+        # patches: patchwise training cuts, balances and mixes several images per batch
+        ("patches", patches.patches_from_config(config.patches, data, data.seed) if config.patches else None),
+        # sampling: class weights and FCN loss sampling write the per-pixel `weight`
+        ("sampling", _sampling(config)),
+        # batching: padded with the roi, bucketed by size; its shuffle is the epochs' own (below)
+        ("batching", _batching(config, "train", images)),
+    ]
+    stages = [(section, stage) for section, stage in stages if stage is not None]
 
-    counts = None
-    if training and config.sampling is not None and isinstance(config.sampling.class_weights, str):
-        counts = training_class_counts(config)  # one cached class-count pass, before streaming
+    def pipeline(ds):
+        for _, stage in stages:
+            ds = ds.apply(stage)
+        return ds
 
-    # Built once, eagerly: size buckets come from the sizes in the source's metadata (image
-    # headers, array shapes) when it has them, else from a read of the source, because the
-    # data cannot be read inside the per-epoch function.
-    batching_cfg = config.batching
-    if training and config.patches is not None and batching_cfg.bucket_by != "none":
-        # Training patches all have patch_size: there is nothing to bucket, so switching
-        # patches on in a whole-image recipe needs no other change (eval still buckets).
-        batching_cfg = dataclasses.replace(batching_cfg, bucket_by="none")
-    bucketing = batching_cfg.bucket_by != "none" and batching_cfg.bucket_boundaries is None and mode != "predict"
-    sizes = _sizes_dataset(data, split) if bucketing else None
-    batcher = batching.batching_from_config(
-        batching_cfg, data, mode, shuffle=False, dataset=sizes if sizes is not None else source,
-    )
-
-    if not training:
-        ds = source.apply(batcher)
-        # Tell tf.data (and so Keras) how many batches one pass gives, counted from metadata:
-        # Keras then needs no counting pass and warns of no "input ran out of data".
-        batches = _eval_batches(data, split, batcher, sizes)
-        if batches is not None:
-            ds = ds.apply(tf.data.experimental.assert_cardinality(batches))
+    if dynamic:
+        # The stages run on the workers as they would here (their keys are per element, so a patch
+        # is the same whichever worker cuts it); the shuffle and the batches mix the images each
+        # worker holds.
+        ds = pipeline(source)
     else:
-        count = config.train.epochs - initial_epoch if epochs is None else epochs
-        if count < 1:
-            raise ValueError(
-                f"build_pipeline: no training epochs left (train.epochs={config.train.epochs}, "
-                f"initial_epoch={initial_epoch}). Raise train.epochs. Received: epochs={epochs}"
-            )
-        # Every epoch is exactly `steps` batches (cycling its own batches if it runs
-        # short, cut if bucketing or augmentation gives more), so Keras epochs and data
-        # epochs stay aligned.
-        steps = steps_per_epoch(config) if fixed_length else None
-        numbering = E.Epochs(count, initial_epoch, shuffle_buffer=config.batching.shuffle_buffer, seed=seed)
-        stages = []
-        # Augment whole images so patches see augmented context at their borders.
-        if config.augment is not None:
-            stages.append(config.augment)  # the section is the stage
-        # Patches: patchwise training cuts, balances and mixes several images per batch.
-        if config.patches is not None:
-            stages.append(patches.patches_from_config(config.patches, data, seed))
-        # Sampling: class weights and FCN loss sampling write the per-pixel `weight`.
-        if config.sampling is not None:
-            stage = sampling.sampling_from_config(config.sampling, data, counts)
-            if stage is not None:
-                stages.append(stage)
+        numbering = E.Epochs(count, initial_epoch, shuffle_buffer=config.batching.shuffle_buffer, seed=data.seed)
 
-        service = config.service
-        if service is not None and service.sharding == "dynamic":
-            # The tf.data service's dynamic sharding splits the pipeline's *source*: here a
-            # stream of (epoch, image) indices, so each split is one image of one epoch and
-            # goes to one worker. The stages run on the workers as they would here (their
-            # keys are per element, so a patch is the same whichever worker cuts it); the
-            # patch shuffle and the batches mix the images each worker holds.
-            source = _images_by_split(data, seed, initial_epoch, None if steps is not None else count)
-            ds = source
-            for stage in stages:
-                ds = ds.apply(stage)
-            ds = ds.apply(batcher)
-        else:
+        def one_epoch(epoch):
+            # `epoch` is a tensor: traced once, whatever the number of epochs. Randomness is keyed
+            # by (seed, epoch, source_index), the order by (seed, epoch); batches never straddle epochs.
+            ds = pipeline(numbering.one_epoch(source, epoch))
+            return ds if steps is None else ds.repeat().take(steps)
 
-            def one_epoch(epoch):
-                # `epoch` is a tensor: this function is traced once, whatever the number of
-                # epochs. Randomness is keyed by (seed, epoch, source_index), the order by
-                # (seed, epoch), and batches never straddle two epochs.
-                ds = numbering.one_epoch(source, epoch)
-                for stage in stages:
-                    ds = ds.apply(stage)
-                ds = ds.apply(batcher)
-                return ds if steps is None else ds.repeat().take(steps)
+        ds = tf.data.Dataset.range(initial_epoch, initial_epoch + count).flat_map(one_epoch)
+    # service: everything above runs on the tf.data service's workers
+    if service is not None:
+        _refuse_python(config, source, stages, ds)
+        from fcndata.distributed import distribute_dataset
 
-            ds = tf.data.Dataset.range(initial_epoch, initial_epoch + count).flat_map(one_epoch)
-        if service is not None:
-            _refuse_python(config, source, stages, batcher, ds)
-            from fcndata.distributed import distribute_dataset
+        ds = distribute_dataset(
+            ds.with_options(data_options()), service.address, sharding=service.sharding,
+            job_name=service.job_name, compression=service.compression,
+        )
+        if steps is not None and dynamic:
+            # The workers stream epochs without end; `count` epochs of `steps` batches are read.
+            ds = ds.take(count * steps)
+    return _finish(ds, config, keras)
 
-            ds = distribute_dataset(
-                ds.with_options(data_options()), service.address, sharding=service.sharding,
-                job_name=service.job_name, compression=service.compression,
-            )
-            if steps is not None and service.sharding == "dynamic":
-                # The workers stream epochs without end; `count` epochs of `steps` batches are read.
-                ds = ds.take(count * steps)
+
+def _finish(ds: tf.data.Dataset, config: Config, keras: bool) -> tf.data.Dataset:
+    """``to_keras`` (here, not on a service worker: batches travel as uint8, 4x smaller than float32),
+    then prefetch and the options every fcndata pipeline runs with."""
+    from fcndata import batching
 
     if keras:
-        # Here, not on a service worker: batches travel as uint8, 4x smaller than float32.
         ds = ds.apply(batching.to_keras(masked_input=config.model.masked))
     return ds.prefetch(tf.data.AUTOTUNE).with_options(data_options())
+
+
+def _one_pass(config: Config, mode: str) -> tf.data.Dataset:
+    """``eval`` / ``predict``: one pass over the validation split, whole images, batched."""
+    from fcndata import sources
+
+    source = sources.load_source(config.data, "validation")
+    batcher, sizes = _batching(config, mode, source, with_sizes=True)
+    ds = source.apply(batcher)
+    # Tell tf.data (and so Keras) how many batches one pass gives, counted from metadata:
+    # Keras then needs no counting pass and warns of no "input ran out of data".
+    batches = _eval_batches(config.data, "validation", batcher, sizes)
+    if batches is not None:
+        ds = ds.apply(tf.data.experimental.assert_cardinality(batches))
+    return ds
+
+
+def _sampling(config: Config):
+    """The ``sampling:`` stage (None when absent), with class counts from one cached pass if its
+    weights are derived from the data (before streaming, never inside it)."""
+    from fcndata import sampling
+
+    if config.sampling is None:
+        return None
+    counts = training_class_counts(config) if isinstance(config.sampling.class_weights, str) else None
+    return sampling.sampling_from_config(config.sampling, config.data, counts)
+
+
+def _batching(config: Config, mode: str, source: tf.data.Dataset, with_sizes: bool = False):
+    """The ``batching:`` stage of a mode. Size buckets are built once, eagerly, from the sizes in
+    the source's metadata (image headers, array shapes) when it has them, else from a read of
+    ``source``: the data cannot be read inside the per-epoch function."""
+    from fcndata import batching
+
+    cfg = config.batching
+    if mode == "train" and config.patches is not None and cfg.bucket_by != "none":
+        # Training patches all have patch_size: there is nothing to bucket, so switching
+        # patches on in a whole-image recipe needs no other change (eval still buckets).
+        cfg = dataclasses.replace(cfg, bucket_by="none")
+    split = "train" if mode == "train" else "validation"
+    bucketing = cfg.bucket_by != "none" and cfg.bucket_boundaries is None and mode != "predict"
+    sizes = _sizes_dataset(config.data, split) if bucketing else None
+    batcher = batching.batching_from_config(
+        cfg, config.data, mode, shuffle=False, dataset=sizes if sizes is not None else source,
+    )
+    return (batcher, sizes) if with_sizes else batcher
 
 
 def _images_by_split(data, seed: int, initial_epoch: int, count: int | None) -> tf.data.Dataset:
@@ -263,7 +287,7 @@ _GRAPH_ALTERNATIVES = {
 }
 
 
-def _refuse_python(config: Config, source: tf.data.Dataset, stages: list, batcher, ds: tf.data.Dataset) -> None:
+def _refuse_python(config: Config, source: tf.data.Dataset, stages: list, ds: tf.data.Dataset) -> None:
     """Raises before the pipeline is registered with the service if a stage calls Python
     (``tf.py_function`` / ``tf.numpy_function``): a worker in another process cannot run it."""
     from fcndata.distributed import python_ops
@@ -288,8 +312,7 @@ def _refuse_python(config: Config, source: tf.data.Dataset, stages: list, batche
             f"Received: data.source={data.source!r}"
         )
     ds = source
-    named = [(_section_of(stage), stage) for stage in stages] + [("batching", batcher)]
-    for section, stage in named:
+    for section, stage in stages:
         ds = ds.apply(stage)
         ops = python_ops(ds)
         if ops:
@@ -301,12 +324,6 @@ def _refuse_python(config: Config, source: tf.data.Dataset, stages: list, batche
                 f"{where}: {detail}, which a tf.data service worker (another process) cannot run; {hint}. "
                 f"Received: {section} stage {stage!r}"
             )
-
-
-def _section_of(stage) -> str:
-    """The recipe section a training stage comes from (for error messages)."""
-    module = type(stage).__module__.rsplit(".", 1)[-1]
-    return {"augment": "augment", "patches": "patches", "sampling": "sampling"}.get(module, module)
 
 
 def _sizes_dataset(data, split: str) -> tf.data.Dataset | None:

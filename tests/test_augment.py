@@ -401,7 +401,7 @@ def test_disabled_stage_is_identity_and_repr_is_the_log_line():
         (
             dict(rotate=200.0),
             ValueError,
-            r"Augment: rotate must be in \[0, 180\].*Received: rotate=200.0",
+            r"augment.rotate must be in \[0, 180\].*Received: augment.rotate=200.0",
         ),
         (
             dict(scale=(1.2, 0.8)),
@@ -417,10 +417,10 @@ def test_disabled_stage_is_identity_and_repr_is_the_log_line():
         (
             dict(probability=1.5),
             ValueError,
-            r"probability must be in \[0, 1\].*Received: probability=1.5",
+            r"augment.probability must be in \[0, 1\].*Received: augment.probability=1.5",
         ),
-        (dict(gamma=1.0), ValueError, r"gamma must be in \[0, 1\).*Received: gamma=1.0"),
-        (dict(brightness="a"), TypeError, r"brightness must be a number.*Received: brightness='a'"),
+        (dict(gamma=1.0), ValueError, r"augment.gamma must be in \[0, 1\).*Received: augment.gamma=1.0"),
+        (dict(brightness="a"), TypeError, r"augment.brightness must be a number.*Received: augment.brightness='a'"),
         (
             dict(flip_horizontal=1),
             TypeError,

@@ -57,9 +57,9 @@ def test_unknown_section():
 
 
 @pytest.mark.parametrize("text, message", [
-    ("augment: {rotate: 500}", r"x.yaml: Augment: rotate must be in \[0, 180\] \(config key augment.rotate\); it is the "
-                               r"maximum absolute angle in degrees. Received: rotate=500.0"),
-    ("augment: {probability: 1.5}", r"x.yaml: Augment: probability must be in \[0, 1\] \(config key augment.probability\)"),
+    ("augment: {rotate: 500}", r"x.yaml: augment.rotate must be in \[0, 180\]; it is the maximum absolute angle in "
+                               r"degrees. Received: augment.rotate=500.0"),
+    ("augment: {probability: 1.5}", r"x.yaml: augment.probability must be in \[0, 1\]"),
     ("augment: {scale: [1.2, 0.8]}", r"x.yaml: Augment: scale must satisfy 0 < min <= max, e.g. \[0.75, 1.25\] \(config "
                                      r"key augment.scale\)"),
     ("loss: {name: sum, terms: [{name: dice, wieght: 0.5}]}",
