@@ -86,6 +86,23 @@ def _quiet_python_loggers() -> None:
             absl.set_verbosity("error")
 
 
+def command_parser(prog: str, description: str, *, recipe: bool = True, **kwargs):
+    """The start of every ``python -m fcndata.*`` command, in one place: quiet logging defaults
+    (before TensorFlow is imported), the parser, ``--config`` / ``--set`` when the command reads
+    a recipe, and ``--debug``. The command adds its own arguments, then calls :func:`run`.
+    """
+    import argparse
+
+    quiet_defaults()
+    parser = argparse.ArgumentParser(prog=prog, description=description, **kwargs)
+    if recipe:
+        from fcndata.config import add_config_arguments
+
+        add_config_arguments(parser)
+    add_debug_argument(parser)
+    return parser
+
+
 def add_debug_argument(parser) -> None:
     """Adds ``--debug``: show the traceback of a failure instead of one ``error:`` line."""
     parser.add_argument("--debug", action="store_true", help="print tracebacks instead of one 'error:' line")

@@ -16,7 +16,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections import Counter
 from typing import TYPE_CHECKING
@@ -118,11 +117,8 @@ def format_report(info: dict, title: str = "dataset") -> str:
 def main(argv=None) -> int:
     from fcndata import cli
 
-    cli.quiet_defaults()  # before TensorFlow is imported
-    parser = argparse.ArgumentParser(prog="python -m fcndata.inspect", description=__doc__.split("\n")[0])
-    C.add_config_arguments(parser)
+    parser = cli.command_parser("python -m fcndata.inspect", __doc__.split("\n")[0])
     parser.add_argument("--split", choices=("train", "validation"), default="train")
-    cli.add_debug_argument(parser)
     args = parser.parse_args(argv)
 
     def body() -> int:

@@ -31,7 +31,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import os
@@ -561,14 +560,11 @@ def default_out(recipe: str | Path) -> Path:
 def main(argv=None) -> int:
     from fcndata import cli
 
-    cli.quiet_defaults()  # before TensorFlow is imported
-    parser = argparse.ArgumentParser(prog="python -m fcndata.plan", description=__doc__.split("\n")[0])
-    C.add_config_arguments(parser)
+    parser = cli.command_parser("python -m fcndata.plan", __doc__.split("\n")[0])
     parser.add_argument("--memory", help="activation budget, e.g. 4GiB (default: half the GPU's memory; on CPU "
                                          f"{CPU_BUDGET // MiB} MiB, a time budget per step)")
     parser.add_argument("--minutes", type=float, help=f"training time (default {DEFAULT_MINUTES:g})")
     parser.add_argument("--out", help="where to write the plan (default: X.plan.yaml beside the recipe X.yaml)")
-    cli.add_debug_argument(parser)
     args = parser.parse_args(argv)
 
     def body() -> int:

@@ -15,7 +15,6 @@ writes ``X_label.png`` (class ids, the input's size) and ``X_overlay.png``. A ba
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -89,16 +88,15 @@ def check_model_matches(model, config, model_path) -> None:
 def main(argv=None) -> int:
     from fcndata import cli
 
-    cli.quiet_defaults()  # before TensorFlow and OpenCV are imported
+    # quiet before TensorFlow and OpenCV are imported; --config defaults to the model's own recipe
+    parser = cli.command_parser("python -m fcndata.predict", "Predict label PNGs with a trained model.", recipe=False)
     from fcndata.config import load_config
 
-    parser = argparse.ArgumentParser(prog="python -m fcndata.predict", description="Predict label PNGs with a trained model.")
     parser.add_argument("--model", required=True, help="model.keras written by fcndata.train")
     parser.add_argument("--input", nargs="+", required=True, help="image files")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--config", help="recipe (default: config.yaml next to the model)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    cli.add_debug_argument(parser)
     args = parser.parse_args(argv)
 
     def body() -> int:

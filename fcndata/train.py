@@ -45,7 +45,6 @@ an uninterrupted run would have.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import sys
@@ -495,18 +494,15 @@ def _with_minutes(config, minutes: float, overrides, resumed: bool = False):
 def main(argv=None) -> int:
     from fcndata import cli
 
-    cli.quiet_defaults()  # before TensorFlow is imported
-    from fcndata.config import add_config_arguments, load_config
+    parser = cli.command_parser("python -m fcndata.train", "Train the bundled FCN on a recipe.")
+    from fcndata.config import load_config
 
-    parser = argparse.ArgumentParser(prog="python -m fcndata.train", description="Train the bundled FCN on a recipe.")
-    add_config_arguments(parser, default=None)
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     parser.add_argument(
         "--minutes", type=float, metavar="M",
         help="train for M minutes of training (train.seconds = 60*M; validation and checkpoints not counted); "
              "the schedule runs over them, and train.epochs is no cap unless the recipe or --set gives it",
     )
-    cli.add_debug_argument(parser)
     args = parser.parse_args(argv)
     run_dir: Path | None = None
 

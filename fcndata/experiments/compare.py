@@ -423,10 +423,8 @@ def main(
     """The command line every preset shares: train, then write RESULTS.md, curves.png, results.json."""
     from fcndata import cli
 
-    cli.quiet_defaults()  # before TensorFlow is imported
     names = [s.name for s in settings]
-    parser = argparse.ArgumentParser(prog=prog, description=description,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.command_parser(prog, description, recipe=False, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=default_config,
                         help=f"base recipe: every setting trains its data, augment and model sections (default {default_config})")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -439,7 +437,6 @@ def main(
     parser.add_argument("--only", nargs="+", choices=names, metavar="NAME", help=f"a subset of {names}")
     parser.add_argument("--max-steps", type=int, help="stop a run after this many steps too (smoke runs)")
     parser.add_argument("--out", default=default_out, help=f"output folder (default {default_out})")
-    cli.add_debug_argument(parser)
     args = parser.parse_args(argv)
     chosen = [s for s in settings if args.only is None or s.name in args.only]
     command = shlex.join([sys.executable.rsplit("/", 1)[-1], "-m", prog.split()[-1],

@@ -416,9 +416,8 @@ def run_panel(datasets: Sequence[str], *, seconds: float | None = None, seeds: S
 def main(argv: Sequence[str] | None = None) -> int:
     from fcndata import cli
 
-    cli.quiet_defaults()  # before TensorFlow is imported
-    parser = argparse.ArgumentParser(prog="python -m fcndata.experiments.panel", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.command_parser("python -m fcndata.experiments.panel", __doc__, recipe=False,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", default=",".join(RECIPES),
                         help=f"comma-separated, some of {','.join(RECIPES)} (default: all)")
     parser.add_argument("--seconds", type=float,
@@ -433,7 +432,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default="experiments/panel", help="output folder (default experiments/panel)")
     parser.add_argument("--update", action="store_true",
                         help="keep the other datasets of OUT/results.json; rerun only --datasets")
-    cli.add_debug_argument(parser)
     args = parser.parse_args(argv)
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
     command = shlex.join(["python", "-m", "fcndata.experiments.panel", *(sys.argv[1:] if argv is None else argv)])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 
@@ -13,14 +12,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m fcndata.preview``: writes a PNG of the first batch of a recipe's pipeline."""
     from fcndata import cli
 
-    cli.quiet_defaults()  # before TensorFlow is imported
-    from fcndata.config import add_config_arguments, load_config
-
-    parser = argparse.ArgumentParser(
-        prog="python -m fcndata.preview",
-        description="Write a PNG of the first batch a recipe's pipeline yields: image, label, roi, loss weight.",
+    parser = cli.command_parser(
+        "python -m fcndata.preview", "Write a PNG of the first batch a recipe's pipeline yields: image, label, roi, loss weight."
     )
-    add_config_arguments(parser)
+    from fcndata.config import load_config
+
     parser.add_argument("--out", default="preview.png", help="PNG to write (default: preview.png)")
     parser.add_argument(
         "--mode",
@@ -32,7 +28,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--max-items", type=int, default=4, help="elements (rows) to draw (default: 4)"
     )
     parser.add_argument("--dpi", type=float, default=100, help="dots per inch (default: 100)")
-    cli.add_debug_argument(parser)
     args = parser.parse_args(argv)
     if args.max_items < 1:
         parser.error(f"--max-items must be >= 1. Received: --max-items={args.max_items}")
