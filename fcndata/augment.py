@@ -40,7 +40,7 @@ from typing import Union
 import tensorflow as tf
 
 from fcndata import elements as E
-from fcndata.common import non_negative_ints
+from fcndata.common import PIXEL_MAX, non_negative_ints
 
 # Salt separating this module's draws from every other stage's (element_seed folds
 # them into the key after epoch and source_index).
@@ -63,7 +63,7 @@ _SALT_AUGMENT = 0xA06
     _BLUR,
 ) = range(1, 16)
 
-_MAX_VALUE = {tf.uint8: 255.0, tf.uint16: 65535.0, tf.float32: 1.0}
+_MAX_VALUE = {tf.as_dtype(name): top for name, top in PIXEL_MAX.items()}
 
 
 # ---------------------------------------------------------------------------- pure functions

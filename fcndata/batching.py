@@ -44,13 +44,12 @@ import numpy as np
 import tensorflow as tf
 
 from fcndata import elements as E
-from fcndata.common import positive_int
+from fcndata.common import PIXEL_MAX, positive_int
 from fcndata.config import BatchingConfig, DataConfig
 
 #: Keys that carry pixels, with the rank of their unbatched tensor.
 _SPATIAL = {E.IMAGE: 3, E.LABEL: 2, E.ROI: 2, E.WEIGHT: 2}
 _BUCKET_BY = ("area", "aspect", "shape")
-_IMAGE_SCALE = {tf.uint8: 1.0 / 255.0, tf.uint16: 1.0 / 65535.0, tf.float32: None}
 
 # ---------------------------------------------------------------------------- element functions
 
@@ -174,9 +173,10 @@ def scale_image(image: tf.Tensor) -> tf.Tensor:
       [[[1.0]]]
     """
     image = tf.convert_to_tensor(image)
-    scale = _IMAGE_SCALE[image.dtype]
+    top = PIXEL_MAX[image.dtype.name]
     image = tf.cast(image, tf.float32)
-    return image if scale is None else image * scale
+    # a true division, as prediction's (fcndata.infer.to_model_input): the same float32 numbers
+    return image if top == 1.0 else image / top
 
 
 def keras_inputs(

@@ -100,6 +100,11 @@ def non_negative_ints(where: str, **values) -> None:
             raise ValueError(f"{where}: {name} must be >= 0. Received: {name}={value!r}")
 
 
+#: Raw pixel maximum of each image dtype (by name): the one rule that scales pixels for the model,
+#: in training (fcndata.batching.scale_image), prediction (fcndata.infer) and augmentation.
+PIXEL_MAX = {"uint8": 255.0, "uint16": 65535.0, "float32": 1.0}
+
+
 #: Byte alignment TensorFlow's CPU kernels require of a buffer they adopt (Eigen's largest).
 ALIGN = 64
 

@@ -37,7 +37,7 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-from fcndata.common import ALIGN, aligned_empty
+from fcndata.common import ALIGN, PIXEL_MAX, aligned_empty
 from fcndata.grid import (
     blend_window,
     block_cuttable,
@@ -49,13 +49,11 @@ from fcndata.grid import (
 
 
 def to_model_input(image: np.ndarray) -> np.ndarray:
-    """Scales pixels as ``to_keras`` does: uint8 / 255, uint16 / 65535, float unchanged."""
+    """Scales pixels by training's rule (:func:`fcndata.batching.scale_image`, :data:`fcndata.common.PIXEL_MAX`):
+    uint8 / 255, uint16 / 65535, float unchanged; bit for bit the numbers ``to_keras`` feeds."""
     image = np.asarray(image)
-    if image.dtype == np.uint8:
-        return image.astype(np.float32) / 255.0
-    if image.dtype == np.uint16:
-        return image.astype(np.float32) / 65535.0
-    return image.astype(np.float32)
+    top = PIXEL_MAX.get(image.dtype.name, 1.0)
+    return image.astype(np.float32) if top == 1.0 else image.astype(np.float32) / np.float32(top)
 
 
 def _pad_to(x: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -207,7 +205,7 @@ class SlidingWindowPredictor:
         acc = tf.Variable(tf.zeros([H * blocks, g * k], tf.float32), shape=tf.TensorShape(None), trainable=False)
         # A divisor the graph cannot see as a constant: it would turn "x / 255" into
         # "x * (1 / 255)", which is not to_model_input's rounding.
-        divisor = tf.constant({np.uint8: 255.0, np.uint16: 65535.0}.get(image.dtype.type, 1.0), tf.float32)
+        divisor = tf.constant(PIXEL_MAX.get(image.dtype.name, 1.0), tf.float32)
         for first, last in _bands(origins[:, 0], nh, image[0].nbytes, BAND_BYTES):
             y0, y1 = int(origins[first, 0]), int(origins[last - 1, 0]) + nh
             band = _adopt(image[y0 : min(y1, h)])  # rows are contiguous: a copy of the band at most
@@ -245,7 +243,7 @@ class SlidingWindowPredictor:
         # Whole batches per job: a job of one batch runs the model without slicing.
         max_windows = self.batch_size * max(1, JOB_BYTES // (self.batch_size * window_bytes))
         row_bytes = image[0].nbytes
-        divisor = tf.constant({np.uint8: 255.0, np.uint16: 65535.0}.get(image.dtype.type, 1.0), tf.float32)
+        divisor = tf.constant(PIXEL_MAX.get(image.dtype.name, 1.0), tf.float32)
         out, group, done_y, done_x = None, None, 0, 0
         for rows, cols in _jobs(ys, xs, sh, sw, nh, max_windows, row_bytes, BAND_BYTES):
             y0, x0 = int(ys[rows.start]), int(xs[cols.start])

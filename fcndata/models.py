@@ -69,7 +69,7 @@ from fcndata.backbones import (
     conv_decoder,
     tiny_backbone,
 )
-from fcndata.common import choice
+from fcndata.common import PIXEL_MAX, choice
 from fcndata.layers import BilinearInitializer, ImagePreprocess, RoiMask, all_layers
 from fcndata.normalization import Intensity
 
@@ -85,7 +85,6 @@ STRIDE = 32
 VARIANT_STRIDE = {"fcn32s": 32, "fcn16s": 16, "fcn8s": 8, "fcn4s": 4, "fcn2s": 2}
 #: Raw pixel maximum of each built-in source's images (the one table: ``pixel_max`` reads it).
 BUILTIN_IMAGE_DTYPES = {"shapes": "uint8", "brain": "uint8", "digits": "uint8", "scenes": "uint8", "phantom": "uint16"}
-_DTYPE_MAX = {"uint8": 255.0, "uint16": 65535.0, "float32": 1.0}
 
 # How each application expects its pixels: "caffe" = BGR 0..255 minus the ImageNet
 # mean (vgg16, resnet50 preprocess_input), "tf" = [-1, 1] (mobilenetv2).
@@ -449,9 +448,9 @@ def pixel_max(data) -> float:
       (255.0, 65535.0)
     """
     if data.image_dtype != "auto":
-        return _DTYPE_MAX[data.image_dtype]
+        return PIXEL_MAX[data.image_dtype]
     if data.source in BUILTIN_IMAGE_DTYPES:
-        return _DTYPE_MAX[BUILTIN_IMAGE_DTYPES[data.source]]
+        return PIXEL_MAX[BUILTIN_IMAGE_DTYPES[data.source]]
     raise ValueError(
         f"model.clip is in raw pixel values, but the pixel maximum of data.source={data.source} images is only known "
         "once they are read (image_dtype auto): set data.image_dtype to uint8 or uint16 (every image is then read as "

@@ -194,6 +194,20 @@ def test_to_keras_image_scaling(dtype, top):
     np.testing.assert_allclose(x.numpy(), 1.0 if dtype != "float32" else 0.75)
 
 
+@pytest.mark.parametrize("dtype", ["uint8", "uint16"])
+def test_training_and_prediction_scale_pixels_to_the_same_float32_bits(dtype):
+    from fcndata.infer import to_model_input
+
+    top = 255 if dtype == "uint8" else 65535
+    values = np.unique(np.linspace(0, top, 4099).round().astype(dtype))  # every uint8; uint16 across its range
+    image = np.stack([values] * 3, axis=-1)[None]  # [1, n, 3]
+    e = t.element(1, len(values), dtype=dtype)
+    e["image"] = tf.constant(image[0][None].reshape(1, len(values), 3))
+    trained, _, _ = next(iter(tf.data.Dataset.from_tensors(e).apply(PadAndBatch(1, 1)).apply(to_keras())))
+    predicted = to_model_input(image[0])
+    np.testing.assert_array_equal(trained.numpy()[0, 0].view(np.uint32), predicted.view(np.uint32))
+
+
 def test_to_keras_masked_input_spec():
     ds = t.dataset(MIXED).apply(PadAndBatch(2)).apply(to_keras(masked_input=True))
     inputs, label, weight = ds.element_spec
