@@ -160,7 +160,7 @@ def one_line(error: BaseException) -> str:
 
 
 class Interrupted(KeyboardInterrupt):
-    """Raised by the SIGTERM handler, so ``finally`` blocks run as for Ctrl-C."""
+    """Raised by the SIGINT / SIGTERM handler, so ``finally`` blocks run as for Ctrl-C."""
 
     def __init__(self, signum: int):
         super().__init__(signum)
@@ -170,17 +170,18 @@ class Interrupted(KeyboardInterrupt):
 _RECEIVED: list[int] = []
 
 
-def _on_sigterm(signum, frame):
+def _on_signal(signum, frame):
     _RECEIVED.append(signum)
     raise Interrupted(signum)
 
 
 def check_interrupted() -> None:
-    """Raises :class:`Interrupted` again if SIGTERM arrived.
+    """Raises :class:`Interrupted` again if SIGINT or SIGTERM arrived.
 
     Why: the handler's exception can land inside a C extension (TensorFlow's nest
-    flattening) that swallows it; long loops call this at safe points (the trainer after
-    every batch) so the signal still ends the run.
+    flattening) or a finaliser that swallows it (seen for Ctrl-C under load: the run then
+    trained on to its end); long loops call this at safe points (the trainer after every
+    batch) so the signal still ends the run.
     """
     if _RECEIVED:
         raise Interrupted(_RECEIVED[-1])
@@ -197,10 +198,11 @@ def run(body: Callable[[], int], *, debug: bool = False, on_interrupt: Callable[
     Returns:
       ``body()``'s status; 2 after an expected error; 130 after Ctrl-C, 143 after SIGTERM.
     """
-    previous = None
+    previous = {}
     _RECEIVED.clear()
     try:
-        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, _on_signal)
     except ValueError:
         pass  # not the main thread (a test calling main() from a thread): leave signals alone
     try:
@@ -218,5 +220,5 @@ def run(body: Callable[[], int], *, debug: bool = False, on_interrupt: Callable[
         print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
         return EXIT_ERROR
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
