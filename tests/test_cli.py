@@ -248,17 +248,26 @@ def test_sigterm_handler_is_restored(capsys):
 
 SAVE = r"""
 import sys
+import numpy as np
 from fcndata import losses, metrics, models
 m = models.fcn(3, "fcn32s", width=2, masked=True, norm="frozen_batch")
 m.compile("adam", loss=losses.SumOfLosses([(losses.MaskedSparseCrossEntropy(), 1.0), (losses.DiceLoss(3), 0.5)]),
           weighted_metrics=[metrics.MeanIoU(3), metrics.PixelAccuracy(3)])
+rng = np.random.default_rng(0)
+x = {"image": rng.random((2, 32, 32, 3), dtype=np.float32), "roi": np.ones((2, 32, 32, 1), np.float32)}
+m.fit(x, rng.integers(0, 3, (2, 32, 32)), epochs=2, verbose=0)  # a trained model: optimizer state is saved too
 m.save(sys.argv[1])
+np.savez(sys.argv[1] + ".npz", prediction=m.predict(x, verbose=0), **x)
 """
 LOAD = r"""
 import sys
 {setup}
 import keras
+import numpy as np
 m = keras.models.load_model(sys.argv[1])
+saved = np.load(sys.argv[1] + ".npz")
+x = {{"image": saved["image"], "roi": saved["roi"]}}
+np.testing.assert_allclose(m.predict(x, verbose=0), saved["prediction"], rtol=1e-5, atol=1e-6)  # what it predicted
 print(type(m.loss).__name__, m.output_shape[-1])
 """
 
