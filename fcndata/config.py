@@ -160,9 +160,13 @@ def _unknown_key(where: str, key: str, section: str, valid: list[str]) -> Config
 
 
 def _build_section(cls, raw, where: str, section: str, data=None):
-    """One section from its raw mapping. Fields marked ``metadata={"from_data": name}`` are not keys of
-    the section: they take ``data.<name>`` (a stage's ``ignore_label``); a stage whose ``seed`` the
-    section does not set takes ``data.<name>`` when marked ``metadata={"default_from_data": name}``. A stage's own ValueError / TypeError names the key."""
+    """One section from its raw mapping.
+
+    A field marked ``metadata={"from_data": name}`` is not a key of the section: it takes
+    ``data.<name>`` (a stage's ``ignore_label``). A field marked ``{"default_from_data": name}``
+    takes ``data.<name>`` when the section does not set it (a stage's ``seed``). A stage's own
+    ValueError / TypeError already names the key; it is re-raised naming the file.
+    """
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
