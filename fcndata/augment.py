@@ -40,7 +40,7 @@ from typing import Union
 import tensorflow as tf
 
 from fcndata import elements as E
-from fcndata.common import PIXEL_MAX, non_negative_ints
+from fcndata.common import PIXEL_MAX, in_range, non_negative_ints
 
 # Salt separating this module's draws from every other stage's (element_seed folds
 # them into the key after epoch and source_index).
@@ -290,11 +290,7 @@ def _check_range(name: str, value, low, high, why: str, *, low_open=False, high_
     """The recipe's vocabulary: the message names the key as ``augment.<name>`` (see fcndata.config)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"augment.{name} must be a number. Received: augment.{name}={value!r}")
-    ok_low = value > low if low_open else value >= low
-    ok_high = value < high if high_open else value <= high
-    if not (ok_low and ok_high):
-        lo, hi = "(" if low_open else "[", ")" if high_open else "]"
-        raise ValueError(f"augment.{name} must be in {lo}{low}, {high}{hi}; {why}. Received: augment.{name}={value!r}")
+    in_range(value, f"augment.{name}", low, high, why, low_open=low_open, high_open=high_open)
 
 
 @dataclass(frozen=True, repr=False)

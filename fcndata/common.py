@@ -77,6 +77,30 @@ def choice(value, name: str, where: str, choices, hint: str = "") -> None:
         raise ValueError(f"{where}: {name} must be one of {list(choices)}{hint}. Received: {name}={value!r}")
 
 
+def in_range(value, name: str, low=None, high=None, why: str = "", *, low_open=False, high_open=False,
+             error: type[Exception] = ValueError) -> None:
+    """Raises ``error`` unless ``low <= value <= high`` (open ends where asked); None bounds and a None
+    value are unchecked. ``name`` is the key as the recipe spells it.
+
+    >>> in_range(0.5, "augment.probability", 0, 1)
+    >>> in_range(2, "augment.probability", 0, 1, "it is a chance")
+    Traceback (most recent call last):
+    ...
+    ValueError: augment.probability must be in [0, 1]; it is a chance. Received: augment.probability=2
+    """
+    if value is None:
+        return
+    ok = (low is None or (value > low if low_open else value >= low)) and (
+        high is None or (value < high if high_open else value <= high)
+    )
+    if not ok:
+        if high is None:
+            interval = f"{'>' if low_open else '>='} {low}"
+        else:
+            interval = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise error(f"{name} must be {interval}{'; ' + why if why else ''}. Received: {name}={value!r}")
+
+
 def positive_int(value, name: str, where: str) -> None:
     """Raises TypeError for a non-int (bools excluded), ValueError for an int < 1.
 

@@ -10,8 +10,11 @@ raises :class:`ConfigError` naming the key (``section.key``).
 from __future__ import annotations
 
 import difflib
+import functools
 from dataclasses import dataclass
 from typing import Optional, Union
+
+from fcndata.common import in_range
 
 
 class ConfigError(ValueError):
@@ -37,19 +40,8 @@ def _choice(value, name: str, choices: tuple) -> None:
         raise ConfigError(f"{name} must be one of {list(choices)}. Received: {name}={value!r}")
 
 
-def _range(value, name: str, low=None, high=None, why: str = "", *, low_open=False, high_open=False) -> None:
-    """Checks ``low <= value <= high`` (open ends where asked); None bounds are unchecked."""
-    if value is None:
-        return
-    ok = (low is None or (value > low if low_open else value >= low)) and (
-        high is None or (value < high if high_open else value <= high)
-    )
-    if not ok:
-        if high is None:
-            interval = f"{'>' if low_open else '>='} {low}"
-        else:
-            interval = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-        raise ConfigError(f"{name} must be {interval}{'; ' + why if why else ''}. Received: {name}={value!r}")
+#: the range check of every recipe key, raising ConfigError (fcndata.common.in_range)
+_range = functools.partial(in_range, error=ConfigError)
 
 
 # ---------------------------------------------------------------------------- sections
