@@ -11,8 +11,8 @@ One run, the same seeded images, 2 threads, each row timed as the best of a few 
   Stitcher  numpy ``Stitcher`` (gaussian, grid stride) re-assembling the 512² grid
   predictor ``SlidingWindowPredictor`` with an identity Keras model, gaussian blend:
             the 512² set (patch 128, stride 64) and one 8192² image (patch 256, stride 128);
-            the default block path and, as "(scatter)", ``jit_compile=False`` (the
-            scatter-add path it replaced when the stride divides the patch); on the 512²
+            the default block path (numpy cut and blend) and, as "(XLA)",
+            ``jit_compile=True`` (XLA-compiled cut and blend); on the 512²
             set B, the Stitcher and the predictors are timed in alternating rounds
   where the time goes  the chunked cut alone (a tf.function), in a tf.data map, as
             chunks and as the stage; tf.data's cost per element; bytes per patch; and
@@ -348,22 +348,17 @@ def main(quick: bool = False) -> dict:
 
     def predictor_of(**kwargs):
         kwargs = {**kwargs, "blend": "gaussian", "pad_to_multiple": 1}
-        if not scatter:
-            return SlidingWindowPredictor(_identity_model(), **kwargs)
-        try:  # the scatter-add path, the predictor before the block path (for before/after)
-            return SlidingWindowPredictor(_identity_model(), jit_compile=False, **kwargs)
-        except TypeError:  # a version without the block path
-            return None
+        return SlidingWindowPredictor(_identity_model(), jit_compile=xla, **kwargs)
 
     contenders = {
         "B numpy overlap-add": (lambda: sum(numpy_overlap_add(im, PATCH, STRIDE)[1] for im in images), None),
         "Stitcher gaussian (numpy)": (stitch_all, "B"),
     }
-    for scatter in (False, True):
+    for xla in (False, True):
         predictor = predictor_of(patch_size=PATCH, stride=STRIDE, batch_size=BATCH)
         if predictor is not None:
             predictor.predict(images[0])  # trace (and compile) once
-            name = "SlidingWindowPredictor identity" + " (scatter)" * scatter
+            name = "SlidingWindowPredictor identity" + " (XLA)" * xla
 
             def predict_all(p=predictor):
                 for im in images:
@@ -384,7 +379,7 @@ def main(quick: bool = False) -> dict:
     big_image = _images([(big, big)], seed=2)[0][0]
     t, n = _timed(lambda: numpy_overlap_add(big_image, 256, 128)[1], 1)
     rows.append((str(big), "B numpy overlap-add", n, t, None))
-    for scatter in (False, True):
+    for xla in (False, True):
         big_predictor = predictor_of(patch_size=256, stride=128, batch_size=16)
         if big_predictor is None:
             continue
@@ -392,7 +387,7 @@ def main(quick: bool = False) -> dict:
         big_predictor.predict(big_image[:333, :300])
         big_predictor.predict(big_image[: 256 + 128])  # and compile the job shapes of full-width bands
         t, _ = _timed(lambda p=big_predictor: p.predict(big_image), 1)
-        rows.append((str(big), "SlidingWindowPredictor identity" + " (scatter)" * scatter, n, t, "B"))
+        rows.append((str(big), "SlidingWindowPredictor identity" + " (XLA)" * xla, n, t, "B"))
 
     load = os.getloadavg()[0]
     print(f"\npatches: 512 set = {num} RGB 512x512 + mask, patch {PATCH}, stride {STRIDE}, batch {BATCH}; "

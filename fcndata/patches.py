@@ -207,8 +207,15 @@ def _ordered(chunk):
 
 
 def _chunks(jobs, chunks_of, cut) -> tf.data.Dataset:
-    # (job, chunk index) pairs are cheap: the job's tensors are shared, not copied.
-    return jobs.flat_map(lambda j: chunks_of(j).map(lambda c: cut(j, c)))
+    """Cuts every job's chunks in one parallel, deterministic map.
+
+    The (job, chunk index) pairs are made sequentially and cost nothing (a job's
+    tensors are shared by its pairs, not copied); the cutting itself runs in a parallel
+    map, so consecutive chunks (of one image or of the next) are cut at the same time,
+    in their order.
+    """
+    pairs = jobs.flat_map(lambda j: chunks_of(j).map(lambda c: (j, c)))
+    return pairs.map(cut, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def _num_chunks(count, chunk_size: int) -> tf.data.Dataset:
@@ -373,7 +380,8 @@ class ExtractPatches:
           ([10, 10, 4, 10, 5], [None, 16, 16, 3])
         """
         E.check_spec(ds, where="ExtractPatches")
-        return _chunks(ds.map(self._job), self._chunks_of, self._cutter(ds.element_spec))
+        jobs = ds.map(self._job, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return _chunks(jobs, self._chunks_of, self._cutter(ds.element_spec))
 
     def count_skipped(self, dataset: tf.data.Dataset) -> int:
         """Images of ``dataset`` that this stage skips (only ``border="drop"`` skips)."""

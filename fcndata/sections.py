@@ -431,9 +431,10 @@ class PredictConfig:
     blend: str = "gaussian"  # average | gaussian | hann | crop
     batch_size: int = 8
     flip_tta: bool = False
-    # XLA-compiled cut and blend when the stride divides the patch: ~2x faster per image, but
-    # each new image size compiles once (~1 s); false for folders of many different sizes.
-    jit_compile: bool = True
+    # XLA-compiled cut and blend when the stride divides the patch (numpy otherwise): ~1.3x
+    # faster per 512² image once compiled, but each image size compiles (~0.3 s) and 8192²
+    # images run 2.3x slower (fcndata.infer.SlidingWindowPredictor).
+    jit_compile: bool = False
 
     def __post_init__(self):
         _choice(self.blend, "predict.blend", ("average", "gaussian", "hann", "crop"))

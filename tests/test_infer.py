@@ -134,18 +134,20 @@ def test_block_path_identity_exact_for_crop_odd_sizes(blend):
 
 
 @pytest.mark.parametrize("blend", ["gaussian", "crop"])
-def test_block_path_equals_scatter_path_and_numpy_stitcher(blend):
+def test_block_paths_equal_scatter_path_and_numpy_stitcher(blend):
     image = np.random.default_rng(3).random((45, 61, 3)).astype(np.float32)
     model = _Scores(name="scores")
     kwargs = {"patch_size": 16, "stride": 8, "blend": blend, "batch_size": 4, "pad_to_multiple": 8}
-    block = SlidingWindowPredictor(model, **kwargs).predict(image)
-    scatter = SlidingWindowPredictor(model, jit_compile=False, **kwargs).predict(image)
+    block = SlidingWindowPredictor(model, **kwargs).predict(image)  # numpy jobs
+    xla = SlidingWindowPredictor(model, jit_compile=True, **kwargs).predict(image)
+    scatter = SlidingWindowPredictor(model, **kwargs)._sliding(image)  # what other strides use
     origins = grid_origins_2d((45, 61), 16, 8)
     patches = np.stack([image[y : y + 16, x : x + 16] for y, x in origins])
     reference = Stitcher((45, 61), 16, 2, blend=blend)
     reference.add(model(patches).numpy(), origins)
     np.testing.assert_allclose(block, reference.result(), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(block, scatter, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(block, xla, rtol=1e-6, atol=1e-6)
 
 
 def test_block_path_small_image_masked_and_flipped():
