@@ -247,7 +247,7 @@ def _round_batches_up(ds: tf.data.Dataset, multiple: int, ignore_label: int) -> 
     """Pads every batch of ``ds`` up to a multiple of ``multiple`` (one pad per batch)."""
     if multiple <= 1:
         return ds
-    return ds.map(lambda b: pad_to_multiple(b, multiple, ignore_label), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.map(E.no_autograph(lambda b: pad_to_multiple(b, multiple, ignore_label)), num_parallel_calls=tf.data.AUTOTUNE)
 
 
 @dataclass(frozen=True)
@@ -434,10 +434,10 @@ class BucketBySize:
         # reduce_func builds a dataset per window, so keep it to padded_batch alone and
         # round up to the multiple once, in one parallel map over the whole stream.
         ds = ds.group_by_window(
-            key_func=lambda e: bucket_index(size_key(e, self.by, self.pad_to_multiple), boundaries),
-            reduce_func=lambda _, window: window.padded_batch(
+            key_func=E.no_autograph(lambda e: bucket_index(size_key(e, self.by, self.pad_to_multiple), boundaries)),
+            reduce_func=E.no_autograph(lambda _, window: window.padded_batch(
                 self.batch_size, padding_values=values, drop_remainder=self.drop_remainder
-            ),
+            )),
             window_size=self.batch_size,
         )
         return _round_batches_up(ds, self.pad_to_multiple, self.ignore_label)
@@ -482,7 +482,7 @@ class ToKeras:
     def __call__(self, ds: tf.data.Dataset) -> tf.data.Dataset:
         E.check_spec(ds, batched=True, where="to_keras")
         return ds.map(
-            lambda b: keras_inputs(b, self.masked_input, self.ignore_label),
+            E.no_autograph(lambda b: keras_inputs(b, self.masked_input, self.ignore_label)),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
 

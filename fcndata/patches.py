@@ -146,7 +146,7 @@ def patches_at(element, origins, patch_size: Pair, ignore_label: int = E.IGNORE_
         patch.update(extras)
         return {k: patch[k] for k in (*E.REQUIRED_KEYS, *E.OPTIONAL_KEYS) if k in patch}
 
-    return tf.data.Dataset.from_tensor_slices((origins, begins2, begins3)).map(cut)
+    return tf.data.Dataset.from_tensor_slices((origins, begins2, begins3)).map(E.no_autograph(cut))
 
 
 # ---------------------------------------------------------------------------- chunked cutting
@@ -214,8 +214,8 @@ def _chunks(jobs, chunks_of, cut) -> tf.data.Dataset:
     map, so consecutive chunks (of one image or of the next) are cut at the same time,
     in their order.
     """
-    pairs = jobs.flat_map(lambda j: chunks_of(j).map(lambda c: (j, c)))
-    return pairs.map(cut, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    pairs = jobs.flat_map(E.no_autograph(lambda j: chunks_of(j).map(E.no_autograph(lambda c: (j, c)))))
+    return pairs.map(E.no_autograph(cut), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def _num_chunks(count, chunk_size: int) -> tf.data.Dataset:
@@ -238,7 +238,7 @@ def count_skipped(dataset: tf.data.Dataset, patch_size: Pair) -> int:
       1
     """
     n = tf.constant(pair(patch_size, "patch_size", "count_skipped"), tf.int32)
-    small = dataset.map(lambda e: tf.cast(tf.reduce_any(tf.shape(e[E.IMAGE], out_type=tf.int32)[:2] < n), tf.int64))
+    small = dataset.map(E.no_autograph(lambda e: tf.cast(tf.reduce_any(tf.shape(e[E.IMAGE], out_type=tf.int32)[:2] < n), tf.int64)))
     return int(small.reduce(tf.constant(0, tf.int64), lambda total, x: total + x))
 
 
@@ -255,7 +255,7 @@ def _sliced_stream(stage, ds: tf.data.Dataset, where: str, chunks_only: bool = F
         return patches_at(element, stage.origins(element), stage.patch_size, stage.ignore_label)
 
     if chunks_only:
-        return ds.flat_map(lambda e: patches(e).batch(stage.chunk_size))
+        return ds.flat_map(E.no_autograph(lambda e: patches(e).batch(stage.chunk_size)))
     return _interleave(ds, patches, stage.images_per_batch)
 
 
@@ -264,9 +264,9 @@ def _interleave(ds: tf.data.Dataset, patches_of: Callable, images_per_batch: int
     # patches of each of k images (FCN: 20 patches of 3 images per minibatch of 60).
     # Parallel but deterministic; one image needs no parallel interleave.
     if images_per_batch == 1:
-        return ds.interleave(patches_of, cycle_length=1, block_length=1)
+        return ds.interleave(E.no_autograph(patches_of), cycle_length=1, block_length=1)
     return ds.interleave(
-        patches_of,
+        E.no_autograph(patches_of),
         cycle_length=images_per_batch,
         block_length=1,
         num_parallel_calls=tf.data.AUTOTUNE,
@@ -368,7 +368,7 @@ class ExtractPatches:
     def patches(self, element) -> tf.data.Dataset:
         """The lazy dataset of one element's patches (cut chunk by chunk)."""
         job, cut = self._job(element), self._cutter(element)
-        return self._chunks_of(job).map(lambda c: cut(job, c)).unbatch()
+        return self._chunks_of(job).map(E.no_autograph(lambda c: cut(job, c))).unbatch()
 
     def chunks(self, ds: tf.data.Dataset) -> tf.data.Dataset:
         """The chunk stream: batched contract elements of at most ``chunk_size`` patches of one image.
@@ -380,7 +380,7 @@ class ExtractPatches:
           ([10, 10, 4, 10, 5], [None, 16, 16, 3])
         """
         E.check_spec(ds, where="ExtractPatches")
-        jobs = ds.map(self._job, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        jobs = ds.map(E.no_autograph(self._job), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return _chunks(jobs, self._chunks_of, self._cutter(ds.element_spec))
 
     def count_skipped(self, dataset: tf.data.Dataset) -> int:

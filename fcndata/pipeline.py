@@ -179,7 +179,7 @@ def build_pipeline(
             ds = pipeline(numbering.one_epoch(source, epoch))
             return ds if steps is None else ds.repeat().take(steps)
 
-        ds = tf.data.Dataset.range(initial_epoch, initial_epoch + count).flat_map(one_epoch)
+        ds = tf.data.Dataset.range(initial_epoch, initial_epoch + count).flat_map(E.no_autograph(one_epoch))
     # service: everything above runs on the tf.data service's workers
     if service is not None:
         _refuse_python(config, source, stages, ds)
@@ -271,11 +271,11 @@ def _images_by_split(data, seed: int, initial_epoch: int, count: int | None) -> 
         key = tf.stack([tf.constant(seed, tf.int64) ^ 0x51A7, epoch])
         position = tf.random.experimental.index_shuffle(i % n, seed=key, max_index=n - 1)
         image = sources.load_source(data, "train", indices=tf.data.Dataset.from_tensors(position))
-        return image.map(lambda e: {**e, E.EPOCH: epoch})
+        return image.map(E.no_autograph(lambda e: {**e, E.EPOCH: epoch}))
 
     # Parallel and in order: while one image waits on storage, others are read.
     return tf.data.Dataset.range(start, stop).interleave(
-        one_image, cycle_length=tf.data.AUTOTUNE, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        E.no_autograph(one_image), cycle_length=tf.data.AUTOTUNE, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
     )
 
 

@@ -59,6 +59,58 @@ def foreground_mask(num: int, fraction: float) -> list[bool]:
     return [up((i + 1) * fraction) > up(i * fraction) for i in range(num)]
 
 
+#: Side of the square tiles :func:`balanced_origins` counts classes in: a patch centre is
+#: drawn as a tile (weighted by its count of the chosen class), then a pixel inside it.
+TILE = 64
+#: Pixels per band of whole tile rows that the class counting reads at a time.
+BAND_PIXELS = 1 << 20
+
+
+def class_tile_counts(label, roi, num_classes: int, ignore_label: int = E.IGNORE_LABEL, tile: int = TILE) -> tf.Tensor:
+    """Per-tile class counts of a label: ``[ceil(H / tile) * ceil(W / tile), num_classes]`` int32.
+
+    Tiles are row-major; edge tiles are partial. Pixels with ``ignore_label``, a class id
+    >= ``num_classes`` or ``roi == 0`` are not counted. The label is read in bands of
+    whole tile rows (about :data:`BAND_PIXELS` pixels each), so memory is the counts plus
+    one band's int32 temporaries, whatever the image size.
+
+    Example:
+      >>> import fcndata.testing as t
+      >>> label = t.stripe_label(3, 130, [64, 1, 65])
+      >>> class_tile_counts(label, tf.ones_like(label), 3).numpy().tolist()
+      [[192, 0, 0], [0, 3, 189], [0, 0, 6]]
+    """
+    k, T = int(num_classes), int(tile)
+    shape = tf.shape(label, out_type=tf.int32)
+    height, width = shape[0], shape[1]
+    tiles_x = (width + T - 1) // T
+    tiles_y = (height + T - 1) // T
+    band = T * tf.maximum(1, BAND_PIXELS // tf.maximum(width * T, 1))  # rows per band, whole tiles
+    column_tile = tf.range(width) // T
+
+    def counts_of(i):
+        rows = tf.range(i * band, tf.minimum(height, (i + 1) * band))
+        lab = tf.cast(tf.gather(label, rows), tf.int32)
+        valid = (lab >= 0) & (lab < k) & (lab != ignore_label) & (tf.gather(roi, rows) > 0)
+        bucket = tf.where(valid, lab, k)  # bucket k collects the never-centres
+        tile_row = (rows - i * band) // T
+        ids = (tile_row[:, None] * tiles_x + column_tile[None, :]) * (k + 1) + bucket
+        n = ((tf.size(rows) + T - 1) // T) * tiles_x * (k + 1)
+        c = tf.math.bincount(tf.reshape(ids, [-1]), minlength=n, maxlength=n, dtype=tf.int32)
+        return tf.reshape(c, [-1, k + 1])[:, :k]
+
+    bands = (height + band - 1) // band
+    parts = tf.TensorArray(tf.int32, size=bands, infer_shape=False, element_shape=tf.TensorShape([None, k]))
+    parts = tf.while_loop(
+        lambda i, ta: i < bands,
+        lambda i, ta: (i + 1, ta.write(i, counts_of(i))),
+        (tf.constant(0), parts),
+        parallel_iterations=1,
+    )[1]
+    counts = tf.cond(bands > 0, parts.concat, lambda: tf.zeros([0, k], tf.int32))
+    return tf.ensure_shape(tf.reshape(counts, [tiles_y * tiles_x, k]), [None, k])
+
+
 def balanced_origins(
     label,
     roi,
@@ -71,7 +123,7 @@ def balanced_origins(
     ignore_label: int = E.IGNORE_LABEL,
     return_classes: bool = False,
 ):
-    """Class-balanced patch origins from one pass over the label.
+    """Class-balanced patch origins, drawn through a coarse class-presence grid.
 
     For each of ``num`` patches: choose a class among those present (probabilities
     renormalised over present classes), then a uniform pixel of that class as the
@@ -80,8 +132,14 @@ def balanced_origins(
     ``foreground`` choose among present classes other than 0 when there are any. An
     image without any valid pixel gets uniform centres.
 
-    One ``tf.dynamic_partition`` of the pixel indices by class does the work for all
-    patches: the r-th pixel of class c is ``pixels[offset[c] + r]``.
+    The uniform pixel of class c is drawn in two exact steps, without a list of the
+    class's pixels: :func:`class_tile_counts` counts each class per :data:`TILE`²
+    tile; one uniform ``u`` picks the ``r = floor(u · total_c)``-th pixel of class c in
+    tile order, i.e. the tile whose running count passes r (a ``searchsorted``), then
+    the remaining rank inside that tile's :data:`TILE`² pixels (a cumulative sum).
+    Each pixel of class c is thus chosen with probability 1 / total_c. Memory: the
+    counts, one band of the label while counting, and ``num`` tiles (an 8192² label is
+    never copied, cast or partitioned whole).
 
     Args:
       label: ``[H, W]`` class ids.
@@ -107,17 +165,13 @@ def balanced_origins(
       >>> c.numpy().tolist(), bool(tf.reduce_all(o[:, 1] == 15))
       ([1, 1, 1, 1], True)
     """
-    k = int(num_classes)
+    k, T = int(num_classes), TILE
     n = tf.constant(pair(patch_size, "patch_size", "balanced_origins"), tf.int32)
-    label = tf.cast(label, tf.int32)
     shape = tf.shape(label, out_type=tf.int32)
-    width = shape[1]
-    valid = (label >= 0) & (label < k) & (label != ignore_label) & (tf.cast(roi, tf.int32) > 0)
-    bucket = tf.reshape(tf.where(valid, label, k), [-1])  # bucket k collects the never-centres
-    parts = tf.dynamic_partition(tf.range(tf.size(bucket)), bucket, k + 1)
-    counts = tf.stack([tf.size(p) for p in parts[:k]])
-    pixels = tf.concat(parts[:k] + [tf.zeros([1], tf.int32)], axis=0)  # + 1 so gathers never hit empty
-    offsets = tf.cumsum(counts, exclusive=True)
+    height, width = shape[0], shape[1]
+    tiles_x = (width + T - 1) // T
+    tile_counts = class_tile_counts(label, roi, k, ignore_label)  # [tiles, k]
+    counts = tf.reduce_sum(tile_counts, axis=0)
     present = counts > 0
     any_valid = tf.reduce_any(present)
     has_foreground = tf.reduce_any(present[1:])
@@ -145,12 +199,28 @@ def balanced_origins(
         fg_chosen = tf.random.stateless_categorical(fg_logits[None], num, seed=keys[1], dtype=tf.int32)[0]
         chosen = tf.where(tf.constant(list(foreground)), fg_chosen, chosen)
     u = tf.random.stateless_uniform([num], seed=keys[2])
-    count = tf.gather(counts, chosen)
-    rank = tf.minimum(tf.cast(tf.floor(u * tf.cast(count, tf.float32)), tf.int32), tf.maximum(count - 1, 0))
-    flat = tf.gather(pixels, tf.gather(offsets, chosen) + rank)
-    anywhere = tf.minimum(tf.cast(tf.floor(u * tf.cast(tf.size(label), tf.float32)), tf.int32), tf.size(label) - 1)
-    flat = tf.where(any_valid, flat, anywhere)
-    centre = tf.stack([flat // width, flat % width], axis=1)
+    total = tf.gather(counts, chosen)
+    rank = tf.minimum(tf.cast(tf.floor(u * tf.cast(total, tf.float32)), tf.int32), tf.maximum(total - 1, 0))
+    # The tile holding the rank-th pixel of the chosen class, then the rank inside it.
+    running = tf.transpose(tf.cumsum(tile_counts, axis=0))  # [k, tiles]
+    tiles = tf.searchsorted(running, tf.tile(rank[None], [k, 1]), side="right")  # [k, num]
+    tile = tf.gather(tf.transpose(tiles), chosen, batch_dims=1)  # [num]
+    tile = tf.minimum(tile, tf.maximum(tf.shape(tile_counts)[0] - 1, 0))
+    before = tf.gather_nd(running, tf.stack([chosen, tile], 1)) - tf.gather_nd(tile_counts, tf.stack([tile, chosen], 1))
+    inside = rank - before  # rank among the class's pixels of this tile
+    y0, x0 = (tile // tiles_x) * T, (tile % tiles_x) * T
+    ys = y0[:, None, None] + tf.range(T)[None, :, None]
+    xs = x0[:, None, None] + tf.range(T)[None, None, :]
+    in_image = (ys < height) & (xs < width)
+    flat = tf.reshape(tf.minimum(ys, height - 1) * width + tf.minimum(xs, width - 1), [num, T * T])
+    lab = tf.cast(tf.gather(tf.reshape(label, [-1]), flat), tf.int32)
+    ok = tf.reshape(in_image, [num, T * T]) & (lab == chosen[:, None]) & (lab != ignore_label)
+    ok &= tf.gather(tf.reshape(roi, [-1]), flat) > 0
+    seen = tf.cumsum(tf.cast(ok, tf.int32), axis=1)
+    local = tf.argmax(tf.cast(seen > inside[:, None], tf.int32), axis=1, output_type=tf.int32)
+    centre = tf.stack([y0 + local // T, x0 + local % T], axis=1)
+    anywhere = tf.minimum(tf.cast(tf.floor(u * tf.cast(height * width, tf.float32)), tf.int32), height * width - 1)
+    centre = tf.where(any_valid, centre, tf.stack([anywhere // width, anywhere % width], axis=1))
     low = tf.minimum(0, shape - n)
     high = tf.maximum(0, shape - n)
     origins = tf.clip_by_value(centre - n // 2, low, high)

@@ -407,7 +407,7 @@ class ClassWeights:
     def __call__(self, ds: tf.data.Dataset) -> tf.data.Dataset:
         E.check_spec(ds, batched=ds.element_spec[E.LABEL].shape.rank == 3, where="ClassWeights")
         weights = tf.constant(self.weights, tf.float32)
-        return ds.map(lambda e: apply_class_weights(e, weights, self.ignore_label), num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.map(E.no_autograph(lambda e: apply_class_weights(e, weights, self.ignore_label)), num_parallel_calls=tf.data.AUTOTUNE)
 
 
 @dataclass(frozen=True)
@@ -464,7 +464,7 @@ class LossSampling:
             mask = loss_sampling_mask(e, self.keep_probability, self.seed) * scale
             return {**e, E.WEIGHT: weight_or_ones(e) * mask}
 
-        return ds.map(sample, num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.map(E.no_autograph(sample), num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def sampling_from_config(cfg: SamplingConfig, data: DataConfig, counts=None):

@@ -493,3 +493,40 @@ def test_grid_stream_is_deterministic_under_parallel_map():
     stage = P.ExtractPatches(8, 5, chunk_size=3, images_per_batch=2)
     first = _stream(stage)
     assert first == _stream(stage) and len(first) == sum(len(G.grid_origins_2d(hw, 8, 5)) for hw in [(37, 53), (29, 41), (64, 31)])
+
+
+def test_class_tile_counts_equal_numpy_on_partial_tiles_and_bands():
+    rng = np.random.default_rng(4)
+    label = rng.integers(0, 4, (150, 200)).astype(np.uint8)
+    label[rng.random(label.shape) < 0.05] = 255
+    roi = (rng.random(label.shape) > 0.1).astype(np.uint8)
+    old = S.BAND_PIXELS
+    try:
+        for band_pixels in (1 << 20, 1):  # one band, and one tile row per band
+            S.BAND_PIXELS = band_pixels
+            got = S.class_tile_counts(tf.constant(label), tf.constant(roi), 3, tile=64).numpy()
+            want = [[np.sum((label[y:y + 64, x:x + 64] == c) & (roi[y:y + 64, x:x + 64] > 0)) for c in range(3)]
+                    for y in range(0, 150, 64) for x in range(0, 200, 64)]
+            assert np.array_equal(got, want)  # class 3 (>= num_classes) and 255 are never counted
+    finally:
+        S.BAND_PIXELS = old
+
+
+def test_balanced_centres_are_uniform_over_the_class_pixels_across_tiles():
+    # a class spread unevenly over partial tiles: each tile must get its share of the pixels
+    rng = np.random.default_rng(5)
+    label = (rng.random((150, 200)) < np.linspace(0.02, 0.6, 200)[None]).astype(np.uint8)
+    num = 20000
+    centres, chosen = S.balanced_origins(tf.constant(label), tf.ones_like(label), 1, num, 2,
+                                         tf.constant([3, 9], tf.int64), [0.0, 1.0], return_classes=True)
+    centres = centres.numpy()
+    assert (chosen.numpy() == 1).all() and (label[centres[:, 0], centres[:, 1]] == 1).all()
+    tiles = (centres[:, 0] // 64) * 4 + centres[:, 1] // 64
+    share = np.array([np.sum(label[y:y + 64, x:x + 64]) for y in range(0, 150, 64) for x in range(0, 200, 64)]) / label.sum()
+    realised = np.bincount(tiles, minlength=12) / num
+    assert np.all(np.abs(realised - share) <= 4 * np.sqrt(share * (1 - share) / num) + 1e-9), (realised, share)
+    # inside one tile, left and right halves in proportion to their class pixels
+    inside = tiles == 5
+    left = np.sum(centres[inside, 1] < 96) / inside.sum()
+    want = label[64:128, 64:96].sum() / label[64:128, 64:128].sum()
+    assert abs(left - want) <= 4 * np.sqrt(want * (1 - want) / inside.sum())

@@ -27,11 +27,10 @@ from fcndata.decode import (
     graph_message,
 )
 
+from fcndata.elements import no_autograph  # noqa: E402,F401  (re-used by the sources)
+
 logger = logging.getLogger("fcndata")
 
-# The element functions of the sources are plain TF ops (gathers, where, switch_case); skipping
-# AutoGraph's source conversion saves seconds of tracing per dataset.
-no_autograph = tf.autograph.experimental.do_not_convert
 
 # ---------------------------------------------------------------------------- skip report
 
