@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test train bench experiment panel preview clean
+.PHONY: install test train bench bench-peers experiment panel preview clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,21 @@ train: $(STAMP)
 bench: $(STAMP)
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) benchmarks/run_all.py
 
+# fcndata next to MONAI and TorchIO on six patch workloads (about 10 minutes on 2 cores, the
+# venv included); writes benchmarks/PEERS.md. The peers live in their own venv, .venv-peers.
+PEERS_VENV := .venv-peers
+PEERS_STAMP := $(PEERS_VENV)/.installed
+
+$(PEERS_STAMP): benchmarks/peers-requirements.txt
+	test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(PEERS_VENV)/bin/python -m pip install --quiet torch==2.13.0   # pinned: the CPU wheel, not the CUDA build
+	$(PEERS_VENV)/bin/python -m pip install --quiet -r benchmarks/peers-requirements.txt
+	touch $(PEERS_STAMP)
+
+bench-peers: $(STAMP) $(PEERS_STAMP)
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) benchmarks/peers.py --peers-python $(PEERS_VENV)/bin/python
+
 # FCN §4.4 at equal wall-clock (7 settings x 3 seeds, about 30 minutes on 2 cores); writes experiments/patchwise/;
 # then the panel (below, about 45 minutes).
 experiment: $(STAMP)
@@ -41,4 +56,4 @@ preview: $(STAMP)
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m fcndata.preview --config pipelines/brain_fullimage.yaml --out preview.png
 
 clean:
-	rm -rf $(VENV) runs preview.png
+	rm -rf $(VENV) $(PEERS_VENV) runs preview.png

@@ -1,0 +1,328 @@
+"""`make bench-peers`: fcndata next to MONAI and TorchIO on the same patch workloads.
+
+    python benchmarks/peers.py --peers-python .venv-peers/bin/python        # writes benchmarks/PEERS.md
+    python benchmarks/peers.py --quick --tools fcndata --out /tmp/PEERS.md  # seconds; no torch needed
+
+Every (workload, tool) pair runs in a fresh process (``benchmarks/peer_workloads.py``):
+fcndata with this interpreter, MONAI and TorchIO with ``--peers-python`` (their own venv,
+``.venv-peers``, so torch never enters the project's dependencies). Within a workload the
+tools run round-robin (monai, torchio, fcndata), so a drifting machine load touches all
+three alike.
+
+Memory: the worker builds its data, prints ``READY`` and waits; the baseline is read then.
+While it runs, the summed PSS (``/proc/PID/smaps_rollup``; RSS where that is missing) of
+the worker and all its descendants (DataLoader workers count, shared pages once) is
+sampled every ~20 ms; peak memory = highest sample − baseline. Sampling can miss a spike
+shorter than 20 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import queue
+import shlex
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+WORKER = HERE / "peer_workloads.py"
+sys.path.insert(0, str(HERE))
+from peer_workloads import THREADS, TOOLS, WORKLOADS  # noqa: E402  (numpy only)
+
+MIB = 2**20
+SAMPLE_SECONDS = 0.02
+#: Variants of one (tool, workload) run as separate rows' candidates; the faster is the row.
+VARIANTS = {("monai", "sliding512"): ["image", "batch"]}
+COLUMNS = ["workload", "tool", "rate (items/s)", "peak memory over baseline (MiB)", "rate / MONAI",
+           "memory / MONAI", "check", "settings"]
+MISSING_PEERS = ("MONAI and TorchIO rows skipped: no peers interpreter ({why}); `make bench-peers` creates "
+                 ".venv-peers with torch, monai and torchio and passes --peers-python .venv-peers/bin/python")
+
+
+# ---------------------------------------------------------------------------- memory
+
+
+def _children_map() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])  # the name may hold spaces or ')'
+        kids.setdefault(ppid, []).append(int(entry.name))
+    return kids
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants."""
+    kids, out, todo = _children_map(), [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(kids.get(p, []))
+    return out
+
+
+def process_memory(pid: int) -> int:
+    """PSS of one process in bytes (RSS where smaps_rollup is missing); 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
+
+def tree_memory(pid: int) -> int:
+    """Summed PSS of ``pid`` and its descendants, in bytes."""
+    return sum(process_memory(p) for p in process_tree(pid))
+
+
+# ---------------------------------------------------------------------------- one worker
+
+
+def run_worker(cmd: list[str], env: dict, timeout: float) -> dict:
+    """Runs one worker: READY, baseline, go, samples until it exits. Returns its JSON row
+    plus ``peak_mib`` (or a row whose ``check`` says what went wrong)."""
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True, env=env,
+                                cwd=ROOT)
+        lines: queue.Queue = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout] + [lines.put(None)], daemon=True).start()
+        deadline = time.monotonic() + timeout
+        out, ready, baseline, peak = [], False, 0, 0
+        try:
+            while not ready:  # data building is not timed, but bounded by the same timeout
+                line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+                if line is None:
+                    break
+                ready = line.strip() == "READY"
+            if ready:
+                baseline = peak = tree_memory(proc.pid)
+                deadline = time.monotonic() + timeout  # the timeout counts from the start of the work
+                proc.stdin.write("go\n")
+                proc.stdin.flush()
+                while proc.poll() is None:
+                    peak = max(peak, tree_memory(proc.pid))
+                    if time.monotonic() > deadline:
+                        raise TimeoutError
+                    time.sleep(SAMPLE_SECONDS)
+            proc.wait(timeout=30)
+        except (TimeoutError, queue.Empty, subprocess.TimeoutExpired):
+            for p in reversed(process_tree(proc.pid)):  # this worker's own tree only
+                try:
+                    os.kill(p, 9)
+                except OSError:
+                    pass
+            proc.wait()
+            return {"check": f"timeout ({timeout:.0f} s)", "rate": None, "peak_mib": None, "settings": ""}
+        while True:
+            line = lines.get()
+            if line is None:
+                break
+            out.append(line)
+        rows = [json.loads(line) for line in out if line.startswith("{")]
+        if not rows:
+            err.seek(0)
+            tail = " | ".join(err.read().strip().splitlines()[-3:])
+            return {"check": f"worker failed (exit {proc.returncode}): {tail}"[:300], "rate": None, "peak_mib": None,
+                    "settings": ""}
+        row = rows[-1]
+        row["peak_mib"] = (peak - baseline) / MIB
+        row["baseline_mib"] = baseline / MIB
+        return row
+
+
+# ---------------------------------------------------------------------------- versions and machine
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _versions(python: str, packages: list[str]) -> dict:
+    code = ("import importlib.metadata as m, json, platform; v = {'python': platform.python_version()}\n"
+            f"for p in {packages!r}:\n"
+            "    try: v[p] = m.version(p)\n"
+            "    except m.PackageNotFoundError: pass\n"
+            "print(json.dumps(v))")
+    try:
+        return json.loads(subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60).stdout)
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return {}
+
+
+def _load() -> str:
+    return " ".join(open("/proc/loadavg").read().split()[:3]) if os.path.exists("/proc/loadavg") else "?"
+
+
+# ---------------------------------------------------------------------------- the report
+
+
+def _fmt(v, digits=0):
+    return "—" if v is None else f"{v:,.{digits}f}"
+
+
+def _ratio(a, b):
+    return "—" if a is None or b is None or b <= 0 else f"{a / b:.2f}×"
+
+
+def render(rows: list[dict], header: list[str], notes: list[str]) -> str:
+    lines = header + ["", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for r in rows:
+        monai = next((m for m in rows if m["workload"] == r["workload"] and m["tool"] == "monai"), None)
+        ok = lambda x: x is not None and x.get("check") == "ok"  # noqa: E731  ratios only between checked rows
+        rate_ratio = _ratio(r.get("rate"), monai.get("rate")) if ok(monai) and ok(r) else "—"
+        mem_ratio = (_ratio(max(r["peak_mib"], 0.1), max(monai["peak_mib"], 0.1))
+                     if ok(monai) and ok(r) and r.get("peak_mib") is not None and monai.get("peak_mib") is not None
+                     else "—")
+        check = str(r.get("check", "")).replace("|", "/")
+        cells = [r["workload"], r["tool"], _fmt(r.get("rate")), _fmt(r.get("peak_mib")), rate_ratio, mem_ratio,
+                 check, str(r.get("settings", "")).replace("|", "/")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines + [""] + notes) + "\n"
+
+
+HOW = """\
+## How each tool was used
+
+Each tool gets the same arrays (numpy seed 0) in the layout it takes: channel-last
+[H, W, 3] uint8 for fcndata, channel-first [3, H, W] uint8 for MONAI, [3, H, W, 1] for
+TorchIO (2-D images as one-slice volumes); building those arrays is not timed. The timer
+starts before the tool's dataset, loader or predictor is built and stops after the last
+batch (or stitched image); a rate is patches (grid, balanced) or windows (sliding) per
+second. Every process has 2 threads (OMP/MKL_NUM_THREADS=2, `torch.set_num_threads(2)`,
+TensorFlow intra/inter op pools of 2); MONAI and TorchIO load with 2 DataLoader worker
+processes (persistent across passes), fcndata with tf.data's own threads.
+
+- **grid**: MONAI `GridPatchDataset` + `PatchIterd` (MONAI 1.6.1's `PatchIter` always
+  passes `overlap=0.0`, so the benchmark's iterator calls `monai.data.utils.iter_patch`
+  with overlap 0.5, `mode=None`: no padding) + `monai.data.DataLoader`; its workers split
+  the images, so the single big image runs in one worker. TorchIO one `GridSampler` per
+  subject, concatenated (`torch.utils.data.ConcatDataset`) and loaded by
+  `tio.SubjectsLoader` (TorchIO's DataLoader with its collate). fcndata
+  `from_arrays → repeat → ExtractPatches → batch → prefetch`.
+- **balanced**: MONAI `PatchDataset` around `RandCropByLabelClassesd` (ratios 1:1:1:1),
+  so batches hold exactly 64 (16) patches. TorchIO `tio.Queue` with `LabelSampler`
+  (probabilities 1:1:1:1), patch shuffling off. fcndata `BalancedPatches(uniform)`.
+- **sliding**: identity model, output = input / 255 as float32 (the uint8 → float
+  conversion is inside the timer for every tool). MONAI `sliding_window_inference`
+  (gaussian), both one call per image and one call on the stacked batch tried on 512²
+  images; the faster is the row. TorchIO `GridSampler` + `GridAggregator(overlap_mode="hann")`:
+  TorchIO has no gaussian blend. fcndata `SlidingWindowPredictor(blend="gaussian")`
+  per uint8 image; its XLA compile (once per window grid) is inside the timer.
+
+Checks: the first patch a tool yields equals the numpy slice of the source at the
+location the tool reports (MONAI's patch coordinates or crop record, TorchIO's
+`location`, fcndata's `origin`), image and label; balanced patches must also lie inside
+the image; a stitched identity prediction must equal the input / 255 within 1e-5.
+"""
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", default=",".join(WORKLOADS), help="comma list of workloads")
+    parser.add_argument("--tools", default=",".join(TOOLS), help="comma list of tools")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: seconds per row")
+    parser.add_argument("--out", default=None, help="default benchmarks/PEERS.md (PEERS-quick.md with --quick)")
+    parser.add_argument("--peers-python", default=None, help="python of the venv holding torch, monai and torchio")
+    parser.add_argument("--timeout", type=float, default=180.0, help="seconds per worker")
+    args = parser.parse_args(argv)
+    workloads = [w for w in args.only.split(",") if w]
+    tools = [t for t in args.tools.split(",") if t]
+    bad = [w for w in workloads if w not in WORKLOADS] + [t for t in tools if t not in TOOLS]
+    if bad:
+        parser.error(f"unknown workload or tool {bad}; workloads: {', '.join(WORKLOADS)}; tools: {', '.join(TOOLS)}")
+    out = Path(args.out) if args.out else HERE / ("PEERS-quick.md" if args.quick else "PEERS.md")
+    notes = []
+    peers = [t for t in tools if t != "fcndata"]
+    if peers and (not args.peers_python or not Path(args.peers_python).exists()):
+        why = "--peers-python not given" if not args.peers_python else f"{args.peers_python} does not exist"
+        message = MISSING_PEERS.format(why=why)
+        print(message, file=sys.stderr)
+        notes.append(f"Note: {message}.")
+        tools = [t for t in tools if t == "fcndata"]
+
+    started, load_before, t0 = datetime.datetime.now().astimezone(), _load(), time.monotonic()
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
+    rows = []
+    for workload in workloads:
+        for tool in [t for t in TOOLS if t in tools]:
+            python = sys.executable if tool == "fcndata" else args.peers_python
+            candidates = []
+            for variant in VARIANTS.get((tool, workload), [None]):
+                cmd = [python, str(WORKER), tool, workload] + (["--quick"] if args.quick else [])
+                cmd += ["--variant", variant] if variant else []
+                print(f"[{time.monotonic() - t0:6.0f} s] {workload} {tool}{' ' + variant if variant else ''} ...",
+                      end=" ", flush=True)
+                row = dict(run_worker(cmd, env, args.timeout), workload=workload, tool=tool, variant=variant)
+                print(f"{_fmt(row.get('rate'))} items/s, {_fmt(row.get('peak_mib'))} MiB, {row.get('check')}",
+                      flush=True)
+                candidates.append(row)
+            best = max(candidates, key=lambda r: r.get("rate") or -1)
+            if len(candidates) > 1:
+                others = "; ".join(f"{r['variant']}: {_fmt(r.get('rate'))} windows/s, {_fmt(r.get('peak_mib'))} MiB"
+                                   for r in candidates)
+                notes.append(f"- {workload}, {tool}: variants tried ({others}); the row is `{best['variant']}`.")
+            rows.append(best)
+    seconds = time.monotonic() - t0
+
+    fc = _versions(sys.executable, ["tensorflow", "tensorflow-cpu", "keras", "numpy"])
+    pv = _versions(args.peers_python, ["torch", "monai", "torchio", "numpy"]) if set(tools) - {"fcndata"} else {}
+    tf_version = fc.get("tensorflow") or fc.get("tensorflow-cpu") or "?"
+    command = "make bench-peers" if not args.quick else "python benchmarks/peers.py " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    header = [
+        "# fcndata next to MONAI and TorchIO",
+        "",
+        f"Written by `{command}` (benchmarks/peers.py) on {started:%Y-%m-%d %H:%M %Z}, "
+        f"{seconds / 60:.1f} minutes for the rows{' (--quick: tiny sizes)' if args.quick else ''}.",
+        "",
+        f"- machine: {_cpu_model()}, {os.cpu_count()} cores, load average {load_before} before the rows, "
+        f"{_load()} after",
+        f"- fcndata side: Python {fc.get('python', '?')}, TensorFlow {tf_version}, Keras {fc.get('keras', '?')}, "
+        f"numpy {fc.get('numpy', '?')}",
+        (f"- peers side: Python {pv.get('python', '?')}, torch {pv.get('torch', '?')}, MONAI {pv.get('monai', '?')}, "
+         f"TorchIO {pv.get('torchio', '?')}, numpy {pv.get('numpy', '?')}" if pv else "- peers side: not run"),
+        f"- threads: {THREADS} per process (OMP/MKL_NUM_THREADS, torch.set_num_threads, TensorFlow intra/inter op); "
+        "one worker process at a time, tools round-robin within each workload",
+        "- rate: patches or windows per second, construction included; memory: peak summed PSS of the worker and "
+        "its child processes over its baseline after building the data, sampled every 20 ms",
+        "",
+        "Absolute numbers hold for this machine and run only; compare within a workload.",
+    ]
+    notes = (["", "Notes:", ""] + notes if notes else []) + ["", HOW]
+    out.write_text(render(rows, header, notes))
+    print(f"wrote {out} ({seconds:.0f} s)")
+    return 0 if all(r.get("check") == "ok" for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
