@@ -383,6 +383,26 @@ class ExtractPatches:
         jobs = ds.map(E.no_autograph(self._job), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return _chunks(jobs, self._chunks_of, self._cutter(ds.element_spec))
 
+    def batches(self, ds: tf.data.Dataset, batch_size: int, drop_remainder: bool = False) -> tf.data.Dataset:
+        """The grid patches of ``ds`` in batches of ``batch_size``, in stream order: the
+        same batches as ``ds.apply(stage).batch(batch_size)``, made from the chunks
+        (``rebatch``) instead of single patches, ~1.5-2x faster to consume (per-patch
+        elements cost tf.data a few ops each). For consumers that take the grid in order:
+        prediction, evaluation, feature extraction; training mixes single patches
+        through a shuffle buffer instead (:class:`ShuffledPatches`).
+
+        Example:
+          >>> import fcndata.testing as t
+          >>> ds = t.dataset([(37, 53), (29, 41)])
+          >>> stage = ExtractPatches(16, 8)
+          >>> [int(b["image"].shape[0]) for b in stage.batches(ds, 16)]
+          [16, 16, 7]
+        """
+        positive_int(batch_size, "batch_size", "ExtractPatches.batches")
+        if self.images_per_batch != 1:
+            return ds.apply(self).batch(batch_size, drop_remainder=drop_remainder)
+        return self.chunks(ds).rebatch(batch_size, drop_remainder=drop_remainder)
+
     def count_skipped(self, dataset: tf.data.Dataset) -> int:
         """Images of ``dataset`` that this stage skips (only ``border="drop"`` skips)."""
         return count_skipped(dataset, self.patch_size) if self.border == "drop" else 0

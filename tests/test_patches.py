@@ -530,3 +530,13 @@ def test_balanced_centres_are_uniform_over_the_class_pixels_across_tiles():
     left = np.sum(centres[inside, 1] < 96) / inside.sum()
     want = label[64:128, 64:96].sum() / label[64:128, 64:128].sum()
     assert abs(left - want) <= 4 * np.sqrt(want * (1 - want) / inside.sum())
+
+
+@pytest.mark.parametrize("border", ["shift", "pad", "drop"])
+def test_grid_batches_equal_the_batched_patch_stream(border):
+    ds = t.dataset([(37, 53), (29, 41), (8, 70)], dtype="uint16")
+    stage = P.ExtractPatches((16, 12), (8, 6), border=border, chunk_size=7)
+    want = [{k: v.numpy() for k, v in b.items()} for b in ds.apply(stage).batch(10)]
+    got = [{k: v.numpy() for k, v in b.items()} for b in stage.batches(ds, 10)]
+    assert len(got) == len(want) and all(g.keys() == w.keys() for g, w in zip(got, want))
+    assert all(np.array_equal(g[k], w[k]) for g, w in zip(got, want) for k in w)

@@ -434,3 +434,30 @@ def test_folder_pipeline_runs_on_a_tf_data_service_worker_in_another_process(fol
         proc.stdin.close()
         proc.wait(timeout=60)
     assert sorted(remote) == sorted(local) and len(local) == 3
+
+
+def test_from_arrays_adopts_aligned_arrays_and_copies_the_rest():
+    from_arrays = S.from_arrays
+    from fcndata.common import aligned_empty
+
+    rng = np.random.default_rng(0)
+    images = aligned_empty((3, 16, 24, 3), np.uint8)
+    images[...] = rng.integers(0, 256, images.shape)
+    labels = aligned_empty((3, 16, 24), np.uint8)
+    labels[...] = rng.integers(0, 2, labels.shape)
+    copied_images = aligned_empty((images.size + 16,), np.uint8)[16:].reshape(images.shape)  # 16 bytes off
+    copied_images[...] = images
+    ds = from_arrays(images, labels, num_classes=2)
+    before = [e["image"].numpy() for e in ds]
+    assert all(np.array_equal(b, a) for b, a in zip(before, images))
+    images[1, 0, 0] = 255 - images[1, 0, 0]  # adopted: the dataset reads this memory
+    labels[2, 0, 0] = 1 - labels[2, 0, 0]
+    after = list(ds)
+    assert np.array_equal(after[1]["image"].numpy(), images[1]) and not np.array_equal(after[1]["image"].numpy(), before[1])
+    assert np.array_equal(after[2]["label"].numpy(), labels[2])
+    single = from_arrays([images[0]], [labels[0]], num_classes=2)  # one image: adopted too
+    images[0, 0, 0] = 255 - images[0, 0, 0]
+    assert np.array_equal(next(iter(single))["image"].numpy(), images[0])
+    ds = from_arrays(copied_images, labels, num_classes=2)  # unaligned: copied, later changes unseen
+    copied_images[0, 0, 0] = 255 - copied_images[0, 0, 0]
+    assert not np.array_equal(next(iter(ds))["image"].numpy(), copied_images[0])

@@ -43,6 +43,12 @@ def _ragged_source(arrays: list[np.ndarray], dtype) -> tuple[tf.Tensor, tf.Tenso
     """
 
     dtype = np.dtype(dtype)
+    shared = _shared_buffer(arrays, dtype)
+    if shared is not None:
+        sizes = np.array([a.size for a in arrays], np.int64)
+        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        tensor = tf.experimental.dlpack.from_dlpack(shared.__dlpack__())
+        return tensor, tf.constant(offsets), tf.constant(np.array([a.shape for a in arrays], np.int64))
     step = ALIGN // dtype.itemsize
     sizes = np.array([a.size for a in arrays], np.int64)
     offsets = np.concatenate([[0], np.cumsum(-(-sizes // step) * step)]).astype(np.int64)
@@ -52,6 +58,37 @@ def _ragged_source(arrays: list[np.ndarray], dtype) -> tuple[tf.Tensor, tf.Tenso
     tensor = tf.experimental.dlpack.from_dlpack(flat.__dlpack__()) if flat.size else tf.zeros([0], dtype)
     shapes = np.array([a.shape for a in arrays], np.int64)
     return tensor, tf.constant(offsets), tf.constant(shapes)
+
+
+def _shared_buffer(arrays: list[np.ndarray], dtype) -> np.ndarray | None:
+    """The arrays' own memory as one flat writable array that TensorFlow can adopt without
+    a copy, or None: when they are of ``dtype``, C-contiguous, back to back in one buffer
+    (one array, or the images of one stacked array) that starts on an :data:`ALIGN`-byte
+    boundary.
+
+    Example:
+      >>> from fcndata.common import aligned_empty
+      >>> stack = aligned_empty((2, 4, 8), np.uint8)
+      >>> _shared_buffer(list(stack), np.uint8).shape, _shared_buffer(list(stack[:, :, 1:]), np.uint8)
+      ((64,), None)
+    """
+    first = arrays[0]
+    if first.ctypes.data % ALIGN or not all(a.dtype == dtype and a.flags.c_contiguous and a.flags.writeable for a in arrays):
+        return None
+    position = first.ctypes.data
+    for a in arrays:
+        if a.ctypes.data != position:
+            return None
+        position += a.nbytes
+    if len(arrays) == 1:
+        return first.reshape(-1)
+    owner = first.base  # numpy keeps the array that owns the memory here, not the view chain
+    if not isinstance(owner, np.ndarray) or not owner.flags.c_contiguous or not owner.flags.writeable:
+        return None
+    offset = first.ctypes.data - owner.ctypes.data
+    if offset < 0 or offset + (position - first.ctypes.data) > owner.nbytes:
+        return None
+    return owner.reshape(-1).view(np.uint8)[offset : offset + position - first.ctypes.data].view(dtype)
 
 
 def _row_blocks(a: np.ndarray, max_items: int = 1 << 20):
@@ -79,14 +116,19 @@ def from_arrays(
     Memory: one copy of the images and one of the labels, made here (your arrays can be
     changed or freed afterwards); an element whose byte size is a multiple of 64 is a
     view of that copy, others are sliced out per element, and each element computes its
-    roi plane (H x W bytes). tf.data's default graph rewrites serialise the pipeline,
-    arrays included, whenever an iterator is made (a transient second copy), so arrays
-    of :data:`LARGE_ARRAYS` bytes or more turn them off (``ds.options()`` shows it).
-    Cutting an 8192² RGB image + mask into 256² patches therefore adds ~360 MiB over your
-    arrays (``python benchmarks/patches.py``): the copy (256 MiB), the roi plane (64 MiB)
-    and the patches in flight. The copy is not avoidable cheaply: sharing numpy memory
-    (``tf.experimental.dlpack``) works, but TensorFlow's kernels abort the process on
-    buffers that are not 64-byte aligned, which large numpy arrays usually are not.
+    roi plane (H x W bytes). The copy exists because TensorFlow's kernels abort the
+    process on buffers that are not 64-byte aligned, which numpy's large arrays usually
+    are not. Arrays TensorFlow can read as they are are adopted instead, without a copy:
+    a stacked ``[N, H, W, C]`` array or a single image (or label) that is C-contiguous,
+    writable, of the dtype the source keeps (images: their own; labels: uint8 up to 255
+    classes, else int32) and starts on a 64-byte boundary, e.g. made with
+    :func:`fcndata.common.aligned_empty`. TensorFlow then reads your memory: do not
+    change it while the dataset is in use. tf.data's default graph rewrites serialise
+    the pipeline, arrays included, whenever an iterator is made (a transient second
+    copy), so arrays of :data:`LARGE_ARRAYS` bytes or more turn them off
+    (``ds.options()`` shows it). Cutting an 8192² RGB image + mask into 256² patches
+    therefore adds the copy (256 MiB, none when adopted), the roi plane (64 MiB) and the
+    patches in flight over your arrays (``make bench-peers``).
 
     Args:
       images: list of [H, W] or [H, W, C] arrays (one dtype: uint8, uint16 or float32;
