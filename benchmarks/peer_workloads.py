@@ -109,11 +109,13 @@ def check_patch(image_hwc, label_hw, origin, patch_image_hwc, patch_label_hw, in
 def check_stitched(output_hwc, image_hwc_uint8) -> str:
     """``"ok"`` when a stitched identity prediction equals the input / 255 within
     :data:`SLIDING_TOLERANCE`."""
-    want = image_hwc_uint8.astype(np.float32) / np.float32(255)
     out = np.asarray(output_hwc)
-    if out.shape != want.shape:
-        return f"output shape {out.shape} differs from the input's {want.shape}"
-    err = float(np.abs(out - want).max())
+    if out.shape != image_hwc_uint8.shape:
+        return f"output shape {out.shape} differs from the input's {image_hwc_uint8.shape}"
+    err = 0.0
+    for y in range(0, out.shape[0], 256):  # in bands of rows: the check must not set the row's peak memory
+        want = image_hwc_uint8[y : y + 256].astype(np.float32) / np.float32(255)
+        err = max(err, float(np.abs(out[y : y + 256] - want).max()))
     return "ok" if err <= SLIDING_TOLERANCE else f"output differs from the input by up to {err:.3g}"
 
 
@@ -417,6 +419,11 @@ def main(argv=None) -> int:
 
         images, labels = (np.stack(a) if len(a) > 1 else a[0][None] for a in (images, labels))
         images, labels = [_aligned_copy(a, aligned_empty) for a in (images, labels)]
+    # Touch and free about the row's peak memory right before the timer: on this VM the first
+    # touch of memory the guest has not used lately costs ~50x a later one (0.68 s vs 0.01 s
+    # for 64 MiB, seen here), which would otherwise decide the rows that allocate most.
+    warm = np.ones(((3 if spec["data"] == "big" else 1) << 30) >> (6 if args.quick else 0), np.uint8)
+    del warm
     print("READY", flush=True)
     sys.stdin.readline()
     row = {"tool": args.tool, "workload": args.workload}

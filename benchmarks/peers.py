@@ -48,10 +48,6 @@ VARIANTS = {
     ("fcndata", "grid8192"): ["aligned", "copied"],
     ("fcndata", "balanced8192"): ["aligned", "copied"],
 }
-#: Memory the driver touches and frees once before the rows: on a VM, the first touch of
-#: memory the guest never used costs far more than later touches (seen here: 0.68 s for
-#: 64 MiB, then 0.01 s), which would fall on whichever worker ran first.
-WARM_BYTES = 4 << 30
 COLUMNS = ["workload", "tool", "rate (items/s)", "peak memory over baseline (MiB)", "rate / MONAI",
            "memory / MONAI", "check", "settings"]
 MISSING_PEERS = ("MONAI and TorchIO rows skipped: no peers interpreter ({why}); `make bench-peers` creates "
@@ -288,10 +284,6 @@ def main(argv=None) -> int:
         notes.append(f"Note: {message}.")
         tools = [t for t in tools if t == "fcndata"]
 
-    import numpy as np
-
-    warm = np.ones(WARM_BYTES // 8 if args.quick else WARM_BYTES, np.uint8)  # touched, then freed
-    del warm
     started, load_before, t0 = datetime.datetime.now().astimezone(), _load(), time.monotonic()
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
@@ -339,8 +331,9 @@ def main(argv=None) -> int:
         "- rate: patches or windows per second, construction included; memory: peak summed PSS of the worker and "
         "its child processes over its baseline after building the data, sampled every 20 ms or more (the "
         "sampler stays under ~10 % of one core)",
-        f"- before the rows the driver touched and freed {WARM_BYTES >> 30} GiB once: on this VM the first touch of "
-        "memory the guest never used is ~50x dearer than later touches, and would fall on whichever worker ran first",
+        "- each worker touches and frees about its row's peak memory (1 GiB, 3 GiB for the 8192² rows) before its "
+        "baseline: on this VM the first touch of memory the guest has not used lately is ~50x dearer than a later one "
+        "(0.68 s vs 0.01 s for 64 MiB), and would otherwise decide the rows that allocate most",
         "",
         "Absolute numbers hold for this machine and run only; compare within a workload.",
     ]

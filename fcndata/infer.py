@@ -474,9 +474,11 @@ class SlidingWindowPredictor:
             yield window.popleft().result()
 
     def predict_many(self, images):
-        """Yields :meth:`predict` of each image, in order, predicting ``workers`` images
-        at a time (one thread each; the numpy cut and blend and the model release the
-        GIL). Memory: ``workers + 1`` outputs in flight besides the ones you keep.
+        """Yields :meth:`predict` of each image, in order. Images of up to about one job
+        (float32 size <= :data:`JOB_BYTES`, e.g. 1024² RGB) are predicted ``workers`` at a
+        time, one per thread (the numpy cut and blend and the model release the GIL);
+        larger ones one at a time, their jobs side by side. Memory: ``workers + 1``
+        outputs in flight besides the ones you keep.
 
         Example:
           >>> import keras
@@ -489,7 +491,15 @@ class SlidingWindowPredictor:
         if self.patch_size is None or self.workers == 1:
             yield from (self.predict(image) for image in images)
             return
-        yield from self._in_order((lambda im=im: self._predict(im, parallel=False)) for im in images)
+        small = []  # images of about one job each: predicted side by side, one per thread
+        for image in images:
+            if np.asarray(image).nbytes * 4 <= JOB_BYTES:
+                small.append(image)
+                continue
+            yield from self._in_order((lambda im=im: self._predict(im, parallel=False)) for im in small)
+            small = []
+            yield self.predict(image)  # a large image: its jobs side by side
+        yield from self._in_order((lambda im=im: self._predict(im, parallel=False)) for im in small)
 
     def predict_labels(self, image: np.ndarray) -> np.ndarray:
         """Class ids ``[H, W]`` (uint8 when they fit) for one image."""
