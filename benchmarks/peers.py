@@ -20,6 +20,7 @@ can miss a spike shorter than the interval.
 from __future__ import annotations
 
 import argparse
+import statistics
 import datetime
 import json
 import os
@@ -48,7 +49,7 @@ VARIANTS = {
     ("fcndata", "grid8192"): ["aligned", "copied"],
     ("fcndata", "balanced8192"): ["aligned", "copied"],
 }
-COLUMNS = ["workload", "tool", "rate (items/s)", "peak memory over baseline (MiB)", "rate / MONAI",
+COLUMNS = ["workload", "tool", "rate (items/s, median)", "runs", "peak memory over baseline (MiB, largest)", "rate / MONAI",
            "memory / MONAI", "check", "settings"]
 MISSING_PEERS = ("MONAI and TorchIO rows skipped: no peers interpreter ({why}); `make bench-peers` creates "
                  ".venv-peers with torch, monai and torchio and passes --peers-python .venv-peers/bin/python")
@@ -208,6 +209,22 @@ def _ratio(a, b):
     return "—" if a is None or b is None or b <= 0 else f"{a / b:.2f}×"
 
 
+def _median_row(runs: list[dict]) -> dict:
+    """One row from repeated runs: the median rate, the largest peak memory, every run's
+    rate listed; a failed check in any run is the row's check."""
+    row = dict(runs[0])
+    rates = [r.get("rate") for r in runs]
+    bad = [r["check"] for r in runs if r.get("check") != "ok"]
+    if bad or None in rates:
+        row["check"] = bad[0] if bad else "no rate"
+        return row
+    row["rate"] = float(statistics.median(rates))
+    peaks = [r.get("peak_mib") for r in runs if r.get("peak_mib") is not None]
+    row["peak_mib"] = max(peaks) if peaks else None
+    row["runs"] = ", ".join(_fmt(v) for v in rates)
+    return row
+
+
 def render(rows: list[dict], header: list[str], notes: list[str]) -> str:
     lines = header + ["", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in rows:
@@ -218,8 +235,8 @@ def render(rows: list[dict], header: list[str], notes: list[str]) -> str:
                      if ok(monai) and ok(r) and r.get("peak_mib") is not None and monai.get("peak_mib") is not None
                      else "—")
         check = str(r.get("check", "")).replace("|", "/")
-        cells = [r["workload"], r["tool"], _fmt(r.get("rate")), _fmt(r.get("peak_mib")), rate_ratio, mem_ratio,
-                 check, str(r.get("settings", "")).replace("|", "/")]
+        cells = [r["workload"], r["tool"], _fmt(r.get("rate")), r.get("runs", ""), _fmt(r.get("peak_mib")), rate_ratio,
+                 mem_ratio, check, str(r.get("settings", "")).replace("|", "/")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines + [""] + notes) + "\n"
 
@@ -268,7 +285,11 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None, help="default benchmarks/PEERS.md (PEERS-quick.md with --quick)")
     parser.add_argument("--peers-python", default=None, help="python of the venv holding torch, monai and torchio")
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds per worker")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="rounds over the workloads (MONAI and fcndata every round, TorchIO and fcndata's "
+                             "'copied' variant in the first); rows report the median rate. Default 3, 1 with --quick")
     args = parser.parse_args(argv)
+    args.rounds = args.rounds or (1 if args.quick else 3)
     workloads = [w for w in args.only.split(",") if w]
     tools = [t for t in args.tools.split(",") if t]
     bad = [w for w in workloads if w not in WORKLOADS] + [t for t in tools if t not in TOOLS]
@@ -287,23 +308,34 @@ def main(argv=None) -> int:
     started, load_before, t0 = datetime.datetime.now().astimezone(), _load(), time.monotonic()
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
+    runs: dict[tuple, list[dict]] = {}
+    for round_ in range(args.rounds):
+        for workload in workloads:
+            for tool in [t for t in TOOLS if t in tools]:
+                if round_ and tool == "torchio":
+                    continue  # far from the others either way; its rows are slow
+                python = sys.executable if tool == "fcndata" else args.peers_python
+                variants = VARIANTS.get((tool, workload), [None])
+                if round_ and tool == "fcndata":
+                    variants = variants[:1]  # "copied" shows the cost of the copy once
+                for variant in variants:
+                    cmd = [python, str(WORKER), tool, workload] + (["--quick"] if args.quick else [])
+                    cmd += ["--variant", variant] if variant else []
+                    print(f"[{time.monotonic() - t0:6.0f} s] round {round_ + 1} {workload} {tool}"
+                          f"{' ' + variant if variant else ''} ...", end=" ", flush=True)
+                    row = dict(run_worker(cmd, env, args.timeout), workload=workload, tool=tool, variant=variant)
+                    print(f"{_fmt(row.get('rate'))} items/s, {_fmt(row.get('peak_mib'))} MiB, {row.get('check')}",
+                          flush=True)
+                    runs.setdefault((workload, tool, variant), []).append(row)
     rows = []
     for workload in workloads:
         for tool in [t for t in TOOLS if t in tools]:
-            python = sys.executable if tool == "fcndata" else args.peers_python
-            candidates = []
-            for variant in VARIANTS.get((tool, workload), [None]):
-                cmd = [python, str(WORKER), tool, workload] + (["--quick"] if args.quick else [])
-                cmd += ["--variant", variant] if variant else []
-                print(f"[{time.monotonic() - t0:6.0f} s] {workload} {tool}{' ' + variant if variant else ''} ...",
-                      end=" ", flush=True)
-                row = dict(run_worker(cmd, env, args.timeout), workload=workload, tool=tool, variant=variant)
-                print(f"{_fmt(row.get('rate'))} items/s, {_fmt(row.get('peak_mib'))} MiB, {row.get('check')}",
-                      flush=True)
-                candidates.append(row)
+            candidates = [_median_row(runs[k]) for k in runs if k[:2] == (workload, tool)]
+            if not candidates:
+                continue
             best = max(candidates, key=lambda r: r.get("rate") or -1)
             if len(candidates) > 1:
-                others = "; ".join(f"{r['variant']}: {_fmt(r.get('rate'))} windows/s, {_fmt(r.get('peak_mib'))} MiB"
+                others = "; ".join(f"{r['variant']}: {_fmt(r.get('rate'))} items/s, {_fmt(r.get('peak_mib'))} MiB"
                                    for r in candidates)
                 notes.append(f"- {workload}, {tool}: variants tried ({others}); the row is `{best['variant']}`.")
             rows.append(best)
@@ -327,7 +359,9 @@ def main(argv=None) -> int:
         (f"- peers side: Python {pv.get('python', '?')}, torch {pv.get('torch', '?')}, MONAI {pv.get('monai', '?')}, "
          f"TorchIO {pv.get('torchio', '?')}, numpy {pv.get('numpy', '?')}" if pv else "- peers side: not run"),
         f"- threads: {THREADS} per process (OMP/MKL_NUM_THREADS, torch.set_num_threads, TensorFlow intra/inter op); "
-        "one worker process at a time, tools round-robin within each workload",
+        f"one worker process at a time, tools round-robin within each workload, {args.rounds} rounds over the "
+        "workloads: a row is the median rate of its runs (all listed) and the largest peak memory; TorchIO and "
+        "fcndata's `copied` variant run in the first round only",
         "- rate: patches or windows per second, construction included; memory: peak summed PSS of the worker and "
         "its child processes over its baseline after building the data, sampled every 20 ms or more (the "
         "sampler stays under ~10 % of one core)",

@@ -37,8 +37,8 @@ def test_quick_fcndata_rows_are_checked_and_measured(tmp_path):
     assert [(r["workload"], r["tool"]) for r in rows] == [(name, "fcndata") for name in w.WORKLOADS]
     for r in rows:
         assert r["check"] == "ok", r
-        assert float(r["rate (items/s)"].replace(",", "")) > 0, r
-        float(r["peak memory over baseline (MiB)"].replace(",", ""))  # a number, not "—"
+        assert float(r["rate (items/s, median)"].replace(",", "")) > 0, r
+        float(r["peak memory over baseline (MiB, largest)"].replace(",", ""))  # a number, not "—"
 
 
 def test_without_peers_python_the_peer_rows_are_skipped_with_a_message(tmp_path):
@@ -76,3 +76,14 @@ def test_check_stitched_flags_a_wrong_output():
     assert w.check_stitched(out, image) == "ok"
     out[4, 5, 2] += 1e-3
     assert w.check_stitched(out, image).startswith("output differs from the input by up to 0.001")
+
+
+def test_repeated_runs_give_the_median_rate_the_largest_memory_and_any_failure():
+    spec = importlib.util.spec_from_file_location("peers_driver", ROOT / "benchmarks" / "peers.py")
+    driver = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(driver)
+    runs = [dict(rate=r, peak_mib=m, check="ok") for r, m in ((300.0, 10.0), (100.0, 30.0), (200.0, 20.0))]
+    row = driver._median_row(runs)
+    assert (row["rate"], row["peak_mib"], row["check"], row["runs"]) == (200.0, 30.0, "ok", "300, 100, 200")
+    runs[1]["check"] = "image patch at origin (0, 0) differs from the source in 3 values"
+    assert driver._median_row(runs)["check"] == runs[1]["check"]
