@@ -251,7 +251,11 @@ starts before the tool's dataset, loader or predictor is built and stops after t
 batch (or stitched image); a rate is patches (grid, balanced) or windows (sliding) per
 second. Every process has 2 threads (OMP/MKL_NUM_THREADS=2, `torch.set_num_threads(2)`,
 TensorFlow intra/inter op pools of 2); MONAI and TorchIO load with 2 DataLoader worker
-processes (persistent across passes), fcndata with tf.data's own threads.
+processes (persistent across passes), fcndata with tf.data's own threads (and the
+predictor's 2 worker threads). fcndata's arrays are one 64-byte-aligned stack per set
+(`fcndata.common.aligned_empty`), which `from_arrays` adopts without a copy, as the torch
+tools read their arrays in place; the `copied` variant (first round, 8192² rows) gives it
+numpy's own arrays, which it copies once (+256 MiB).
 
 - **grid**: MONAI `GridPatchDataset` + `PatchIterd` (MONAI 1.6.1's `PatchIter` always
   passes `overlap=0.0`, so the benchmark's iterator calls `monai.data.utils.iter_patch`
@@ -259,16 +263,19 @@ processes (persistent across passes), fcndata with tf.data's own threads.
   the images, so the single big image runs in one worker. TorchIO one `GridSampler` per
   subject, concatenated (`torch.utils.data.ConcatDataset`) and loaded by
   `tio.SubjectsLoader` (TorchIO's DataLoader with its collate). fcndata
-  `from_arrays → repeat → ExtractPatches → batch → prefetch`.
+  `from_arrays → repeat → ExtractPatches(...).batches(ds, batch) → prefetch` (the grid
+  cut in chunks, one gather per plane, rebatched; no per-patch elements).
 - **balanced**: MONAI `PatchDataset` around `RandCropByLabelClassesd` (ratios 1:1:1:1),
   so batches hold exactly 64 (16) patches. TorchIO `tio.Queue` with `LabelSampler`
-  (probabilities 1:1:1:1), patch shuffling off. fcndata `BalancedPatches(uniform)`.
+  (probabilities 1:1:1:1), patch shuffling off. fcndata `BalancedPatches(uniform)` →
+  `batch`: per-tile class counts, then one tile of pixels per patch.
 - **sliding**: identity model, output = input / 255 as float32 (the uint8 → float
   conversion is inside the timer for every tool). MONAI `sliding_window_inference`
   (gaussian), both one call per image and one call on the stacked batch tried on 512²
   images; the faster is the row. TorchIO `GridSampler` + `GridAggregator(overlap_mode="hann")`:
-  TorchIO has no gaussian blend. fcndata `SlidingWindowPredictor(blend="gaussian")`
-  per uint8 image; its XLA compile (once per window grid) is inside the timer.
+  TorchIO has no gaussian blend. fcndata `SlidingWindowPredictor(blend="gaussian")
+  .predict_many(uint8 images)`: numpy cut and blend, the model on windows it reads in
+  place, images (512²) or jobs (8192²) on 2 threads.
 
 Checks: the first patch a tool yields equals the numpy slice of the source at the
 location the tool reports (MONAI's patch coordinates or crop record, TorchIO's

@@ -136,10 +136,11 @@ class SlidingWindowPredictor:
 
         Memory, block path (stride divides the patch): the float32
         output (filled job by job: copied where a job is first, added where jobs
-        overlap; the job's own output when one job covers the image) plus one job —
-        its image region, its float32 windows (at most :data:`JOB_BYTES`, at least one
-        batch), the model outputs and the job's output region. 8192² RGB, patch 256,
-        stride 128, batch 16: 1.02x the output (``python benchmarks/patches.py``).
+        overlap; the job's own output when one job covers the image) plus the jobs in
+        flight (``workers`` + 1) — each its image region, its float32 windows (at most
+        :data:`JOB_BYTES`, at least one batch), the model outputs and the job's output
+        region. 8192² RGB, patch 256, stride 128, batch 16: +929 MiB for a 768 MiB
+        output, MONAI's ``sliding_window_inference`` +1,845 MiB (``make bench-peers``).
 
         Memory, scatter path: the float32 output ``[H, W, K]`` itself — a
         variable the batches are scatter-added into in place, handed back without a
