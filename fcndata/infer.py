@@ -32,6 +32,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import threading
@@ -492,15 +493,13 @@ class SlidingWindowPredictor:
         if self.patch_size is None or self.workers == 1:
             yield from (self.predict(image) for image in images)
             return
-        small = []  # images of about one job each: predicted side by side, one per thread
-        for image in images:
-            if np.asarray(image).nbytes * 4 <= JOB_BYTES:
-                small.append(image)
-                continue
-            yield from self._in_order((lambda im=im: self._predict(im, parallel=False)) for im in small)
-            small = []
-            yield self.predict(image)  # a large image: its jobs side by side
-        yield from self._in_order((lambda im=im: self._predict(im, parallel=False)) for im in small)
+        # Runs of images of about one job each are predicted side by side, one per thread;
+        # a large image alone, its jobs side by side. The input is read lazily, in order.
+        for small, run in itertools.groupby(images, key=lambda im: np.asarray(im).nbytes * 4 <= JOB_BYTES):
+            if small:
+                yield from self._in_order((lambda im=im: self._predict(im, parallel=False)) for im in run)
+            else:
+                yield from (self.predict(image) for image in run)
 
     def predict_labels(self, image: np.ndarray) -> np.ndarray:
         """Class ids ``[H, W]`` (uint8 when they fit) for one image."""

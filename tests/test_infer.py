@@ -264,3 +264,14 @@ def test_block_path_output_is_the_callers_own_array():
     second = p.predict(x)
     np.testing.assert_allclose(second, x, atol=1e-6)
     np.testing.assert_allclose(first, x + 1.0, atol=1e-6)
+
+
+def test_predict_many_keeps_order_across_small_and_large_images_and_equals_predict():
+    rng = np.random.default_rng(7)
+    sizes = [(40, 70), (1200, 1210), (50, 64), (70, 40)]  # the second is over JOB_BYTES / 4: its jobs side by side
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]
+    p = SlidingWindowPredictor(_identity(), patch_size=64, stride=32, pad_to_multiple=1, workers=2)
+    many = list(p.predict_many(iter(images)))  # read lazily from an iterator
+    assert [o.shape[:2] for o in many] == sizes
+    for out, image in zip(many, images):
+        np.testing.assert_array_equal(out, p.predict(image))
