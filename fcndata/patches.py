@@ -37,6 +37,7 @@ from fcndata.grid import (
     BORDERS,
     Pair,
     check_stride,
+    grid_origins_2d,
     grid_origins_2d_tf,
     grid_table_index,
     grid_tables,
@@ -110,11 +111,12 @@ def crop_patch(element, origin, patch_size: Pair, ignore_label: int = E.IGNORE_L
     return patch
 
 
-def patches_at(element, origins, patch_size: Pair, ignore_label: int = E.IGNORE_LABEL) -> tf.data.Dataset:
+def patches_at(element, origins, patch_size: Pair, ignore_label: int = E.IGNORE_LABEL, inside: bool = False) -> tf.data.Dataset:
     """The lazy dataset of an element's patches at ``origins`` (``[N, 2]``, element coordinates).
 
     Same patches as :func:`crop_patch` at each origin, made cheaper for streams of
-    patches: the element is padded once (only if some origin reaches outside it), then
+    patches: the element is padded once (only if some origin reaches outside it; never
+    with ``inside=True``, which promises that every patch lies inside), then
     each patch is a plain slice, so one patch costs a handful of ops and a copy of its
     own pixels. Nothing but the source and the patch in flight is held in memory.
 
@@ -127,7 +129,10 @@ def patches_at(element, origins, patch_size: Pair, ignore_label: int = E.IGNORE_
     nh, nw = pair(patch_size, "patch_size", "patches_at")
     origins = tf.reshape(tf.cast(origins, tf.int32), [-1, 2])
     # Pad the whole element once, and only when needed: a patch is then a plain slice.
-    source, starts = _pad_for(element, origins, (nh, nw), ignore_label)
+    if inside:  # the caller knows every patch lies inside the element
+        source, starts = {k: element[k] for k in _PIXEL_KEYS if k in element}, origins
+    else:
+        source, starts = _pad_for(element, origins, (nh, nw), ignore_label)
     keys = list(source)
     begins2 = starts
     begins3 = tf.concat([starts, tf.zeros_like(starts[:, :1])], axis=1)
@@ -250,12 +255,20 @@ def _sliced_stream(stage, ds: tf.data.Dataset, where: str, chunks_only: bool = F
     """
     E.check_spec(ds, where=where)
     ds = E.with_epoch(ds, stage.seed)  # fresh draws every epoch, even without build_pipeline
+    # The origins (the costly part: class counts, draws) in a parallel map, several images
+    # at a time; then each image's patches are sliced in stream order.
+    ds = ds.map(E.no_autograph(lambda e: (e, stage.origins(e))), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
-    def patches(element):
-        return patches_at(element, stage.origins(element), stage.patch_size, stage.ignore_label)
+    # Drawn origins lie inside an image at least the patch size (they are clamped), so an
+    # image of static size needs no padding step.
+    h, w = ds.element_spec[0][E.IMAGE].shape[:2]
+    inside = h is not None and w is not None and h >= stage.patch_size[0] and w >= stage.patch_size[1]
+
+    def patches(element, origins):
+        return patches_at(element, origins, stage.patch_size, stage.ignore_label, inside=inside)
 
     if chunks_only:
-        return ds.flat_map(E.no_autograph(lambda e: patches(e).batch(stage.chunk_size)))
+        return ds.flat_map(E.no_autograph(lambda e, o: patches(e, o).batch(stage.chunk_size)))
     return _interleave(ds, patches, stage.images_per_batch)
 
 
@@ -336,10 +349,42 @@ class ExtractPatches:
         return grid_origins_2d_tf(tf.cast(shape, tf.int32)[:2], self.patch_size, self.stride, self.border)
 
     def _job(self, element) -> dict:
+        job = self._static_job(element)
+        if job is not None:
+            return job
         origins = self.origins(tf.shape(element[E.IMAGE], out_type=tf.int32))
         planes, starts = _pad_for(element, origins, self.patch_size, self.ignore_label)
         job = dict(_job_meta(element), origins=origins, starts=starts)
         job.update(grid_tables(planes, starts, self.patch_size, self.stride))
+        return job
+
+    def _static_origins(self, spec) -> np.ndarray | None:
+        """The grid of elements whose height and width are static (one size for the whole
+        stream), planned at trace time, when it needs no padding and its tables are plain
+        reshapes; else None (the job is then planned in the graph, per element)."""
+        h, w = spec[E.IMAGE].shape[:2]
+        if h is None or w is None:
+            return None
+        origins = grid_origins_2d((h, w), self.patch_size, self.stride, self.border).astype(np.int32)
+        (nh, nw), g = self.patch_size, math.gcd(self.patch_size[1], self.stride[1])
+        xs = origins[:, 1]
+        if (not len(origins) or origins.min() < 0 or (origins[:, 0] + nh).max() > h or (xs + nw).max() > w
+                or w % g or (xs % g).any()):
+            return None
+        return origins
+
+    def _static_job(self, element) -> dict | None:
+        """A job with constant origins and tables that are reshapes (no op copies), or None."""
+        origins = self._static_origins(element)
+        if origins is None:
+            return None
+        h, w = element[E.IMAGE].shape[:2]
+        g = math.gcd(self.patch_size[1], self.stride[1])
+        job = dict(_job_meta(element), origins=tf.constant(origins), starts=tf.constant(origins))
+        job.update(block=tf.constant(origins[:, 1] // g), blocks=tf.constant(w // g, tf.int32))
+        for k in _PIXEL_KEYS:
+            if k in element:
+                job[f"table/{k}"] = tf.reshape(element[k], [h * w // g, -1])
         return job
 
     def _chunks_of(self, job) -> tf.data.Dataset:
@@ -380,8 +425,16 @@ class ExtractPatches:
           ([10, 10, 4, 10, 5], [None, 16, 16, 3])
         """
         E.check_spec(ds, where="ExtractPatches")
+        cut = self._cutter(ds.element_spec)
+        origins = self._static_origins(ds.element_spec)
+        if origins is not None:  # planned once: the job is re-made per chunk for free (reshapes)
+            count = -(-len(origins) // self.chunk_size)
+            if count == 1:
+                return ds.map(E.no_autograph(lambda e: cut(self._job(e), 0)),
+                              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            return _chunks(ds, lambda e: tf.data.Dataset.range(count), lambda e, c: cut(self._job(e), c))
         jobs = ds.map(E.no_autograph(self._job), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return _chunks(jobs, self._chunks_of, self._cutter(ds.element_spec))
+        return _chunks(jobs, self._chunks_of, cut)
 
     def batches(self, ds: tf.data.Dataset, batch_size: int, drop_remainder: bool = False) -> tf.data.Dataset:
         """The grid patches of ``ds`` in batches of ``batch_size``, in stream order: the

@@ -540,3 +540,62 @@ def test_grid_batches_equal_the_batched_patch_stream(border):
     got = [{k: v.numpy() for k, v in b.items()} for b in stage.batches(ds, 10)]
     assert len(got) == len(want) and all(g.keys() == w.keys() for g, w in zip(got, want))
     assert all(np.array_equal(g[k], w[k]) for g, w in zip(got, want) for k in w)
+
+
+def _arrays(sizes, seed=0):
+    rng = np.random.default_rng(seed)
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]
+    labels = [rng.integers(0, 3, (h, w), dtype=np.uint8) for h, w in sizes]
+    for lab in labels:
+        lab[rng.random(lab.shape) < 0.1] = 255
+    return images, labels
+
+
+def _dynamic(ds):
+    """The same stream with its height and width hidden from the element spec."""
+    return ds.map(lambda e: {k: (tf.compat.v1.placeholder_with_default(v, [None, None, *v.shape[2:]])
+                                 if v.shape.rank >= 2 else v) for k, v in e.items()})
+
+
+@pytest.mark.parametrize("patch, stride, border", [(16, 8, "shift"), (16, 8, "pad"), ((16, 12), (8, 6), "shift"),
+                                                    (16, 6, "shift"), (48, 16, "shift")])
+def test_grid_planned_on_static_sizes_equals_the_graph_plan(patch, stride, border):
+    # from_arrays states one size in the element spec; the grid is then planned at trace
+    # time (when it needs no padding and no rebuilt table) and must cut what the per-element
+    # graph plan cuts on the same stream with the size hidden.
+    from fcndata.sources import from_arrays
+
+    ds = from_arrays(*_arrays([(40, 64), (40, 64)]), num_classes=3)
+    assert ds.element_spec["image"].shape.as_list() == [40, 64, 3]
+    hidden = _dynamic(ds)
+    assert hidden.element_spec["image"].shape.as_list() == [None, None, 3]
+    stage = P.ExtractPatches(patch, stride, border=border, chunk_size=5)
+    assert (stage._static_origins(ds.element_spec) is None) == (patch == 48)  # planned once unless padded
+    for cut in (lambda d: stage.batches(d, 7), lambda d: d.apply(stage).batch(7)):
+        want = [{k: v.numpy() for k, v in b.items()} for b in cut(hidden)]
+        got = [{k: v.numpy() for k, v in b.items()} for b in cut(ds)]
+        assert len(got) == len(want) > 0
+        assert all(np.array_equal(g[k], w[k]) for g, w in zip(got, want) for k in w)
+
+
+def test_from_arrays_states_the_size_only_when_all_images_share_it():
+    from fcndata.sources import from_arrays
+
+    assert from_arrays(*_arrays([(40, 64), (41, 64)]), num_classes=3).element_spec["image"].shape.as_list() == [None, None, 3]
+    assert from_arrays(*_arrays([(40, 64)] * 3), num_classes=3).element_spec["label"].shape.as_list() == [40, 64]
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int32])
+def test_class_tile_counts_equal_numpy_with_static_and_dynamic_sizes(dtype):
+    rng = np.random.default_rng(7)
+    spec = tf.TensorSpec([None, None], tf.as_dtype(dtype))
+    for h, w in [(150, 200), (64, 64), (1, 1), (0, 5), (130, 3)]:
+        label = rng.integers(0, 4, (h, w)).astype(dtype)
+        label[rng.random(label.shape) < 0.05] = 255
+        roi = (rng.random(label.shape) > 0.1).astype(np.uint8)
+        want = np.array([[np.sum((label[y:y + 64, x:x + 64] == c) & (roi[y:y + 64, x:x + 64] > 0)) for c in range(3)]
+                         for y in range(0, h, 64) for x in range(0, w, 64)]).reshape(-1, 3)
+        static = S.class_tile_counts(tf.constant(label), tf.constant(roi), 3).numpy()
+        dynamic = tf.function(lambda a, b: S.class_tile_counts(a, b, 3),
+                              input_signature=[spec, tf.TensorSpec([None, None], tf.uint8)])(label, roi).numpy()
+        assert np.array_equal(static, want) and np.array_equal(dynamic, want), (h, w)

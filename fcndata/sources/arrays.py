@@ -28,7 +28,7 @@ def _as_list(arrays, name: str) -> list[np.ndarray]:
 
 #: Arrays of at least this many bytes turn tf.data's default graph optimizations off (see
 #: :func:`from_arrays`).
-LARGE_ARRAYS = 64 * 2**20
+LARGE_ARRAYS = 8 * 2**20
 
 
 def _ragged_source(arrays: list[np.ndarray], dtype) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
@@ -147,7 +147,8 @@ def from_arrays(
 
     Output element:
       image [H, W, C] (input dtype), label [H, W] uint8 (int32 if ids exceed 255), roi,
-      origin (0, 0), source_shape, source_index, path.
+      origin (0, 0), source_shape, source_index, path. When every image has one size,
+      the element spec says it (H and W static), else they are None.
 
     Example:
       >>> import numpy as np
@@ -211,12 +212,16 @@ def from_arrays(
     lab_flat, lab_off, lab_shape = _ragged_source(labels, label_dtype.as_numpy_dtype)
     channels = images[0].shape[-1]
     path_t = tf.constant(paths)
+    # One size for all: the element spec says it, so stages plan their geometry once, at
+    # trace time (smaller graphs, cheaper to build and to start), and models see it.
+    sizes = {a.shape[:2] for a in images}
+    hw = list(next(iter(sizes))) if len(sizes) == 1 else [None, None]
 
     def element(i):
         image = tf.reshape(img_flat[img_off[i] : img_off[i] + tf.reduce_prod(img_shape[i])], img_shape[i])
-        image.set_shape([None, None, channels])
+        image.set_shape([*hw, channels])
         label = tf.reshape(lab_flat[lab_off[i] : lab_off[i] + tf.reduce_prod(lab_shape[i])], lab_shape[i])
-        label.set_shape([None, None])
+        label.set_shape(hw)
         roi = None
         if label.dtype == tf.uint8:  # one H x W plane (the min runs in place), not a bool plane and its cast
             roi = tf.minimum(tf.bitwise.bitwise_xor(label, tf.constant(ignore_label, tf.uint8)), 1)
