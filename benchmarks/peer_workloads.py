@@ -37,6 +37,9 @@ import numpy as np  # noqa: E402
 
 TOOLS = ("monai", "torchio", "fcndata")
 WORKLOADS = ("grid512", "grid8192", "balanced512", "balanced8192", "sliding512", "sliding8192")
+#: GiB each worker touches and frees before its baseline: about the largest peak of any
+#: tool in the workload (PEERS.md), the same for every tool of a workload.
+WARM_GIB = {"balanced8192": 2, "sliding8192": 3}
 NUM_CLASSES = 4
 CLASS_FREQUENCIES = (0.70, 0.20, 0.08, 0.02)
 #: Largest difference allowed between a stitched identity prediction and its input.
@@ -422,7 +425,7 @@ def main(argv=None) -> int:
     # Touch and free about the row's peak memory right before the timer: on this VM the first
     # touch of memory the guest has not used lately costs ~50x a later one (0.68 s vs 0.01 s
     # for 64 MiB, seen here), which would otherwise decide the rows that allocate most.
-    warm = np.ones(((3 if spec["data"] == "big" else 1) << 30) >> (6 if args.quick else 0), np.uint8)
+    warm = np.ones((WARM_GIB.get(args.workload, 1) << 30) >> (6 if args.quick else 0), np.uint8)
     del warm
     print("READY", flush=True)
     sys.stdin.readline()

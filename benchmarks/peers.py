@@ -372,7 +372,7 @@ def main(argv=None) -> int:
         "- rate: patches or windows per second, construction included; memory: peak summed PSS of the worker and "
         "its child processes over its baseline after building the data, sampled every 20 ms or more (the "
         "sampler stays under ~10 % of one core)",
-        "- each worker touches and frees about its row's peak memory (1 GiB, 3 GiB for the 8192² rows) before its "
+        "- each worker touches and frees about its row's peak memory (1 GiB; 2 GiB for balanced8192, 3 GiB for sliding8192; the same for every tool of a workload) before its "
         "baseline: on this VM the first touch of memory the guest has not used lately is ~50x dearer than a later one "
         "(0.68 s vs 0.01 s for 64 MiB), and would otherwise decide the rows that allocate most",
         "",

@@ -387,6 +387,33 @@ class ExtractPatches:
                 job[f"table/{k}"] = tf.reshape(element[k], [h * w // g, -1])
         return job
 
+    def _static_cutter(self, spec, origins: np.ndarray) -> Callable:
+        """The chunk cutter of a grid planned at trace time: the table rows of every patch
+        are a constant start per patch plus a constant ``[nh, nw/g]`` block, so a chunk is
+        a few graph nodes (cheap to build and to start). ``chunk`` None: the only chunk."""
+        (nh, nw), g = self.patch_size, math.gcd(self.patch_size[1], self.stride[1])
+        h, w = spec[E.IMAGE].shape[:2]
+        blocks = w // g
+        base = (np.arange(nh)[:, None] * blocks + np.arange(nw // g)[None]).astype(np.int32)
+        starts = (origins[:, 0] * blocks + origins[:, 1] // g).astype(np.int32)
+        shapes = {k: spec[k].shape[2:].as_list() for k in _PIXEL_KEYS if k in spec}
+        n, size = len(origins), self.chunk_size
+
+        def cut(element, chunk):
+            if chunk is None:
+                k, start, where = n, tf.constant(starts), tf.constant(origins)
+            else:
+                rows = tf.range(tf.cast(chunk, tf.int32) * size, tf.minimum(n, (tf.cast(chunk, tf.int32) + 1) * size))
+                k, start, where = tf.size(rows), tf.gather(starts, rows), tf.gather(origins, rows)
+            idx = start[:, None, None] + base[None]
+            out = _chunk_meta(element, where)
+            for key, rest in shapes.items():
+                table = tf.reshape(element[key], [h * w // g, -1])
+                out[key] = tf.reshape(tf.gather(table, idx), [k, nh, nw, *rest])
+            return _ordered(out)
+
+        return cut
+
     def _chunks_of(self, job) -> tf.data.Dataset:
         return _num_chunks(tf.shape(job["origins"])[0], self.chunk_size)
 
@@ -427,12 +454,13 @@ class ExtractPatches:
         E.check_spec(ds, where="ExtractPatches")
         cut = self._cutter(ds.element_spec)
         origins = self._static_origins(ds.element_spec)
-        if origins is not None:  # planned once: the job is re-made per chunk for free (reshapes)
+        if origins is not None:  # planned once, cut straight from the element's reshaped planes
+            static_cut = self._static_cutter(ds.element_spec, origins)
             count = -(-len(origins) // self.chunk_size)
             if count == 1:
-                return ds.map(E.no_autograph(lambda e: cut(self._job(e), 0)),
+                return ds.map(E.no_autograph(lambda e: static_cut(e, None)),
                               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-            return _chunks(ds, lambda e: tf.data.Dataset.range(count), lambda e, c: cut(self._job(e), c))
+            return _chunks(ds, lambda e: tf.data.Dataset.range(count), static_cut)
         jobs = ds.map(E.no_autograph(self._job), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return _chunks(jobs, self._chunks_of, cut)
 

@@ -59,6 +59,15 @@ def foreground_mask(num: int, fraction: float) -> list[bool]:
     return [up((i + 1) * fraction) > up(i * fraction) for i in range(num)]
 
 
+def _dims(x) -> tuple:
+    """Height and width of ``x``: Python ints when static (no graph nodes), else scalars."""
+    h, w = x.shape[:2]
+    if h is not None and w is not None:
+        return int(h), int(w)
+    shape = tf.shape(x, out_type=tf.int32)
+    return shape[0], shape[1]
+
+
 #: Side of the square tiles :func:`balanced_origins` counts classes in: a patch centre is
 #: drawn as a tile (weighted by its count of the chosen class), then a pixel inside it.
 TILE = 64
@@ -84,8 +93,7 @@ def class_tile_counts(label, roi, num_classes: int, ignore_label: int = E.IGNORE
     """
     k, T = int(num_classes), int(tile)
     label, roi = tf.convert_to_tensor(label), tf.convert_to_tensor(roi)
-    shape = tf.shape(label, out_type=tf.int32)
-    height, width = shape[0], shape[1]
+    height, width = _dims(label)
     tiles_x = (width + T - 1) // T
     tiles_y = (height + T - 1) // T
     in_bytes = label.dtype == tf.uint8 and k <= BYTE_CLASSES and T <= 255
@@ -117,14 +125,17 @@ def _byte_band_counts(lab, roi, k: int, T: int, ignore_label: int) -> tf.Tensor:
     sum over each tile's row of T pixels (at most T <= 255), then int32 sums over T rows."""
     never = 255  # not a class: k <= BYTE_CLASSES
     v = tf.where(roi > 0, lab, tf.constant(never, tf.uint8))
-    rows, width = tf.shape(v)[0], tf.shape(v)[1]
-    v = tf.pad(v, [[0, -rows % T], [0, -width % T]], constant_values=never)
-    v = tf.reshape(v, [tf.shape(v)[0], -1, T])
+    rows, width = _dims(lab)
+    if isinstance(rows, int) and isinstance(width, int) and not rows % T and not width % T:
+        v = tf.reshape(v, [rows, width // T, T])
+    else:
+        v = tf.pad(v, [[0, -rows % T], [0, -width % T]], constant_values=never)
+        v = tf.reshape(v, [(rows + T - 1) // T * T, -1, T])
     per_class = [tf.reduce_sum(tf.cast(tf.equal(v, c), tf.uint8), axis=2) for c in range(k) if c != ignore_label]
     if 0 <= ignore_label < k:  # not allowed by the sources; kept exact anyway
         per_class.insert(ignore_label, tf.zeros_like(per_class[0]))
     s = tf.cast(tf.stack(per_class, axis=-1), tf.int32)  # [rows, tiles_x, k]
-    s = tf.reduce_sum(tf.reshape(s, [-1, T, tf.shape(s)[1], k]), axis=1)
+    s = tf.reduce_sum(tf.reshape(s, [-1, T, (width + T - 1) // T, k]), axis=1)
     return tf.reshape(s, [-1, k])
 
 
@@ -197,36 +208,34 @@ def balanced_origins(
       ([1, 1, 1, 1], True)
     """
     k, T = int(num_classes), TILE
-    n = tf.constant(pair(patch_size, "patch_size", "balanced_origins"), tf.int32)
-    shape = tf.shape(label, out_type=tf.int32)
-    height, width = shape[0], shape[1]
+    n = pair(patch_size, "patch_size", "balanced_origins")
+    label, roi = tf.convert_to_tensor(label), tf.convert_to_tensor(roi)
+    height, width = _dims(label)
     tiles_x = (width + T - 1) // T
     tile_counts = class_tile_counts(label, roi, k, ignore_label)  # [tiles, k]
     counts = tf.reduce_sum(tile_counts, axis=0)
     present = counts > 0
     any_valid = tf.reduce_any(present)
-    has_foreground = tf.reduce_any(present[1:])
 
-    if isinstance(class_probabilities, str) and class_probabilities == "inverse_frequency":
-        log_p = -tf.math.log(tf.maximum(tf.cast(counts, tf.float32), 1.0))
-    elif isinstance(class_probabilities, str):
-        log_p = tf.zeros([k], tf.float32)
-    else:
-        log_p = tf.math.log(tf.constant(class_probabilities, tf.float32))
     minus_inf = tf.fill([k], -np.inf)
     uniform_present = tf.where(present, 0.0, minus_inf)
-    logits = tf.where(present, log_p, minus_inf)
-    # Present classes all given probability 0: fall back to uniform over present ones.
-    logits = tf.where(tf.reduce_any(tf.math.is_finite(logits)), logits, uniform_present)
+    if isinstance(class_probabilities, str) and class_probabilities == "inverse_frequency":
+        logits = tf.where(present, -tf.math.log(tf.maximum(tf.cast(counts, tf.float32), 1.0)), minus_inf)
+    elif isinstance(class_probabilities, str):
+        logits = uniform_present
+    else:
+        logits = tf.where(present, tf.math.log(tf.constant(class_probabilities, tf.float32)), minus_inf)
+        # Present classes all given probability 0: fall back to uniform over present ones.
+        logits = tf.where(tf.reduce_any(tf.math.is_finite(logits)), logits, uniform_present)
     logits = tf.where(any_valid, logits, tf.zeros([k]))  # keeps categorical well-defined
-    is_fg = tf.range(k) > 0
-    fg_logits = tf.where(is_fg, logits, minus_inf)
-    fg_logits = tf.where(tf.reduce_any(tf.math.is_finite(fg_logits)), fg_logits, tf.where(is_fg, uniform_present, minus_inf))
-    fg_logits = tf.where(has_foreground, fg_logits, logits)
 
     keys = tf.random.experimental.stateless_split(key, 3)
     chosen = tf.random.stateless_categorical(logits[None], num, seed=keys[0], dtype=tf.int32)[0]
     if foreground is not None and any(foreground):
+        is_fg = tf.range(k) > 0
+        fg_logits = tf.where(is_fg, logits, minus_inf)
+        fg_logits = tf.where(tf.reduce_any(tf.math.is_finite(fg_logits)), fg_logits, tf.where(is_fg, uniform_present, minus_inf))
+        fg_logits = tf.where(tf.reduce_any(present[1:]), fg_logits, logits)  # no foreground: any class
         fg_chosen = tf.random.stateless_categorical(fg_logits[None], num, seed=keys[1], dtype=tf.int32)[0]
         chosen = tf.where(tf.constant(list(foreground)), fg_chosen, chosen)
     u = tf.random.stateless_uniform([num], seed=keys[2])
@@ -242,19 +251,25 @@ def balanced_origins(
     y0, x0 = (tile // tiles_x) * T, (tile % tiles_x) * T
     ys = y0[:, None, None] + tf.range(T)[None, :, None]
     xs = x0[:, None, None] + tf.range(T)[None, None, :]
-    in_image = (ys < height) & (xs < width)
-    flat = tf.reshape(tf.minimum(ys, height - 1) * width + tf.minimum(xs, width - 1), [num, T * T])
-    lab = tf.cast(tf.gather(tf.reshape(label, [-1]), flat), tf.int32)
-    ok = tf.reshape(in_image, [num, T * T]) & (lab == chosen[:, None]) & (lab != ignore_label)
+    # chosen < num_classes; ignore_label and ids >= num_classes are never counted, so never chosen.
+    if isinstance(height, int) and isinstance(width, int) and not height % T and not width % T:
+        flat = tf.reshape(ys * width + xs, [num, T * T])  # whole tiles only
+        lab = tf.gather(tf.reshape(label, [-1]), flat)
+        ok = tf.cast(lab, tf.int32) == chosen[:, None]
+    else:
+        in_image = (ys < height) & (xs < width)
+        flat = tf.reshape(tf.minimum(ys, height - 1) * width + tf.minimum(xs, width - 1), [num, T * T])
+        lab = tf.gather(tf.reshape(label, [-1]), flat)
+        ok = tf.reshape(in_image, [num, T * T]) & (tf.cast(lab, tf.int32) == chosen[:, None])
     ok &= tf.gather(tf.reshape(roi, [-1]), flat) > 0
     seen = tf.cumsum(tf.cast(ok, tf.int32), axis=1)
     local = tf.argmax(tf.cast(seen > inside[:, None], tf.int32), axis=1, output_type=tf.int32)
     centre = tf.stack([y0 + local // T, x0 + local % T], axis=1)
     anywhere = tf.minimum(tf.cast(tf.floor(u * tf.cast(height * width, tf.float32)), tf.int32), height * width - 1)
     centre = tf.where(any_valid, centre, tf.stack([anywhere // width, anywhere % width], axis=1))
-    low = tf.minimum(0, shape - n)
-    high = tf.maximum(0, shape - n)
-    origins = tf.clip_by_value(centre - n // 2, low, high)
+    low = tf.stack([tf.minimum(0, height - n[0]), tf.minimum(0, width - n[1])])
+    high = tf.stack([tf.maximum(0, height - n[0]), tf.maximum(0, width - n[1])])
+    origins = tf.clip_by_value(centre - tf.constant([n[0] // 2, n[1] // 2]), low, high)
     if return_classes:
         return origins, tf.where(any_valid, chosen, -1)
     return origins

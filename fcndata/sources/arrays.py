@@ -217,15 +217,28 @@ def from_arrays(
     sizes = {a.shape[:2] for a in images}
     hw = list(next(iter(sizes))) if len(sizes) == 1 else [None, None]
 
+    # Per element: a 1-D slice of the flat buffer at its offset (a view when aligned) and a
+    # reshape, with scalar lookups by gather: few graph nodes, so cheap to build and start.
+    img_size, lab_size = (tf.reduce_prod(t, axis=1) for t in (img_shape, lab_shape))
+    static = hw[0] is not None
+    origin = tf.zeros([2], tf.int32)
+
+    def cut(flat, offsets, lengths, shapes, i, static_shape):
+        part = tf.slice(flat, tf.gather(offsets, i)[None], tf.gather(lengths, i)[None])
+        return tf.reshape(part, static_shape if static else tf.gather(shapes, i))
+
     def element(i):
-        image = tf.reshape(img_flat[img_off[i] : img_off[i] + tf.reduce_prod(img_shape[i])], img_shape[i])
+        image = cut(img_flat, img_off, img_size, img_shape, i, [*hw, channels])
         image.set_shape([*hw, channels])
-        label = tf.reshape(lab_flat[lab_off[i] : lab_off[i] + tf.reduce_prod(lab_shape[i])], lab_shape[i])
+        label = cut(lab_flat, lab_off, lab_size, lab_shape, i, hw)
         label.set_shape(hw)
-        roi = None
         if label.dtype == tf.uint8:  # one H x W plane (the min runs in place), not a bool plane and its cast
             roi = tf.minimum(tf.bitwise.bitwise_xor(label, tf.constant(ignore_label, tf.uint8)), 1)
-        return E.make_element(image, label, roi=roi, source_index=i, path=path_t[i], ignore_label=ignore_label)
+        else:
+            roi = tf.cast(tf.not_equal(label, ignore_label), tf.uint8)
+        source_shape = tf.constant(hw, tf.int32) if static else tf.cast(tf.gather(lab_shape, i), tf.int32)
+        return {E.IMAGE: image, E.LABEL: label, E.ROI: roi, E.ORIGIN: origin, E.SOURCE_SHAPE: source_shape,
+                E.SOURCE_INDEX: i, E.PATH: tf.gather(path_t, i)}
 
     positions = tf.data.Dataset.range(len(images)) if indices is None else indices
     ds = positions.map(no_autograph(element), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
