@@ -100,8 +100,11 @@ def class_tile_counts(label, roi, num_classes: int, ignore_label: int = E.IGNORE
     counts_of = _byte_band_counts if in_bytes else _id_band_counts
     band_pixels = BAND_PIXELS * (4 if in_bytes else 1)  # byte temporaries are 4x smaller
     h, w = label.shape[:2]
-    if h is not None and w is not None and h * w <= band_pixels:  # static and one band: no loop
-        counts = counts_of(label, roi, k, T, ignore_label) if h * w else tf.zeros([0, k], tf.int32)
+    if h is not None and w is not None and h * w <= band_pixels * STATIC_BANDS:
+        # Static size, a few bands: planned here, no loop (fewer graph nodes to build and start).
+        rows = max(1, -(-(-(-h // T)) // max(1, -(-h * w // band_pixels)))) * T  # whole tiles per band
+        parts = [counts_of(label[y : y + rows], roi[y : y + rows], k, T, ignore_label) for y in range(0, h, rows)]
+        counts = tf.concat(parts, 0) if len(parts) > 1 else parts[0] if parts else tf.zeros([0, k], tf.int32)
         return tf.ensure_shape(counts, [-(-h // T) * -(-w // T), k])
     band = T * tf.maximum(1, band_pixels // tf.maximum(width * T, 1))  # rows per band, whole tiles
     bands = (height + band - 1) // band
@@ -116,6 +119,8 @@ def class_tile_counts(label, roi, num_classes: int, ignore_label: int = E.IGNORE
     return tf.ensure_shape(tf.reshape(counts, [tiles_y * tiles_x, k]), [None, k])
 
 
+#: A label of a static size and at most this many bands is counted without a loop.
+STATIC_BANDS = 4
 #: uint8 labels of at most this many classes are counted in bytes (one pass per class).
 BYTE_CLASSES = 16
 

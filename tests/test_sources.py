@@ -305,6 +305,23 @@ def test_from_arrays_one_copy_roi_and_large_sources(monkeypatch):
     np.testing.assert_array_equal(one(big.take(1))["image"], np.zeros((8, 8, 3), np.uint8))
 
 
+@pytest.mark.parametrize("label_dtype", [np.uint8, np.int32])
+def test_from_arrays_roi_when_every_pixel_is_labeled(label_dtype):
+    # No ignore_label anywhere: each roi is a view of one shared plane of ones; it must still
+    # be each element's own size, static when all share one, and all ones.
+    sizes = [(8, 8), (5, 7), (9, 3)]
+    labs = [np.arange(h * w).reshape(h, w).astype(label_dtype) % 3 for h, w in sizes]
+    num_classes = 3 if label_dtype == np.uint8 else 300  # int32 labels above 255 classes
+    ds = S.from_arrays([t.random_image(h, w, 3, i) for i, (h, w) in enumerate(sizes)], labs, num_classes=num_classes,
+                       ignore_label=-1 if label_dtype == np.int32 else 255)
+    for e, (h, w) in zip(ds, sizes, strict=True):
+        assert e["roi"].dtype == tf.uint8 and e["roi"].shape == (h, w)
+        np.testing.assert_array_equal(e["roi"], np.ones((h, w), np.uint8))
+    same = S.from_arrays([t.random_image(6, 4, 3, i) for i in range(2)], [np.zeros((6, 4), np.uint8)] * 2, num_classes=2)
+    assert same.element_spec["roi"].shape.as_list() == [6, 4]
+    assert [int(e["roi"].numpy().sum()) for e in same] == [24, 24]
+
+
 def test_tfrecord_round_trip_bit_exact(tmp_path):
     rng = np.random.default_rng(0)
     for dtype in (np.uint8, np.uint16, np.float32):

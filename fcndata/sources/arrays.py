@@ -115,8 +115,10 @@ def from_arrays(
 
     Memory: one copy of the images and one of the labels, made here (your arrays can be
     changed or freed afterwards); an element whose byte size is a multiple of 64 is a
-    view of that copy, others are sliced out per element, and each element computes its
-    roi plane (H x W bytes). The copy exists because TensorFlow's kernels abort the
+    view of that copy, others are sliced out per element. When no label has an
+    ``ignore_label`` pixel, every roi is a view of one shared plane of ones (the largest
+    image's H x W bytes, made here); else each element computes its roi plane (H x W
+    bytes). The copy exists because TensorFlow's kernels abort the
     process on buffers that are not 64-byte aligned, which numpy's large arrays usually
     are not. Arrays TensorFlow can read as they are are adopted instead, without a copy:
     a stacked ``[N, H, W, C]`` array or a single image (or label) that is C-contiguous,
@@ -175,6 +177,7 @@ def from_arrays(
             f"{where}: images must all have one dtype, uint8, uint16 or float32; convert them with "
             f".astype(). Received: dtypes={sorted(d.name for d in dtypes)}"
         )
+    all_labeled = True  # every label pixel a class id: every roi is all ones
     for i, (img, lab, path) in enumerate(zip(images, labels, paths)):
         if img.ndim != 3 or img.shape[-1] != images[0].shape[-1]:
             raise ValueError(
@@ -192,6 +195,7 @@ def from_arrays(
         if not np.issubdtype(lab.dtype, np.integer):
             raise TypeError(f"{where}: label {path} (index {i}) must be an integer array. Received: dtype={lab.dtype}")
         if lab.size and (lab.min() < 0 or lab.max() >= num_classes):  # min/max hold no temporaries
+            all_labeled = False  # some pixel may be ignore_label: the roi is computed per element
             for part in _row_blocks(lab):
                 wrong = ((part < 0) | (part >= num_classes)) & (part != ignore_label)
                 if wrong.any():
@@ -227,12 +231,20 @@ def from_arrays(
         part = tf.slice(flat, tf.gather(offsets, i)[None], tf.gather(lengths, i)[None])
         return tf.reshape(part, static_shape if static else tf.gather(shapes, i))
 
+    ones = None
+    if all_labeled:
+        plane = aligned_empty([max(1, max(a.size for a in labels))], np.uint8)
+        plane.fill(1)
+        ones = tf.experimental.dlpack.from_dlpack(plane.__dlpack__())
+
     def element(i):
         image = cut(img_flat, img_off, img_size, img_shape, i, [*hw, channels])
         image.set_shape([*hw, channels])
         label = cut(lab_flat, lab_off, lab_size, lab_shape, i, hw)
         label.set_shape(hw)
-        if label.dtype == tf.uint8:  # one H x W plane (the min runs in place), not a bool plane and its cast
+        if ones is not None:  # every pixel labeled: a view of one shared plane of ones, no work per element
+            roi = tf.reshape(tf.slice(ones, tf.zeros([1], tf.int64), tf.gather(lab_size, i)[None]), [*hw] if static else tf.gather(lab_shape, i))
+        elif label.dtype == tf.uint8:  # one H x W plane (the min runs in place), not a bool plane and its cast
             roi = tf.minimum(tf.bitwise.bitwise_xor(label, tf.constant(ignore_label, tf.uint8)), 1)
         else:
             roi = tf.cast(tf.not_equal(label, ignore_label), tf.uint8)
