@@ -251,7 +251,10 @@ def _sliced_stream(stage, ds: tf.data.Dataset, where: str, chunks_only: bool = F
     """Random / balanced stages: the origins are drawn once per image, then cut by
     :func:`patches_at` (one slice per patch). Measured here, cutting these free origins
     as chunks (K unrolled slices, or a gather with 1-pixel table rows) was 4x slower
-    than the per-patch slices, so they stay; chunks are those patches batched per image.
+    than the per-patch slices; re-measured on the balanced 512² set of ``make
+    bench-peers``, K unrolled slices stacked and rebatched, or ``tf.map_fn`` slices, were
+    no faster (0.56-0.71 s against 0.57-0.61 s a pass), so they stay; chunks are those
+    patches batched per image.
     """
     E.check_spec(ds, where=where)
     ds = E.with_epoch(ds, stage.seed)  # fresh draws every epoch, even without build_pipeline
