@@ -177,11 +177,10 @@ def make_element(
     """
     image = tf.convert_to_tensor(image)
     label = tf.convert_to_tensor(label)
-    hw = tf.shape(image, out_type=tf.int32)[:2]
     if roi is None:
         roi = tf.cast(tf.not_equal(label, tf.cast(ignore_label, label.dtype)), tf.uint8)
     if source_shape is None:
-        source_shape = hw
+        source_shape = tf.shape(image, out_type=tf.int32)[:2]
     return {
         IMAGE: image,
         LABEL: label,

@@ -352,9 +352,6 @@ class ExtractPatches:
         return grid_origins_2d_tf(tf.cast(shape, tf.int32)[:2], self.patch_size, self.stride, self.border)
 
     def _job(self, element) -> dict:
-        job = self._static_job(element)
-        if job is not None:
-            return job
         origins = self.origins(tf.shape(element[E.IMAGE], out_type=tf.int32))
         planes, starts = _pad_for(element, origins, self.patch_size, self.ignore_label)
         job = dict(_job_meta(element), origins=origins, starts=starts)
@@ -362,9 +359,10 @@ class ExtractPatches:
         return job
 
     def _static_origins(self, spec) -> np.ndarray | None:
-        """The grid of elements whose height and width are static (one size for the whole
-        stream), planned at trace time, when it needs no padding and its tables are plain
-        reshapes; else None (the job is then planned in the graph, per element)."""
+        """The grid of elements (or an element spec) whose height and width are static (one
+        size for the whole stream), planned at trace time, when it needs no padding and its
+        tables are plain reshapes; else None (the job is then planned in the graph, per
+        element, by :meth:`_job`)."""
         h, w = spec[E.IMAGE].shape[:2]
         if h is None or w is None:
             return None
@@ -375,20 +373,6 @@ class ExtractPatches:
                 or w % g or (xs % g).any()):
             return None
         return origins
-
-    def _static_job(self, element) -> dict | None:
-        """A job with constant origins and tables that are reshapes (no op copies), or None."""
-        origins = self._static_origins(element)
-        if origins is None:
-            return None
-        h, w = element[E.IMAGE].shape[:2]
-        g = math.gcd(self.patch_size[1], self.stride[1])
-        job = dict(_job_meta(element), origins=tf.constant(origins), starts=tf.constant(origins))
-        job.update(block=tf.constant(origins[:, 1] // g), blocks=tf.constant(w // g, tf.int32))
-        for k in _PIXEL_KEYS:
-            if k in element:
-                job[f"table/{k}"] = tf.reshape(element[k], [h * w // g, -1])
-        return job
 
     def _static_cutter(self, spec, origins: np.ndarray) -> Callable:
         """The chunk cutter of a grid planned at trace time: the table rows of every patch
@@ -442,6 +426,11 @@ class ExtractPatches:
 
     def patches(self, element) -> tf.data.Dataset:
         """The lazy dataset of one element's patches (cut chunk by chunk)."""
+        origins = self._static_origins(element)
+        if origins is not None:
+            static_cut = self._static_cutter(element, origins)
+            count = -(-len(origins) // self.chunk_size)
+            return tf.data.Dataset.range(count).map(E.no_autograph(lambda c: static_cut(element, c))).unbatch()
         job, cut = self._job(element), self._cutter(element)
         return self._chunks_of(job).map(E.no_autograph(lambda c: cut(job, c))).unbatch()
 
@@ -455,7 +444,6 @@ class ExtractPatches:
           ([10, 10, 4, 10, 5], [None, 16, 16, 3])
         """
         E.check_spec(ds, where="ExtractPatches")
-        cut = self._cutter(ds.element_spec)
         origins = self._static_origins(ds.element_spec)
         if origins is not None:  # planned once, cut straight from the element's reshaped planes
             static_cut = self._static_cutter(ds.element_spec, origins)
@@ -465,7 +453,7 @@ class ExtractPatches:
                               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             return _chunks(ds, lambda e: tf.data.Dataset.range(count), static_cut)
         jobs = ds.map(E.no_autograph(self._job), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return _chunks(jobs, self._chunks_of, cut)
+        return _chunks(jobs, self._chunks_of, self._cutter(ds.element_spec))
 
     def batches(self, ds: tf.data.Dataset, batch_size: int, drop_remainder: bool = False) -> tf.data.Dataset:
         """The grid patches of ``ds`` in batches of ``batch_size``, in stream order: the

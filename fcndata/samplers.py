@@ -102,7 +102,8 @@ def class_tile_counts(label, roi, num_classes: int, ignore_label: int = E.IGNORE
     h, w = label.shape[:2]
     if h is not None and w is not None and h * w <= band_pixels * STATIC_BANDS:
         # Static size, a few bands: planned here, no loop (fewer graph nodes to build and start).
-        rows = max(1, -(-(-(-h // T)) // max(1, -(-h * w // band_pixels)))) * T  # whole tiles per band
+        tile_rows, bands = -(-h // T), max(1, -(-h * w // band_pixels))
+        rows = max(1, -(-tile_rows // bands)) * T  # whole tiles per band
         parts = [counts_of(label[y : y + rows], roi[y : y + rows], k, T, ignore_label) for y in range(0, h, rows)]
         counts = tf.concat(parts, 0) if len(parts) > 1 else parts[0] if parts else tf.zeros([0, k], tf.int32)
         return tf.ensure_shape(counts, [-(-h // T) * -(-w // T), k])

@@ -228,7 +228,8 @@ def from_arrays(
     origin = tf.zeros([2], tf.int32)
 
     def cut(flat, offsets, lengths, shapes, i, static_shape):
-        part = tf.slice(flat, tf.gather(offsets, i)[None], tf.gather(lengths, i)[None])
+        at = tf.reshape(i, [1])  # gathers by [i] give the [1] begin and size of the slice
+        part = tf.slice(flat, tf.gather(offsets, at), tf.gather(lengths, at))
         return tf.reshape(part, static_shape if static else tf.gather(shapes, i))
 
     ones = None
@@ -236,21 +237,21 @@ def from_arrays(
         plane = aligned_empty([max(1, max(a.size for a in labels))], np.uint8)
         plane.fill(1)
         ones = tf.experimental.dlpack.from_dlpack(plane.__dlpack__())
+        ones_offsets = tf.zeros_like(lab_off)  # every roi starts at the plane's start
 
     def element(i):
         image = cut(img_flat, img_off, img_size, img_shape, i, [*hw, channels])
         image.set_shape([*hw, channels])
         label = cut(lab_flat, lab_off, lab_size, lab_shape, i, hw)
         label.set_shape(hw)
+        roi = None  # make_element's: label != ignore_label
         if ones is not None:  # every pixel labeled: a view of one shared plane of ones, no work per element
-            roi = tf.reshape(tf.slice(ones, tf.zeros([1], tf.int64), tf.gather(lab_size, i)[None]), [*hw] if static else tf.gather(lab_shape, i))
+            roi = cut(ones, ones_offsets, lab_size, lab_shape, i, hw)
         elif label.dtype == tf.uint8:  # one H x W plane (the min runs in place), not a bool plane and its cast
             roi = tf.minimum(tf.bitwise.bitwise_xor(label, tf.constant(ignore_label, tf.uint8)), 1)
-        else:
-            roi = tf.cast(tf.not_equal(label, ignore_label), tf.uint8)
         source_shape = tf.constant(hw, tf.int32) if static else tf.cast(tf.gather(lab_shape, i), tf.int32)
-        return {E.IMAGE: image, E.LABEL: label, E.ROI: roi, E.ORIGIN: origin, E.SOURCE_SHAPE: source_shape,
-                E.SOURCE_INDEX: i, E.PATH: tf.gather(path_t, i)}
+        return E.make_element(image, label, roi=roi, source_index=i, path=tf.gather(path_t, i), origin=origin,
+                              source_shape=source_shape, ignore_label=ignore_label)
 
     positions = tf.data.Dataset.range(len(images)) if indices is None else indices
     ds = positions.map(no_autograph(element), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
