@@ -246,7 +246,9 @@ HOW = """\
 
 Each tool gets the same arrays (numpy seed 0) in the layout it takes: channel-last
 [H, W, 3] uint8 for fcndata, channel-first [3, H, W] uint8 for MONAI, [3, H, W, 1] for
-TorchIO (2-D images as one-slice volumes); building those arrays is not timed. The timer
+TorchIO (2-D images as one-slice volumes); building those arrays is not timed, nor is
+importing the tool and starting its runtime with one tiny op (TensorFlow creates its eager
+context and thread pools at its first op, ~0.1 s; torch at import). The timer
 starts before the tool's dataset, loader or predictor is built and stops after the last
 batch (or stitched image); a rate is patches (grid, balanced) or windows (sliding) per
 second. Every process has 2 threads (OMP/MKL_NUM_THREADS=2, `torch.set_num_threads(2)`,
