@@ -140,7 +140,7 @@ class SlidingWindowPredictor:
         overlap; the job's own output when one job covers the image) plus the jobs in
         flight (``workers`` + 1) — each its image region, its float32 windows (at most
         :data:`JOB_BYTES`, at least one batch), the model outputs and the job's output
-        region. 8192² RGB, patch 256, stride 128, batch 16: +929 MiB for a 768 MiB
+        region (reused from job to job). 8192² RGB, patch 256, stride 128, batch 16: +929 MiB for a 768 MiB
         output, MONAI's ``sliding_window_inference`` +1,845 MiB (``make bench-peers``).
 
         Memory, scatter path: the float32 output ``[H, W, K]`` itself — a
