@@ -410,6 +410,16 @@ def import_tool(tool: str) -> None:
 RUNNERS = {"fcndata": run_fcndata, "monai": run_monai, "torchio": run_torchio}
 
 
+def _usage() -> dict:
+    """CPU seconds (user, system) and page faults (minor) of this process and its reaped
+    children (DataLoader workers are counted once they exit): where a slow run spent its time."""
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"cpu_user": me.ru_utime + kids.ru_utime, "cpu_sys": me.ru_stime + kids.ru_stime,
+            "minor_faults": me.ru_minflt + kids.ru_minflt}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("tool", choices=TOOLS)
@@ -437,8 +447,10 @@ def main(argv=None) -> int:
     sys.stdin.readline()
     row = {"tool": args.tool, "workload": args.workload}
     try:
+        before = _usage()
         items, seconds, check, settings = RUNNERS[args.tool](args.workload, spec, images, labels, args.variant)
         row.update(items=items, seconds=round(seconds, 3), rate=round(items / seconds, 1), check=check, settings=settings)
+        row.update({k: round(v - before[k], 3) for k, v in _usage().items()})
     except Exception as e:  # a tool's failure is a row of the table, not a crash of the run
         row.update(items=0, seconds=None, rate=None, check=f"error: {type(e).__name__}: {e}"[:300], settings="")
     print(json.dumps(row), flush=True)

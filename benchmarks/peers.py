@@ -209,6 +209,27 @@ def _ratio(a, b):
     return "—" if a is None or b is None or b <= 0 else f"{a / b:.2f}×"
 
 
+def _command(given: list[str]) -> str:
+    """The command a PEERS file names as its writer: ``make bench-peers`` passes only where
+    the peers' Python is; any other choice (workloads, tools, rounds, sizes) names itself.
+
+    >>> _command(["--peers-python", ".venv-peers/bin/python"])
+    'make bench-peers'
+    >>> _command(["--only", "sliding8192", "--peers-python=p"])
+    'python benchmarks/peers.py --only sliding8192 --peers-python=p'
+    """
+    chosen = [a for i, a in enumerate(given) if a != "--peers-python" and not a.startswith("--peers-python=")
+              and (i == 0 or given[i - 1] != "--peers-python")]
+    return "make bench-peers" if not chosen else "python benchmarks/peers.py " + " ".join(shlex.quote(a) for a in given)
+
+
+def _usage_text(row: dict) -> str:
+    """``"0.61 + 0.12 s CPU, 5,310 faults"`` from a worker row (``"no usage"`` without one)."""
+    if row.get("cpu_user") is None:
+        return "no usage"
+    return f"{row['cpu_user']:.2f} + {row['cpu_sys']:.2f} s CPU, {row['minor_faults']:,.0f} faults"
+
+
 def _median_row(runs: list[dict]) -> dict:
     """One row from repeated runs: the median rate, the largest peak memory, every run's
     rate listed; a failed check in any run is the row's check."""
@@ -333,8 +354,8 @@ def main(argv=None) -> int:
                     print(f"[{time.monotonic() - t0:6.0f} s] round {round_ + 1} {workload} {tool}"
                           f"{' ' + variant if variant else ''} ...", end=" ", flush=True)
                     row = dict(run_worker(cmd, env, args.timeout), workload=workload, tool=tool, variant=variant)
-                    print(f"{_fmt(row.get('rate'))} items/s, {_fmt(row.get('peak_mib'))} MiB, {row.get('check')}",
-                          flush=True)
+                    print(f"{_fmt(row.get('rate'))} items/s, {_fmt(row.get('peak_mib'))} MiB, {_usage_text(row)}, "
+                          f"{row.get('check')}", flush=True)
                     runs.setdefault((workload, tool, variant), []).append(row)
     rows = []
     for workload in workloads:
@@ -353,8 +374,7 @@ def main(argv=None) -> int:
     fc = _versions(sys.executable, ["tensorflow", "tensorflow-cpu", "keras", "numpy"])
     pv = _versions(args.peers_python, ["torch", "monai", "torchio", "numpy"]) if set(tools) - {"fcndata"} else {}
     tf_version = fc.get("tensorflow") or fc.get("tensorflow-cpu") or "?"
-    command = "make bench-peers" if not args.quick else "python benchmarks/peers.py " + " ".join(
-        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    command = _command(argv if argv is not None else sys.argv[1:])
     header = [
         "# fcndata next to MONAI and TorchIO",
         "",
@@ -380,7 +400,11 @@ def main(argv=None) -> int:
         "",
         "Absolute numbers hold for this machine and run only; compare within a workload.",
     ]
-    notes = (["", "Notes:", ""] + notes if notes else []) + ["", HOW]
+    per_run = ["", "Where each run's time went (the worker process and its exited children: rate; CPU seconds user + "
+               "system; minor page faults, a 2 MiB huge page counting once):", ""]
+    per_run += [f"- {w} · {t}{' ' + v if v else ''}: " + "; ".join(f"{_fmt(r.get('rate'))} ({_usage_text(r)})" for r in rs)
+                for (w, t, v), rs in runs.items()]
+    notes = (["", "Notes:", ""] + notes if notes else []) + per_run + ["", HOW]
     out.write_text(render(rows, header, notes))
     print(f"wrote {out} ({seconds:.0f} s)")
     return 0 if all(r.get("check") == "ok" for r in rows) else 1

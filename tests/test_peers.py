@@ -32,8 +32,13 @@ def test_quick_fcndata_rows_are_checked_and_measured(tmp_path):
         capture_output=True, text=True, timeout=300, cwd=ROOT,
     )
     assert run.returncode == 0, run.stdout + run.stderr
-    rows = _table(out.read_text())
+    text = out.read_text()
+    assert "Written by `python benchmarks/peers.py --quick --tools fcndata --out " in text  # not `make bench-peers`
+    rows = _table(text)
     w = _workloads()
+    for name in w.WORKLOADS:  # every run says where its time went
+        line = next(x for x in text.splitlines() if x.startswith(f"- {name} · fcndata"))
+        assert " s CPU, " in line and " faults)" in line, line
     assert [(r["workload"], r["tool"]) for r in rows] == [(name, "fcndata") for name in w.WORKLOADS]
     for r in rows:
         assert r["check"] == "ok", r
@@ -78,10 +83,23 @@ def test_check_stitched_flags_a_wrong_output():
     assert w.check_stitched(out, image).startswith("output differs from the input by up to 0.001")
 
 
-def test_repeated_runs_give_the_median_rate_the_largest_memory_and_any_failure():
+def _driver():
     spec = importlib.util.spec_from_file_location("peers_driver", ROOT / "benchmarks" / "peers.py")
     driver = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(driver)
+    return driver
+
+
+def test_the_file_names_the_command_that_wrote_it():
+    command = _driver()._command
+    assert command(["--peers-python", ".venv-peers/bin/python"]) == "make bench-peers"
+    assert command(["--only", "sliding8192", "--tools", "fcndata,monai", "--peers-python", "p"]) == (
+        "python benchmarks/peers.py --only sliding8192 --tools fcndata,monai --peers-python p")
+    assert command(["--rounds", "5"]) == "python benchmarks/peers.py --rounds 5"
+
+
+def test_repeated_runs_give_the_median_rate_the_largest_memory_and_any_failure():
+    driver = _driver()
     runs = [dict(rate=r, peak_mib=m, check="ok") for r, m in ((300.0, 10.0), (100.0, 30.0), (200.0, 20.0))]
     row = driver._median_row(runs)
     assert (row["rate"], row["peak_mib"], row["check"], row["runs"]) == (200.0, 30.0, "ok", "300, 100, 200")
