@@ -1,6 +1,6 @@
 """One workload of `make bench-peers`, run by one tool, in its own process.
 
-    python benchmarks/peer_workloads.py TOOL WORKLOAD [--quick] [--variant NAME]
+    python benchmarks/peer_workloads.py TOOL WORKLOAD [--quick] [--scale K] [--variant NAME]
 
 TOOL is ``monai``, ``torchio`` or ``fcndata``; WORKLOAD one of :data:`WORKLOADS`. The
 process imports numpy and its own tool only (fcndata runs in the project's venv, MONAI and
@@ -49,20 +49,29 @@ SLIDING_TOLERANCE = 1e-5
 # ---------------------------------------------------------------------------- the workloads
 
 
-def workload_spec(name: str, quick: bool) -> dict:
+def workload_spec(name: str, quick: bool, scale: int = 1) -> dict:
     """Sizes of one workload: which data, patch, stride, batch, passes, balanced patch count.
 
     ``--quick`` keeps the shapes of the work (grid, balanced, sliding) on tiny data: 4 images
-    of 256², a 1024² "big" image, one pass.
+    of 256², a 1024² "big" image, one pass. ``scale`` multiplies the patches asked for (the
+    passes over the data; the balanced 8192² patch count) with the same data and set-up, to
+    tell a tool's fixed cost from its cost per patch; sliding windows have no passes to scale.
+
+    >>> [workload_spec(w, False, 4)["passes"] for w in ("grid512", "grid8192", "balanced8192")]
+    [16, 4, 1]
+    >>> workload_spec("balanced8192", False, 4)["per_image"]
+    2048
     """
     small = name.endswith("512")
+    if scale != 1 and name.startswith("sliding"):
+        raise ValueError(f"--scale {scale}: the sliding workloads predict each image once; scale grid or balanced")
     spec = {
         "data": "set" if small else "big",
         "patch": 128 if small else 256,
         "stride": 64 if small else 128,
         "batch": 64 if small else 16,
-        "passes": (1 if quick else 4) if small else 1,
-        "per_image": 16 if small else (64 if quick else 512),
+        "passes": ((1 if quick else 4) if small else 1) * (1 if name == "balanced8192" else scale),
+        "per_image": 16 if small else (64 if quick else 512) * (scale if name == "balanced8192" else 1),
     }
     return spec
 
@@ -425,9 +434,10 @@ def main(argv=None) -> int:
     parser.add_argument("tool", choices=TOOLS)
     parser.add_argument("workload", choices=WORKLOADS)
     parser.add_argument("--quick", action="store_true", help="tiny sizes (4 images of 256², a 1024² big image, 1 pass)")
+    parser.add_argument("--scale", type=int, default=1, help="times the patches asked for, same data (grid, balanced)")
     parser.add_argument("--variant", default=None, help="monai sliding windows: 'image' (one call per image) or 'batch'")
     args = parser.parse_args(argv)
-    spec = workload_spec(args.workload, args.quick)
+    spec = workload_spec(args.workload, args.quick, args.scale)
     images, labels = make_data(spec["data"], args.quick)
     if args.tool != "fcndata":  # the layout torch tools want, built before the baseline
         images = [np.ascontiguousarray(im.transpose(2, 0, 1)) for im in images]

@@ -312,6 +312,9 @@ def main(argv=None) -> int:
     parser.add_argument("--only", default=",".join(WORKLOADS), help="comma list of workloads")
     parser.add_argument("--tools", default=",".join(TOOLS), help="comma list of tools")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: seconds per row")
+    parser.add_argument("--scale", type=int, default=1,
+                        help="times the patches asked for (passes; balanced 8192² patch count), same data: a tool's "
+                             "fixed cost against its cost per patch (grid and balanced workloads only)")
     parser.add_argument("--out", default=None, help="default benchmarks/PEERS.md (PEERS-quick.md with --quick)")
     parser.add_argument("--peers-python", default=None, help="python of the venv holding torch, monai and torchio")
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds per worker")
@@ -325,6 +328,9 @@ def main(argv=None) -> int:
     bad = [w for w in workloads if w not in WORKLOADS] + [t for t in tools if t not in TOOLS]
     if bad:
         parser.error(f"unknown workload or tool {bad}; workloads: {', '.join(WORKLOADS)}; tools: {', '.join(TOOLS)}")
+    if args.scale < 1 or (args.scale != 1 and any(w.startswith("sliding") for w in workloads)):
+        parser.error(f"--scale {args.scale}: a positive number of times the patches, for grid and balanced workloads "
+                     "only (sliding windows predict each image once); choose them with --only")
     out = Path(args.out) if args.out else HERE / ("PEERS-quick.md" if args.quick else "PEERS.md")
     notes = []
     peers = [t for t in tools if t != "fcndata"]
@@ -350,6 +356,7 @@ def main(argv=None) -> int:
                     variants = variants[:1]  # "copied" shows the cost of the copy once
                 for variant in variants:
                     cmd = [python, str(WORKER), tool, workload] + (["--quick"] if args.quick else [])
+                    cmd += ["--scale", str(args.scale)] if args.scale != 1 else []
                     cmd += ["--variant", variant] if variant else []
                     print(f"[{time.monotonic() - t0:6.0f} s] round {round_ + 1} {workload} {tool}"
                           f"{' ' + variant if variant else ''} ...", end=" ", flush=True)
@@ -379,7 +386,8 @@ def main(argv=None) -> int:
         "# fcndata next to MONAI and TorchIO",
         "",
         f"Written by `{command}` (benchmarks/peers.py) on {started:%Y-%m-%d %H:%M %Z}, "
-        f"{seconds / 60:.1f} minutes for the rows{' (--quick: tiny sizes)' if args.quick else ''}.",
+        f"{seconds / 60:.1f} minutes for the rows{' (--quick: tiny sizes)' if args.quick else ''}"
+        f"{f' (--scale {args.scale}: {args.scale}x the patches of make bench-peers, same data)' if args.scale != 1 else ''}.",
         "",
         f"- machine: {_cpu_model()}, {os.cpu_count()} cores, load average {load_before} before the rows, "
         f"{_load()} after",

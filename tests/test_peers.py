@@ -98,6 +98,16 @@ def test_the_file_names_the_command_that_wrote_it():
     assert command(["--rounds", "5"]) == "python benchmarks/peers.py --rounds 5"
 
 
+def test_scale_multiplies_the_patches_of_grid_and_balanced_only(tmp_path):
+    w = _workloads()
+    assert [w.workload_spec(n, False, 3)["passes"] for n in ("grid512", "balanced512", "grid8192")] == [12, 12, 3]
+    assert w.workload_spec("balanced8192", False, 3)["per_image"] == 3 * w.workload_spec("balanced8192", False)["per_image"]
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "peers.py"), "--scale", "2", "--tools", "fcndata",
+                          "--out", str(tmp_path / "P.md")], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert run.returncode == 2 and "--scale 2" in run.stderr and "--only" in run.stderr, run.stderr
+    assert not (tmp_path / "P.md").exists()
+
+
 def test_repeated_runs_give_the_median_rate_the_largest_memory_and_any_failure():
     driver = _driver()
     runs = [dict(rate=r, peak_mib=m, check="ok") for r, m in ((300.0, 10.0), (100.0, 30.0), (200.0, 20.0))]
