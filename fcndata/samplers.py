@@ -104,7 +104,8 @@ def class_tile_counts(label, roi, num_classes: int, ignore_label: int = E.IGNORE
         # Static size, a few bands: planned here, no loop (fewer graph nodes to build and start).
         tile_rows, bands = -(-h // T), max(1, -(-h * w // band_pixels))
         rows = max(1, -(-tile_rows // bands)) * T  # whole tiles per band
-        parts = [counts_of(label[y : y + rows], roi[y : y + rows], k, T, ignore_label) for y in range(0, h, rows)]
+        parts = [counts_of(label[y : y + rows], roi[y : y + rows], k, T, ignore_label) if rows < h
+                 else counts_of(label, roi, k, T, ignore_label) for y in range(0, h, rows)]
         counts = tf.concat(parts, 0) if len(parts) > 1 else parts[0] if parts else tf.zeros([0, k], tf.int32)
         return tf.ensure_shape(counts, [-(-h // T) * -(-w // T), k])
     band = T * tf.maximum(1, band_pixels // tf.maximum(width * T, 1))  # rows per band, whole tiles
@@ -220,12 +221,15 @@ def balanced_origins(
     n = pair(patch_size, "patch_size", "balanced_origins")
     label, roi = tf.convert_to_tensor(label), tf.convert_to_tensor(roi)
     height, width = _dims(label)
+    static = isinstance(height, int) and isinstance(width, int)  # Python ints: no graph nodes for the sizes
     tiles_x = (width + T - 1) // T
     tile_counts = class_tile_counts(label, roi, k, ignore_label)  # [tiles, k]
     counts = tf.reduce_sum(tile_counts, axis=0)
     present = counts > 0
     any_valid = tf.reduce_any(present)
 
+    # Class choice: logits over the classes present (-inf elsewhere); one categorical draw
+    # per patch, from a second row of logits for the patches flagged foreground.
     minus_inf = tf.fill([k], -np.inf)
     uniform_present = tf.where(present, 0.0, minus_inf)
     if isinstance(class_probabilities, str) and class_probabilities == "inverse_frequency":
@@ -238,34 +242,39 @@ def balanced_origins(
         logits = tf.where(tf.reduce_any(tf.math.is_finite(logits)), logits, uniform_present)
     logits = tf.where(any_valid, logits, tf.zeros([k]))  # keeps categorical well-defined
 
-    keys = tf.random.experimental.stateless_split(key, 3)
-    chosen = tf.random.stateless_categorical(logits[None], num, seed=keys[0], dtype=tf.int32)[0]
+    keys = tf.random.experimental.stateless_split(key, 2)
     if foreground is not None and any(foreground):
         is_fg = tf.range(k) > 0
         fg_logits = tf.where(is_fg, logits, minus_inf)
         fg_logits = tf.where(tf.reduce_any(tf.math.is_finite(fg_logits)), fg_logits, tf.where(is_fg, uniform_present, minus_inf))
         fg_logits = tf.where(tf.reduce_any(present[1:]), fg_logits, logits)  # no foreground: any class
-        fg_chosen = tf.random.stateless_categorical(fg_logits[None], num, seed=keys[1], dtype=tf.int32)[0]
-        chosen = tf.where(tf.constant(list(foreground)), fg_chosen, chosen)
-    u = tf.random.stateless_uniform([num], seed=keys[2])
-    total = tf.gather(counts, chosen)
-    rank = tf.minimum(tf.cast(tf.floor(u * tf.cast(total, tf.float32)), tf.int32), tf.maximum(total - 1, 0))
-    # The tile holding the rank-th pixel of the chosen class, then the rank inside it.
-    running = tf.transpose(tf.cumsum(tile_counts, axis=0))  # [k, tiles]
-    tiles = tf.searchsorted(running, tf.tile(rank[None], [k, 1]), side="right")  # [k, num]
-    tile = tf.gather(tf.transpose(tiles), chosen, batch_dims=1)  # [num]
-    tile = tf.minimum(tile, tf.maximum(tf.shape(tile_counts)[0] - 1, 0))
-    before = tf.gather_nd(running, tf.stack([chosen, tile], 1)) - tf.gather_nd(tile_counts, tf.stack([tile, chosen], 1))
-    inside = rank - before  # rank among the class's pixels of this tile
-    y0, x0 = (tile // tiles_x) * T, (tile % tiles_x) * T
-    ys = y0[:, None, None] + tf.range(T)[None, :, None]
-    xs = x0[:, None, None] + tf.range(T)[None, None, :]
-    # chosen < num_classes; ignore_label and ids >= num_classes are never counted, so never chosen.
-    if isinstance(height, int) and isinstance(width, int) and not height % T and not width % T:
-        flat = tf.reshape(ys * width + xs, [num, T * T])  # whole tiles only
-        lab = tf.gather(tf.reshape(label, [-1]), flat)
-        ok = tf.cast(lab, tf.int32) == chosen[:, None]
+        both = tf.random.stateless_categorical(tf.stack([logits, fg_logits]), num, seed=keys[0], dtype=tf.int32)
+        chosen = tf.where(tf.constant(list(foreground)), both[1], both[0])
     else:
+        chosen = tf.random.stateless_categorical(logits[None], num, seed=keys[0], dtype=tf.int32)[0]
+    u = tf.random.stateless_uniform([num], seed=keys[1])
+    total = tf.gather(counts, chosen)
+    # floor(u * total) by truncation (non-negative), below total even where float rounds up.
+    rank = tf.minimum(tf.cast(u * tf.cast(total, tf.float32), tf.int32), tf.maximum(total - 1, 0))
+    # The tile holding the rank-th pixel of the chosen class, then the rank inside it.
+    per_class = tf.transpose(tile_counts)  # [k, tiles]
+    running = tf.cumsum(per_class, axis=1)
+    tiles = tf.searchsorted(running, tf.broadcast_to(rank, [k, num]), side="right")  # [k, num]
+    tile = tf.gather(tf.transpose(tiles), chosen, batch_dims=1)  # [num]
+    tile = tf.minimum(tile, tf.maximum(tf.shape(tile_counts)[0] - 1, 0) if not static else max(tiles_x * -(-height // T) - 1, 0))
+    at = tf.stack([chosen, tile], 1)
+    inside = rank - tf.gather_nd(running - per_class, at)  # rank among the class's pixels of this tile
+    y0, x0 = (tile // tiles_x) * T, (tile % tiles_x) * T
+    # chosen < num_classes; ignore_label and ids >= num_classes are never counted, so never chosen.
+    if static and not height % T and not width % T:
+        # Whole tiles only: a tile's pixels are its corner's flat index plus constant offsets.
+        offsets = (np.arange(T)[:, None] * width + np.arange(T)[None, :]).reshape(1, T * T).astype(np.int32)
+        flat = tf.expand_dims(y0 * width + x0, 1) + offsets  # [num, T*T]
+        ok = tf.gather(tf.reshape(label, [-1]), flat)
+        ok = tf.cast(ok, tf.int32) == tf.expand_dims(chosen, 1)
+    else:
+        ys = y0[:, None, None] + tf.range(T)[None, :, None]
+        xs = x0[:, None, None] + tf.range(T)[None, None, :]
         in_image = (ys < height) & (xs < width)
         flat = tf.reshape(tf.minimum(ys, height - 1) * width + tf.minimum(xs, width - 1), [num, T * T])
         lab = tf.gather(tf.reshape(label, [-1]), flat)
@@ -273,12 +282,18 @@ def balanced_origins(
     ok &= tf.gather(tf.reshape(roi, [-1]), flat) > 0
     seen = tf.cumsum(tf.cast(ok, tf.int32), axis=1)
     local = tf.argmax(tf.cast(seen > inside[:, None], tf.int32), axis=1, output_type=tf.int32)
-    centre = tf.stack([y0 + local // T, x0 + local % T], axis=1)
-    anywhere = tf.minimum(tf.cast(tf.floor(u * tf.cast(height * width, tf.float32)), tf.int32), height * width - 1)
-    centre = tf.where(any_valid, centre, tf.stack([anywhere // width, anywhere % width], axis=1))
-    low = tf.stack([tf.minimum(0, height - n[0]), tf.minimum(0, width - n[1])])
-    high = tf.stack([tf.maximum(0, height - n[0]), tf.maximum(0, width - n[1])])
-    origins = tf.clip_by_value(centre - tf.constant([n[0] // 2, n[1] // 2]), low, high)
+    centre = tf.gather(flat, local, batch_dims=1)  # flat index of the chosen pixel
+    # An image without any valid pixel: a uniform pixel anywhere.
+    anywhere = tf.minimum(tf.cast(u * tf.cast(height * width, tf.float32), tf.int32), height * width - 1)
+    centre = tf.where(any_valid, centre, anywhere)
+    centre = tf.stack([centre // width, centre % width], axis=1)
+    if static:
+        low = [min(0, height - n[0]), min(0, width - n[1])]
+        high = [max(0, height - n[0]), max(0, width - n[1])]
+    else:
+        low = tf.stack([tf.minimum(0, height - n[0]), tf.minimum(0, width - n[1])])
+        high = tf.stack([tf.maximum(0, height - n[0]), tf.maximum(0, width - n[1])])
+    origins = tf.clip_by_value(centre - [n[0] // 2, n[1] // 2], low, high)
     if return_classes:
         return origins, tf.where(any_valid, chosen, -1)
     return origins

@@ -532,6 +532,27 @@ def test_balanced_centres_are_uniform_over_the_class_pixels_across_tiles():
     assert abs(left - want) <= 4 * np.sqrt(want * (1 - want) / inside.sum())
 
 
+@pytest.mark.parametrize("probabilities, foreground", [("uniform", None), ([0.1, 0.2, 0.7], [True, False] * 100)])
+def test_balanced_whole_tile_plan_draws_what_the_general_plan_draws(probabilities, foreground):
+    # A static size of whole tiles finds a tile's pixels by constant offsets; a size known only
+    # when the graph runs takes the general path (in-image mask): same keys, same origins.
+    rng = np.random.default_rng(11)
+    label = rng.choice(4, size=(128, 192), p=[0.6, 0.3, 0.1, 0.0]).astype(np.uint8)
+    label[rng.random(label.shape) < 0.05] = 255
+    roi = (rng.random(label.shape) > 0.1).astype(np.uint8)
+    args = (1, 200, 3, tf.constant([4, 2], tf.int64), probabilities, foreground)  # patch 1: origin = centre
+
+    def draw(lab, r):
+        return S.balanced_origins(lab, r, *args, return_classes=True)
+
+    dynamic = tf.function(draw, input_signature=[tf.TensorSpec([None, None], tf.uint8)] * 2, autograph=False)
+    static = tf.function(draw, input_signature=[tf.TensorSpec(label.shape, tf.uint8)] * 2, autograph=False)
+    got, want = static(label, roi), dynamic(label, roi)
+    assert all(np.array_equal(g.numpy(), w.numpy()) for g, w in zip(got, want))
+    origins, chosen = (v.numpy() for v in got)
+    assert np.array_equal(label[origins[:, 0], origins[:, 1]], chosen) and (roi[origins[:, 0], origins[:, 1]] == 1).all()
+
+
 @pytest.mark.parametrize("border", ["shift", "pad", "drop"])
 def test_grid_batches_equal_the_batched_patch_stream(border):
     ds = t.dataset([(37, 53), (29, 41), (8, 70)], dtype="uint16")
