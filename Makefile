@@ -26,7 +26,7 @@ train: $(STAMP)
 bench: $(STAMP)
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) benchmarks/run_all.py
 
-# fcndata next to MONAI and TorchIO on six patch workloads (about 10 minutes on 2 cores, the
+# fcndata next to MONAI and TorchIO on six patch workloads, 5 rounds (about 12 minutes on 2 cores, the
 # venv included); writes benchmarks/PEERS.md. The peers live in their own venv, .venv-peers.
 PEERS_VENV := .venv-peers
 PEERS_STAMP := $(PEERS_VENV)/.installed

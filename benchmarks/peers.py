@@ -320,9 +320,9 @@ def main(argv=None) -> int:
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds per worker")
     parser.add_argument("--rounds", type=int, default=None,
                         help="rounds over the workloads (MONAI and fcndata every round, TorchIO and fcndata's "
-                             "'copied' variant in the first); rows report the median rate. Default 3, 1 with --quick")
+                             "'copied' variant in the first); rows report the median rate. Default 5, 1 with --quick")
     args = parser.parse_args(argv)
-    args.rounds = args.rounds or (1 if args.quick else 3)
+    args.rounds = args.rounds or (1 if args.quick else 5)
     workloads = [w for w in args.only.split(",") if w]
     tools = [t for t in args.tools.split(",") if t]
     bad = [w for w in workloads if w not in WORKLOADS] + [t for t in tools if t not in TOOLS]
