@@ -65,13 +65,14 @@ def workload_spec(name: str, quick: bool, scale: int = 1) -> dict:
     small = name.endswith("512")
     if scale != 1 and name.startswith("sliding"):
         raise ValueError(f"--scale {scale}: the sliding workloads predict each image once; scale grid or balanced")
+    by_count = name == "balanced8192"  # one pass over one image: scaled by its patch count
     spec = {
         "data": "set" if small else "big",
         "patch": 128 if small else 256,
         "stride": 64 if small else 128,
         "batch": 64 if small else 16,
-        "passes": ((1 if quick else 4) if small else 1) * (1 if name == "balanced8192" else scale),
-        "per_image": 16 if small else (64 if quick else 512) * (scale if name == "balanced8192" else 1),
+        "passes": ((1 if quick else 4) if small else 1) * (1 if by_count else scale),
+        "per_image": 16 if small else (64 if quick else 512) * (scale if by_count else 1),
     }
     return spec
 

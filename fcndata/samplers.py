@@ -104,8 +104,10 @@ def class_tile_counts(label, roi, num_classes: int, ignore_label: int = E.IGNORE
         # Static size, a few bands: planned here, no loop (fewer graph nodes to build and start).
         tile_rows, bands = -(-h // T), max(1, -(-h * w // band_pixels))
         rows = max(1, -(-tile_rows // bands)) * T  # whole tiles per band
-        parts = [counts_of(label[y : y + rows], roi[y : y + rows], k, T, ignore_label) if rows < h
-                 else counts_of(label, roi, k, T, ignore_label) for y in range(0, h, rows)]
+        if rows >= h:  # one band: the whole label, no slices
+            parts = [counts_of(label, roi, k, T, ignore_label)]
+        else:
+            parts = [counts_of(label[y : y + rows], roi[y : y + rows], k, T, ignore_label) for y in range(0, h, rows)]
         counts = tf.concat(parts, 0) if len(parts) > 1 else parts[0] if parts else tf.zeros([0, k], tf.int32)
         return tf.ensure_shape(counts, [-(-h // T) * -(-w // T), k])
     band = T * tf.maximum(1, band_pixels // tf.maximum(width * T, 1))  # rows per band, whole tiles
@@ -261,7 +263,8 @@ def balanced_origins(
     running = tf.cumsum(per_class, axis=1)
     tiles = tf.searchsorted(running, tf.broadcast_to(rank, [k, num]), side="right")  # [k, num]
     tile = tf.gather(tf.transpose(tiles), chosen, batch_dims=1)  # [num]
-    tile = tf.minimum(tile, tf.maximum(tf.shape(tile_counts)[0] - 1, 0) if not static else max(tiles_x * -(-height // T) - 1, 0))
+    last_tile = max(tiles_x * -(-height // T) - 1, 0) if static else tf.maximum(tf.shape(tile_counts)[0] - 1, 0)
+    tile = tf.minimum(tile, last_tile)
     at = tf.stack([chosen, tile], 1)
     inside = rank - tf.gather_nd(running - per_class, at)  # rank among the class's pixels of this tile
     y0, x0 = (tile // tiles_x) * T, (tile % tiles_x) * T
